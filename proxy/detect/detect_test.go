@@ -1,0 +1,142 @@
+package detect
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestClassify(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want Protocol
+	}{
+		{"empty needs more", "", Unknown},
+		{"full preface is h2", Preface, HTTP2},
+		{"preface with frames is h2", Preface + "\x00\x00\x00\x04", HTTP2},
+		{"partial preface needs more", Preface[:10], Unknown},
+		{"get request line is http1", "GET / HTTP/1.1\r\nHost: a\r\n\r\n", HTTP1},
+		{"http/1.0 is http1", "POST /x?y=1 HTTP/1.0\r\n", HTTP1},
+		{"bare LF line end is http1", "GET / HTTP/1.1\n", HTTP1},
+		{"partial method needs more", "GE", Unknown},
+		{"partial target needs more", "GET /index", Unknown},
+		{"partial version needs more", "GET / HTTP/1", Unknown},
+		{"version without CRLF needs more", "GET / HTTP/1.1", Unknown},
+		{"CR without LF needs more", "GET / HTTP/1.1\r", Unknown},
+		{"http/2 request line is opaque", "GET / HTTP/2.0\r\n", Opaque},
+		{"http/1.2 is opaque", "GET / HTTP/1.2\r\n", Opaque},
+		{"junk after version is opaque", "GET / HTTP/1.1x\r\n", Opaque},
+		{"CR then junk is opaque", "GET / HTTP/1.1\rx", Opaque},
+		{"mysql-like binary is opaque", "\x4a\x00\x00\x00\x0a8.0", Opaque},
+		{"tls client hello is opaque", "\x16\x03\x01\x02\x00", Opaque},
+		{"leading space is opaque", " GET / HTTP/1.1\r\n", Opaque},
+		{"empty target is opaque", "GET  HTTP/1.1\r\n", Opaque},
+		{"control byte in target is opaque", "GET /\x01 HTTP/1.1\r\n", Opaque},
+		{"smtp-like line is opaque", "EHLO example.com\r\n", Opaque},
+		{"overlong request line is opaque", "GET /" + strings.Repeat("a", MaxPeek), Opaque},
+		{"PRI that diverges from preface is opaque", "PRI * HTTP/2.1\r\n", Opaque},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Classify([]byte(tt.in)); got != tt.want {
+				t.Errorf("Classify(%q) = %v, want %v", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+// FuzzClassify checks that detection never panics, never asks for more than MaxPeek bytes, and never changes
+// its mind when more bytes arrive.
+func FuzzClassify(f *testing.F) {
+	for _, s := range []string{Preface, "GET / HTTP/1.1\r\n", "\x16\x03\x01", "EHLO x\r\n", "PUT /a HTTP/1.0\n"} {
+		f.Add([]byte(s), []byte("more"))
+	}
+	f.Fuzz(func(t *testing.T, b, more []byte) {
+		p := Classify(b)
+		if p == Unknown && len(b) >= MaxPeek {
+			t.Fatalf("undecided after %d bytes", len(b))
+		}
+		if p == Unknown {
+			return
+		}
+		if q := Classify(append(b[:len(b):len(b)], more...)); q != p {
+			t.Fatalf("Classify(%q) = %v but with %q appended = %v", b, p, more, q)
+		}
+	})
+}
+
+func TestPeekReplaysEveryByteInOrder(t *testing.T) {
+	tests := []struct {
+		name   string
+		chunks []string // written by the client, one write each
+		close  bool     // client half-closes after writing
+		want   Protocol
+		quiet  bool // the client stays silent past the detection timeout, which is then short
+	}{
+		{"http1 split across writes", []string{"GE", "T / HT", "TP/1.1\r\nHost: x\r\n\r\nbody"}, false, HTTP1, false},
+		{"h2 preface byte by byte then frames", append(strings.Split(Preface, ""), "frames"), false, HTTP2, false},
+		{"binary protocol", []string{"\x00\x01\x02 binary"}, false, Opaque, false},
+		{"silent client is opaque after timeout", nil, false, Opaque, true},
+		{"partial line then silence is opaque", []string{"GET /slow"}, false, Opaque, true},
+		{"half-close before deciding is opaque", []string{"GET"}, true, Opaque, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			client, server := tcpPair(t)
+			sent := strings.Join(tt.chunks, "")
+			go func() {
+				for _, c := range tt.chunks {
+					client.Write([]byte(c))
+				}
+				if tt.close {
+					client.(*net.TCPConn).CloseWrite()
+				}
+			}()
+			timeout := time.Minute
+			if tt.quiet {
+				timeout = 100 * time.Millisecond
+			}
+			p, conn, err := Peek(server, timeout)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p != tt.want {
+				t.Fatalf("protocol = %v, want %v", p, tt.want)
+			}
+			// Everything the client sent, then a marker written after detection, arrives in order.
+			client.Write([]byte("|after"))
+			client.(*net.TCPConn).CloseWrite()
+			got, _ := io.ReadAll(conn)
+			want := sent + "|after"
+			if tt.close {
+				want = sent
+			}
+			if !bytes.Equal(got, []byte(want)) {
+				t.Fatalf("read %q, want %q", got, want)
+			}
+		})
+	}
+}
+
+func tcpPair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close(); server.Close() })
+	return client, server
+}
