@@ -1,0 +1,228 @@
+package balance
+
+import (
+	"errors"
+	"math"
+	"math/rand/v2"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// The balancer's constants, those of linkerd2-proxy's peak-EWMA balancer (itself after Finagle's PeakEwma).
+const (
+	// decayTime is the EWMA's time constant: a latency observed decayTime ago weighs 1/e of a fresh one,
+	// and an endpoint that saw no request for decayTime looks 1/e as costly as when it last answered.
+	decayTime = 10 * time.Second
+	// defaultRTT is the latency assumed for an endpoint that has answered nothing yet: a penalty that
+	// keeps a new endpoint from drawing every request before it has proved itself, yet small enough that
+	// it is tried soon (and it decays like any estimate when the endpoint stays idle).
+	defaultRTT = 30 * time.Millisecond
+	// minBackoff and maxBackoff bound how long an unreachable endpoint is left out: minBackoff after the
+	// first failure, doubling with each failed probe up to maxBackoff, plus up to a quarter of jitter so
+	// that many proxies do not probe a recovering endpoint in step.
+	minBackoff = 250 * time.Millisecond
+	maxBackoff = 30 * time.Second
+)
+
+// Endpoint is one address of a destination, with the load and health state the balancer keeps for it.
+// Its exported fields are read-only. The state lives as long as the address stays in the destinations
+// file, across reloads, even when its labels change.
+type Endpoint struct {
+	// Addr is host:port, as written in the destinations file, to dial.
+	Addr string
+	// DstLabels are the service's labels merged with the endpoint's (the endpoint's win), each name
+	// prefixed with dst_: dst_namespace, dst_deployment, dst_pod... Never nil; do not modify.
+	DstLabels map[string]string
+	// LabelKey is DstLabels in one canonical string (`dst_a="x",dst_b="y"`, names sorted), for use as
+	// a map key by callers that cache per-destination metric children.
+	LabelKey string
+
+	st *endpointState
+}
+
+// endpointState is an endpoint's balancer state, shared by the Endpoint values of successive reloads.
+//
+// Pick reads it without locks; writers (a finished request) take mu. A Pick may read an estimate from
+// one update and a stamp from another; the result is a cost between the two, harmless for a balancer.
+type endpointState struct {
+	clk *clock
+
+	outstanding atomic.Int64
+	estimate    atomic.Uint64 // peak-EWMA latency, float64 nanoseconds (math.Float64bits)
+	stamp       atomic.Int64  // clock nanos of the last latency observed
+	downUntil   atomic.Int64  // clock nanos until which the endpoint is left out; 0 when up
+	failures    atomic.Int32  // consecutive dial failures, sets the backoff
+
+	mu sync.Mutex // serialises writers of estimate, stamp, downUntil and failures
+}
+
+func newEndpointState(clk *clock) *endpointState {
+	s := &endpointState{clk: clk}
+	s.estimate.Store(math.Float64bits(float64(defaultRTT)))
+	s.stamp.Store(clk.nanos())
+	return s
+}
+
+// load is the balancer's cost of sending one more request to the endpoint at time now: the peak-EWMA
+// latency, decayed towards zero for the time since it was last observed (Finagle's "observe 0 when
+// read", done here without writing), weighted by outstanding requests + 1.
+func (s *endpointState) load(now int64) float64 {
+	est := math.Float64frombits(s.estimate.Load())
+	if age := now - s.stamp.Load(); age > 0 {
+		est *= math.Exp(-float64(age) / float64(decayTime))
+	}
+	return est * float64(s.outstanding.Load()+1)
+}
+
+// observe folds one latency into the estimate: a latency above the estimate replaces it at once (the
+// "peak": react fast to an endpoint turning slow), a lower one is blended in with a weight that grows with
+// the time since the last observation (forgive slowly).
+func (s *endpointState) observe(rtt time.Duration, now int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	est := math.Float64frombits(s.estimate.Load())
+	r := float64(rtt)
+	if r > est {
+		est = r
+	} else {
+		age := max(now-s.stamp.Load(), 0)
+		w := math.Exp(-float64(age) / float64(decayTime))
+		est = est*w + r*(1-w)
+	}
+	s.estimate.Store(math.Float64bits(est))
+	s.stamp.Store(now)
+}
+
+// available reports whether the endpoint may be picked at now: up, or its backoff expired (a probe).
+func (s *endpointState) available(now int64) bool {
+	d := s.downUntil.Load()
+	return d == 0 || now >= d
+}
+
+// claim is called on the endpoint a Pick chose. An endpoint that is up is always claimed. One whose
+// backoff expired is claimed by one Pick only, which re-arms the backoff so that concurrent Picks leave
+// it alone while that request probes it; the probe's outcome then resets or lengthens the backoff.
+func (s *endpointState) claim(now int64) bool {
+	d := s.downUntil.Load()
+	if d == 0 {
+		return true
+	}
+	if now < d {
+		return false
+	}
+	return s.downUntil.CompareAndSwap(d, now+int64(backoff(s.failures.Load())))
+}
+
+func (s *endpointState) fail(now int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := s.failures.Add(1)
+	s.downUntil.Store(now + int64(backoff(f)))
+}
+
+func (s *endpointState) succeed() {
+	if s.failures.Load() == 0 && s.downUntil.Load() == 0 {
+		return // the hot path: nothing to reset, no lock
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failures.Store(0)
+	s.downUntil.Store(0)
+}
+
+// backoff is how long to leave an endpoint out after its failures-th consecutive failure.
+func backoff(failures int32) time.Duration {
+	d := maxBackoff
+	if failures < 20 {
+		d = min(minBackoff<<max(failures-1, 0), maxBackoff)
+	}
+	return d + rand.N(d/4+1)
+}
+
+// Begin marks the start of a request (or TCP connection) to the endpoint and returns the function to
+// call exactly once when it ends. Outstanding requests weigh the endpoint's load until then.
+//
+// done(err) with err nil records the latency since Begin into the peak-EWMA estimate and clears any
+// backoff. With an error that says the endpoint could not be reached (Unreachable: a dial error such as
+// connection refused), the endpoint is left out with exponential backoff (250ms doubling up to 30s) and
+// probed back in by one request after it expires; no latency is recorded. Any other error (the endpoint
+// answered, then the exchange failed) records the latency and leaves the backoff alone.
+func (e *Endpoint) Begin() (done func(err error)) {
+	s := e.st
+	s.outstanding.Add(1)
+	start := s.clk.nanos()
+	return func(err error) {
+		now := s.clk.nanos()
+		s.outstanding.Add(-1)
+		if Unreachable(err) {
+			s.fail(now)
+			return
+		}
+		s.observe(time.Duration(now-start), now)
+		if err == nil {
+			s.succeed()
+		}
+	}
+}
+
+// Unreachable reports whether err says a request never reached its endpoint: a failed dial (a
+// *net.OpError with Op "dial", however wrapped, e.g. by net/http) or a refused connection. Such a
+// request is safe to retry on another endpoint, and Begin's done takes the endpoint out for it.
+func Unreachable(err error) bool {
+	if err == nil {
+		return false
+	}
+	var op *net.OpError
+	return (errors.As(err, &op) && op.Op == "dial") || errors.Is(err, syscall.ECONNREFUSED)
+}
+
+// Outstanding is the number of requests begun on the endpoint and not yet done.
+func (e *Endpoint) Outstanding() int64 { return e.st.outstanding.Load() }
+
+// mergeLabels merges service and endpoint labels (endpoint wins) under the dst_ prefix.
+func mergeLabels(service, endpoint map[string]string) (map[string]string, string) {
+	m := make(map[string]string, len(service)+len(endpoint))
+	for k, v := range service {
+		m["dst_"+k] = v
+	}
+	for k, v := range endpoint {
+		m["dst_"+k] = v
+	}
+	names := make([]string, 0, len(m))
+	for k := range m {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	for i, k := range names {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(k)
+		b.WriteByte('=')
+		b.WriteString(strconv.Quote(m[k]))
+	}
+	return m, b.String()
+}
+
+// clock reads the injectable time source as nanoseconds since the Resolver was made (monotonic with the
+// real clock).
+type clock struct {
+	now   func() time.Time
+	epoch time.Time
+}
+
+func newClock(now func() time.Time) *clock {
+	if now == nil {
+		now = time.Now
+	}
+	return &clock{now: now, epoch: now()}
+}
+
+func (c *clock) nanos() int64 { return int64(c.now().Sub(c.epoch)) }

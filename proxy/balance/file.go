@@ -1,0 +1,286 @@
+package balance
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// serviceSpec and endpointSpec are one validated entry of the destinations file.
+type serviceSpec struct {
+	authority string // normalized, see normalizeAuthority
+	labels    map[string]string
+	endpoints []endpointSpec
+}
+
+type endpointSpec struct {
+	addr   string
+	labels map[string]string
+}
+
+// parseFile reads the destinations file format of DESIGN.md:
+//
+//	services:
+//	  - authority: voting.shop:8080
+//	    labels: {namespace: shop, deployment: voting}
+//	    endpoints:
+//	      - addr: 127.0.0.1:14143
+//	        labels: {pod: voting-7d9f-0}
+//
+// It walks the YAML node tree itself rather than decoding into structs so that every error is one line
+// naming the file, the line, the entry and the problem ("dest.yaml:7: services[1] voting.shop:8080:
+// endpoints[0]: bad addr ...") instead of yaml's multi-line messages that name Go types.
+func parseFile(name string, data []byte) ([]serviceSpec, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf("%s: %s", name, oneLine(err.Error()))
+	}
+	if len(doc.Content) == 0 {
+		// An empty file is most often an editor's half-written save; treating it as "no services" would
+		// silently send all traffic to the authorities as written.
+		return nil, fmt.Errorf("%s: empty file: want a services list (write \"services: []\" for none)", name)
+	}
+	p := parser{name: name}
+	return p.top(doc.Content[0])
+}
+
+type parser struct{ name string }
+
+func (p parser) errorf(n *yaml.Node, where, format string, args ...any) error {
+	msg := fmt.Sprintf(format, args...)
+	if where != "" {
+		msg = where + ": " + msg
+	}
+	return fmt.Errorf("%s:%d: %s", p.name, n.Line, msg)
+}
+
+// fields checks that n is a mapping with only the allowed keys, each at most once, and returns the values.
+func (p parser) fields(n *yaml.Node, where string, allowed ...string) (map[string]*yaml.Node, error) {
+	if n.Kind != yaml.MappingNode {
+		return nil, p.errorf(n, where, "want a mapping with %s, got %s", strings.Join(allowed, ", "), kindName(n))
+	}
+	out := make(map[string]*yaml.Node, len(n.Content)/2)
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if k.Kind != yaml.ScalarNode {
+			return nil, p.errorf(k, where, "want a field name, got %s", kindName(k))
+		}
+		known := false
+		for _, a := range allowed {
+			known = known || a == k.Value
+		}
+		if !known {
+			return nil, p.errorf(k, where, "unknown field %q (want %s)", k.Value, strings.Join(allowed, ", "))
+		}
+		if _, dup := out[k.Value]; dup {
+			return nil, p.errorf(k, where, "field %q given twice", k.Value)
+		}
+		out[k.Value] = v
+	}
+	return out, nil
+}
+
+func (p parser) top(n *yaml.Node) ([]serviceSpec, error) {
+	f, err := p.fields(n, "", "services")
+	if err != nil {
+		return nil, err
+	}
+	list, ok := f["services"]
+	if !ok {
+		return nil, p.errorf(n, "", "missing field \"services\"")
+	}
+	if isNull(list) {
+		return nil, nil
+	}
+	if list.Kind != yaml.SequenceNode {
+		return nil, p.errorf(list, "services", "want a list, got %s", kindName(list))
+	}
+	services := make([]serviceSpec, 0, len(list.Content))
+	seen := make(map[string]int, len(list.Content))
+	for i, sn := range list.Content {
+		s, err := p.service(sn, i)
+		if err != nil {
+			return nil, err
+		}
+		if j, dup := seen[s.authority]; dup {
+			return nil, p.errorf(sn, fmt.Sprintf("services[%d] %s", i, s.authority),
+				"duplicate authority (also services[%d])", j)
+		}
+		seen[s.authority] = i
+		services = append(services, s)
+	}
+	return services, nil
+}
+
+func (p parser) service(n *yaml.Node, i int) (serviceSpec, error) {
+	where := fmt.Sprintf("services[%d]", i)
+	f, err := p.fields(n, where, "authority", "labels", "endpoints")
+	if err != nil {
+		return serviceSpec{}, err
+	}
+	an, ok := f["authority"]
+	if !ok || isNull(an) {
+		return serviceSpec{}, p.errorf(n, where, "missing authority")
+	}
+	if an.Kind != yaml.ScalarNode {
+		return serviceSpec{}, p.errorf(an, where, "authority: want host:port, got %s", kindName(an))
+	}
+	authority, err := normalizeFileAuthority(an.Value)
+	if err != nil {
+		return serviceSpec{}, p.errorf(an, where, "bad authority %q: %v", an.Value, err)
+	}
+	where += " " + authority
+	s := serviceSpec{authority: authority}
+	if ln, ok := f["labels"]; ok {
+		if s.labels, err = p.labels(ln, where); err != nil {
+			return serviceSpec{}, err
+		}
+	}
+	en, ok := f["endpoints"]
+	if !ok || isNull(en) {
+		return s, nil
+	}
+	if en.Kind != yaml.SequenceNode {
+		return serviceSpec{}, p.errorf(en, where, "endpoints: want a list, got %s", kindName(en))
+	}
+	seen := make(map[string]int, len(en.Content))
+	for j, epn := range en.Content {
+		ewhere := fmt.Sprintf("%s: endpoints[%d]", where, j)
+		ef, err := p.fields(epn, ewhere, "addr", "labels")
+		if err != nil {
+			return serviceSpec{}, err
+		}
+		addrn, ok := ef["addr"]
+		if !ok || isNull(addrn) {
+			return serviceSpec{}, p.errorf(epn, ewhere, "missing addr")
+		}
+		if addrn.Kind != yaml.ScalarNode {
+			return serviceSpec{}, p.errorf(addrn, ewhere, "addr: want host:port, got %s", kindName(addrn))
+		}
+		if err := checkAddr(addrn.Value); err != nil {
+			return serviceSpec{}, p.errorf(addrn, ewhere, "bad addr %q: %v", addrn.Value, err)
+		}
+		if k, dup := seen[addrn.Value]; dup {
+			return serviceSpec{}, p.errorf(addrn, ewhere, "duplicate addr %q (also endpoints[%d])", addrn.Value, k)
+		}
+		seen[addrn.Value] = j
+		e := endpointSpec{addr: addrn.Value}
+		if ln, ok := ef["labels"]; ok {
+			if e.labels, err = p.labels(ln, ewhere); err != nil {
+				return serviceSpec{}, err
+			}
+		}
+		s.endpoints = append(s.endpoints, e)
+	}
+	return s, nil
+}
+
+func (p parser) labels(n *yaml.Node, where string) (map[string]string, error) {
+	if isNull(n) {
+		return nil, nil
+	}
+	if n.Kind != yaml.MappingNode {
+		return nil, p.errorf(n, where, "labels: want a mapping of name: value, got %s", kindName(n))
+	}
+	out := make(map[string]string, len(n.Content)/2)
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if k.Kind != yaml.ScalarNode || !validLabelName(k.Value) {
+			return nil, p.errorf(k, where, "bad label name %q: want letters, digits and _, not starting with a digit", k.Value)
+		}
+		if v.Kind != yaml.ScalarNode {
+			return nil, p.errorf(v, where, "label %q: want a plain value, got %s", k.Value, kindName(v))
+		}
+		if _, dup := out[k.Value]; dup {
+			return nil, p.errorf(k, where, "label %q given twice", k.Value)
+		}
+		out[k.Value] = v.Value
+	}
+	return out, nil
+}
+
+func isNull(n *yaml.Node) bool {
+	return n.Kind == yaml.ScalarNode && n.Tag == "!!null"
+}
+
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.AliasNode:
+		return "an alias"
+	case yaml.ScalarNode:
+		return fmt.Sprintf("%q", n.Value)
+	}
+	return "nothing"
+}
+
+// validLabelName reports whether s, once prefixed with dst_, is a Prometheus label name.
+func validLabelName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i, c := range s {
+		letter := c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+		if !letter && (i == 0 || c < '0' || c > '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// checkAddr accepts host:port with a non-empty host and a numeric port in 1..65535.
+func checkAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			return errors.New(ae.Err) // the message without the address repeated
+		}
+		return err
+	}
+	if host == "" {
+		return errors.New("missing host")
+	}
+	if strings.ContainsAny(host, " \t/@") {
+		return errors.New("host has a space, slash or @")
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("port %q is not a number in 1..65535", port)
+	}
+	return nil
+}
+
+// normalizeFileAuthority validates a file authority (host:port, port required) and returns its lookup key.
+func normalizeFileAuthority(a string) (string, error) {
+	if err := checkAddr(a); err != nil {
+		return "", err
+	}
+	return normalizeAuthority(a), nil
+}
+
+// normalizeAuthority turns a request authority (Host header or :authority) into a lookup key: host in
+// lower case without a trailing dot, port 80 when none is given (RFC 9110 §4.2.1: http's default port;
+// the outbound listener speaks cleartext only), IPv6 literals bracketed.
+func normalizeAuthority(a string) string {
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		host, port = strings.TrimSuffix(strings.TrimPrefix(a, "["), "]"), ""
+	}
+	if port == "" {
+		port = "80"
+	}
+	host = strings.ToLower(strings.TrimSuffix(host, "."))
+	return net.JoinHostPort(host, port)
+}
+
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}
