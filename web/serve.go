@@ -3,10 +3,251 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
 	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"regexp"
+	"strings"
+	"time"
 )
 
-// serveCmd is a placeholder until its issue lands; its owner replaces this file.
+// config is the dashboard's configuration, parsed from flags and their
+// MESHSCOPE_WEB_* environment twins (flags win).
+type config struct {
+	// Listen is the dashboard's address; empty means 127.0.0.1:8084.
+	Listen string
+	// PrometheusURL is the metrics backend (Prometheus HTTP API); empty means
+	// http://127.0.0.1:9090.
+	PrometheusURL string
+	// GrafanaURL, when set, adds a Grafana link to every resource.
+	GrafanaURL string
+	// EnforcedHost is the regex the Host header must match; nil means
+	// localhost, 127.0.0.1 and [::1] with any port.
+	EnforcedHost *regexp.Regexp
+	// BasePath serves the dashboard under a prefix, e.g. "/meshscope"; empty
+	// means the root.
+	BasePath string
+	// TapToken is sent as a bearer token to the proxies' tap endpoints.
+	TapToken string
+	// Window is the default rate window of the golden metrics; zero means 1m.
+	Window time.Duration
+	// QueryTimeout bounds every Prometheus call; zero means 10s.
+	QueryTimeout time.Duration
+	// Refresh is how often pages refresh their data; zero means 5s.
+	Refresh time.Duration
+	// ShutdownGrace bounds how long open requests may finish on shutdown;
+	// zero means 10s.
+	ShutdownGrace time.Duration
+}
+
+// defaultHost allows loopback names only: a page served to a browser must not
+// answer to a name an attacker controls (DNS rebinding).
+var defaultHost = regexp.MustCompile(`^(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$`)
+
+func (c config) listen() string {
+	if c.Listen == "" {
+		return "127.0.0.1:8084"
+	}
+	return c.Listen
+}
+
+func (c config) prometheusURL() string {
+	if c.PrometheusURL == "" {
+		return "http://127.0.0.1:9090"
+	}
+	return c.PrometheusURL
+}
+
+func (c config) enforcedHost() *regexp.Regexp {
+	if c.EnforcedHost == nil {
+		return defaultHost
+	}
+	return c.EnforcedHost
+}
+
+func (c config) window() time.Duration {
+	if c.Window <= 0 {
+		return time.Minute
+	}
+	return c.Window
+}
+
+func (c config) queryTimeout() time.Duration {
+	if c.QueryTimeout <= 0 {
+		return 10 * time.Second
+	}
+	return c.QueryTimeout
+}
+
+func (c config) refresh() time.Duration {
+	if c.Refresh <= 0 {
+		return 5 * time.Second
+	}
+	return c.Refresh
+}
+
+func (c config) shutdownGrace() time.Duration {
+	if c.ShutdownGrace <= 0 {
+		return 10 * time.Second
+	}
+	return c.ShutdownGrace
+}
+
+// backendFlags registers the flags the server and the terminal twins share.
+func backendFlags(fs *flag.FlagSet, c *config) {
+	fs.StringVar(&c.PrometheusURL, "prometheus-url", "http://127.0.0.1:9090", "Prometheus HTTP API `URL` the golden metrics come from")
+	fs.StringVar(&c.TapToken, "tap-token", "", "bearer `token` for the proxies' tap endpoints")
+	fs.DurationVar(&c.Window, "window", time.Minute, "default rate `window` of the golden metrics (10s, 1m, 5m, 15m, 1h)")
+	fs.DurationVar(&c.QueryTimeout, "query-timeout", 10*time.Second, "timeout of every Prometheus call")
+}
+
+// parseFlags fills fs from args, then from MESHSCOPE_WEB_<FLAG> environment
+// variables for the flags not given on the command line.
+func parseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] || err != nil {
+			return
+		}
+		env := "MESHSCOPE_WEB_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v := getenv(env); v != "" {
+			if e := f.Value.Set(v); e != nil {
+				err = usageError{fmt.Errorf("%s=%q: %w", env, v, e)}
+			}
+		}
+	})
+	return err
+}
+
+// regexpFlag is a flag.Value holding a compiled, whole-string-anchored regex.
+type regexpFlag struct{ re **regexp.Regexp }
+
+func (f regexpFlag) String() string {
+	if f.re == nil || *f.re == nil {
+		return ""
+	}
+	return (*f.re).String()
+}
+
+func (f regexpFlag) Set(s string) error {
+	// Anchor so that "example.com" cannot be satisfied by "example.com.evil.net".
+	re, err := regexp.Compile("^(?:" + s + ")$")
+	if err != nil {
+		return err
+	}
+	*f.re = re
+	return nil
+}
+
 func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("not built yet")
+	var cfg config
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `usage: web [serve] [flags]
+
+Serves the Meshscope dashboard: golden metrics (success rate, requests per
+second, latency percentiles) per namespace, deployment, pod and edge, read
+from Prometheus, and the live tap. Every flag has an environment twin
+MESHSCOPE_WEB_<FLAG> (e.g. MESHSCOPE_WEB_PROMETHEUS_URL); flags win.
+
+`)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:8084", "`address` to serve the dashboard on")
+	fs.StringVar(&cfg.GrafanaURL, "grafana-url", "", "Grafana base `URL`; when set every resource links to its Grafana dashboard")
+	fs.Var(regexpFlag{&cfg.EnforcedHost}, "enforced-host", "`regex` the request's Host header must match in full (default: localhost, 127.0.0.1, [::1], any port)")
+	fs.StringVar(&cfg.BasePath, "base-path", "", "URL `prefix` to serve under, e.g. /meshscope behind a reverse proxy")
+	fs.DurationVar(&cfg.Refresh, "refresh", 5*time.Second, "how often pages refresh their data")
+	fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 10*time.Second, "how long open requests may finish on shutdown")
+	backendFlags(fs, &cfg)
+	if err := parseFlags(fs, args, os.Getenv); err != nil {
+		return err
+	}
+	if err := cfg.validate(); err != nil {
+		return usageError{err}
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	return run(ctx, cfg, log, func(addr net.Addr) {
+		fmt.Fprintf(stdout, "meshscope dashboard on http://%s%s/\n", addr, cfg.BasePath)
+	})
+}
+
+// validate reports the first configuration error in user terms.
+func (c *config) validate() error {
+	if c.BasePath != "" {
+		if !strings.HasPrefix(c.BasePath, "/") || strings.HasSuffix(c.BasePath, "/") || strings.ContainsAny(c.BasePath, "?#%") {
+			return fmt.Errorf("--base-path %q: want a path like /meshscope (leading slash, no trailing slash)", c.BasePath)
+		}
+	}
+	for name, raw := range map[string]string{"--prometheus-url": c.PrometheusURL, "--grafana-url": c.GrafanaURL} {
+		if raw == "" {
+			continue
+		}
+		u, err := url.Parse(raw)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("%s %q: want an http(s) URL", name, raw)
+		}
+	}
+	if _, ok := windowNames[c.window()]; !ok {
+		return fmt.Errorf("--window %v: want one of 10s, 1m, 5m, 15m, 1h", c.Window)
+	}
+	return nil
+}
+
+// run serves the dashboard until ctx ends, then shuts down gracefully.
+// ready, when not nil, is called with the bound address once listening.
+func run(ctx context.Context, cfg config, log *slog.Logger, ready func(net.Addr)) error {
+	s, err := newServer(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.listen())
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{
+		Handler:           s.routes(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		// Pages answer within the query timeout; the websocket of the live tap
+		// clears its own deadlines.
+		WriteTimeout: cfg.queryTimeout() + 20*time.Second,
+		IdleTimeout:  2 * time.Minute,
+		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	if ready != nil {
+		ready(ln.Addr())
+	}
+	log.Info("serving dashboard", "addr", ln.Addr().String(), "prometheus", cfg.prometheusURL(), "base_path", cfg.BasePath)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.shutdownGrace())
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		srv.Close()
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
 }

@@ -1,0 +1,158 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// newTestServer returns the dashboard's handler for cfg, with a backend that
+// is not listening unless cfg names one.
+func newTestServer(t *testing.T, cfg config) (*server, http.Handler) {
+	t.Helper()
+	if cfg.PrometheusURL == "" {
+		cfg.PrometheusURL = "http://127.0.0.1:1"
+	}
+	s, err := newServer(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, s.routes()
+}
+
+func get(h http.Handler, host, target string) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(http.MethodGet, target, nil)
+	req.Host = host
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec
+}
+
+func TestHostCheckRunsBeforeRouting(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		enforced string
+		host     string
+		path     string
+		want     int
+	}{
+		{"localhost with port is allowed", "", "localhost:8084", "/healthz", 200},
+		{"loopback v4 is allowed", "", "127.0.0.1:9999", "/healthz", 200},
+		{"loopback v6 is allowed", "", "[::1]:8084", "/healthz", 200},
+		{"bare localhost is allowed", "", "localhost", "/healthz", 200},
+		{"foreign host is refused on a probe", "", "evil.example:8084", "/healthz", 403},
+		{"foreign host is refused on a missing page", "", "evil.example", "/no/such/page", 403},
+		{"foreign host is refused on static files", "", "evil.example", "/static/style.css", 403},
+		{"localhost suffix trick is refused", "", "localhost.evil.example", "/healthz", 403},
+		{"enforced host admits its own name", `dash\.example\.com(:\d+)?`, "dash.example.com:443", "/healthz", 200},
+		{"enforced host is anchored", `dash\.example\.com`, "dash.example.com.evil.net", "/healthz", 403},
+		{"enforced host replaces the default", `dash\.example\.com`, "localhost", "/healthz", 403},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var cfg config
+			if tc.enforced != "" {
+				if err := (regexpFlag{&cfg.EnforcedHost}).Set(tc.enforced); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, h := newTestServer(t, cfg)
+			rec := get(h, tc.host, tc.path)
+			if rec.Code != tc.want {
+				t.Fatalf("status %d, want %d; body %s", rec.Code, tc.want, rec.Body)
+			}
+			if tc.want == 403 {
+				body := rec.Body.String()
+				for _, want := range []string{tc.host, "--enforced-host", cfg.enforcedHost().String()} {
+					if !strings.Contains(body, want) {
+						t.Errorf("rejection page does not name %q:\n%s", want, body)
+					}
+				}
+				if ct := rec.Header().Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
+					t.Errorf("rejection content type %q, want text/plain", ct)
+				}
+			}
+		})
+	}
+}
+
+func TestSecurityHeadersOnEveryResponse(t *testing.T) {
+	_, h := newTestServer(t, config{})
+	for _, path := range []string{"/healthz", "/static/style.css", "/no/such/page", "/metrics"} {
+		t.Run(path, func(t *testing.T) {
+			rec := get(h, "localhost:8084", path)
+			csp := rec.Header().Get("Content-Security-Policy")
+			if !strings.Contains(csp, "frame-ancestors 'none'") || !strings.Contains(csp, "script-src 'self'") {
+				t.Errorf("CSP %q lacks frame-ancestors 'none' or script-src 'self'", csp)
+			}
+			if strings.Contains(csp, "unsafe-inline") || strings.Contains(csp, "unsafe-eval") {
+				t.Errorf("CSP %q allows inline or eval script", csp)
+			}
+			if got := rec.Header().Get("X-Content-Type-Options"); got != "nosniff" {
+				t.Errorf("X-Content-Type-Options %q, want nosniff", got)
+			}
+		})
+	}
+}
+
+func TestURLHelperHonoursBasePath(t *testing.T) {
+	for _, tc := range []struct {
+		name, base, pattern string
+		segs                []string
+		want                string
+	}{
+		{"root", "", "/namespaces", nil, "/namespaces"},
+		{"prefixed", "/mesh", "/namespaces", nil, "/mesh/namespaces"},
+		{"segments filled in order", "/mesh", "/namespaces/{ns}/deployments/{name}", []string{"shop", "web"}, "/mesh/namespaces/shop/deployments/web"},
+		{"segments escaped", "", "/namespaces/{ns}", []string{"a/b?c"}, "/namespaces/a%2Fb%3Fc"},
+		{"static dir keeps its slash", "/mesh", "/static/", nil, "/mesh/static/"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &server{cfg: config{BasePath: tc.base}}
+			if got := s.url(tc.pattern, nil, tc.segs...); got != tc.want {
+				t.Errorf("url = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestBasePathServesUnderPrefixOnly(t *testing.T) {
+	_, h := newTestServer(t, config{BasePath: "/mesh"})
+	for _, tc := range []struct {
+		path string
+		want int
+	}{
+		{"/mesh/healthz", 200},
+		{"/mesh/static/" + "app.js", 200},
+		{"/healthz", 404},
+	} {
+		if rec := get(h, "localhost", tc.path); rec.Code != tc.want {
+			t.Errorf("GET %s: status %d, want %d", tc.path, rec.Code, tc.want)
+		}
+	}
+	rec := get(h, "localhost", "/")
+	if loc := rec.Header().Get("Location"); rec.Code != http.StatusFound || loc != "/mesh/namespaces" {
+		t.Errorf("GET / = %d to %q, want a redirect to /mesh/namespaces", rec.Code, loc)
+	}
+}
+
+func TestReadyzReportsBackendDown(t *testing.T) {
+	_, h := newTestServer(t, config{})
+	rec := get(h, "localhost", "/readyz")
+	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "http://127.0.0.1:1") {
+		t.Fatalf("readyz = %d %q, want 503 naming the backend", rec.Code, rec.Body)
+	}
+}
+
+func TestMetricsServesOwnRegistry(t *testing.T) {
+	_, h := newTestServer(t, config{})
+	get(h, "localhost", "/healthz")
+	rec := get(h, "localhost", "/metrics")
+	if !regexp.MustCompile(`meshscope_web_http_requests_total\{code="200",route="/healthz"\} 1`).MatchString(rec.Body.String()) {
+		t.Errorf("metrics lack the healthz request:\n%s", rec.Body)
+	}
+}
