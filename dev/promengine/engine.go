@@ -1,0 +1,178 @@
+// Package promengine is the demo's embedded metrics backend: Prometheus' own
+// discovery, scrape, tsdb, promql and HTTP API packages wired together in one
+// process, for machines without a prometheus binary. It reads the same
+// configuration file as the real Prometheus and answers the subset of the
+// HTTP API the dashboard uses (query, query_range, targets) in Prometheus'
+// JSON shapes, encoding query results with promql's own JSON marshalers.
+// Prometheus' web/api/v1 package is not used: it drags alertmanager, the
+// OpenTelemetry collector and an OpenAPI toolkit into go.mod.
+//
+// Nothing but dev/ may import this package: it must stay out of the proxy and
+// dashboard binaries.
+package promengine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/config"
+	"github.com/prometheus/prometheus/discovery"
+	_ "github.com/prometheus/prometheus/discovery/file" // file_sd_configs, the only discovery the demo uses
+	"github.com/prometheus/prometheus/promql"
+	"github.com/prometheus/prometheus/scrape"
+	"github.com/prometheus/prometheus/tsdb"
+)
+
+// Options configure an Engine. Zero values work except ConfigFile.
+type Options struct {
+	// ConfigFile is a Prometheus configuration file (scrape_configs with
+	// file_sd_configs); relative file_sd paths resolve against its directory,
+	// as in Prometheus.
+	ConfigFile string
+	// DataDir holds the tsdb; empty means a fresh temporary directory removed
+	// by Close.
+	DataDir string
+	// Logger receives the engine's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Engine scrapes the configured targets into a tsdb and serves queries.
+type Engine struct {
+	logger    *slog.Logger
+	cfg       *config.Config
+	dataDir   string
+	removeDir bool
+	db        *tsdb.DB
+	engine    *promql.Engine
+	discovery *discovery.Manager
+	scrape    *scrape.Manager
+	handler   http.Handler
+	cancel    context.CancelFunc
+	done      chan struct{}
+}
+
+// New opens the tsdb and prepares discovery, scraping and the API. Call Run
+// to start scraping and Close to release everything.
+func New(opts Options) (*Engine, error) {
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	cfg, err := config.LoadFile(opts.ConfigFile, false, logger)
+	if err != nil {
+		return nil, fmt.Errorf("load prometheus config: %w", err)
+	}
+	e := &Engine{logger: logger, cfg: cfg, dataDir: opts.DataDir, done: make(chan struct{})}
+	if e.dataDir == "" {
+		if e.dataDir, err = os.MkdirTemp("", "meshscope-tsdb-"); err != nil {
+			return nil, fmt.Errorf("create tsdb dir: %w", err)
+		}
+		e.removeDir = true
+	}
+	reg := prometheus.NewRegistry()
+	dbOpts := tsdb.DefaultOptions()
+	dbOpts.RetentionDuration = int64(6 * time.Hour / time.Millisecond)
+	if e.db, err = tsdb.Open(e.dataDir, logger.With("component", "tsdb"), reg, dbOpts, nil); err != nil {
+		e.removeData()
+		return nil, fmt.Errorf("open tsdb: %w", err)
+	}
+	e.engine = promql.NewEngine(promql.EngineOpts{
+		Logger:               logger.With("component", "query engine"),
+		Reg:                  reg,
+		MaxSamples:           50_000_000,
+		Timeout:              2 * time.Minute,
+		LookbackDelta:        5 * time.Minute,
+		EnableAtModifier:     true,
+		EnableNegativeOffset: true,
+	})
+	sdMetrics, err := discovery.CreateAndRegisterSDMetrics(reg)
+	if err != nil {
+		e.closeDB()
+		return nil, fmt.Errorf("discovery metrics: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e.cancel = cancel
+	e.discovery = discovery.NewManager(ctx, logger.With("component", "discovery"), reg, sdMetrics,
+		discovery.Name("scrape"), discovery.Updatert(time.Second))
+	if e.discovery == nil {
+		cancel()
+		e.closeDB()
+		return nil, errors.New("create discovery manager")
+	}
+	e.scrape, err = scrape.NewManager(&scrape.Options{DiscoveryReloadInterval: model.Duration(time.Second)},
+		logger.With("component", "scrape"), nil, e.db, nil, reg)
+	if err != nil {
+		cancel()
+		e.closeDB()
+		return nil, fmt.Errorf("create scrape manager: %w", err)
+	}
+	if err := e.scrape.ApplyConfig(cfg); err != nil {
+		cancel()
+		e.closeDB()
+		return nil, fmt.Errorf("apply scrape config: %w", err)
+	}
+	sdConfigs := map[string]discovery.Configs{}
+	for _, sc := range cfg.ScrapeConfigs {
+		sdConfigs[sc.JobName] = sc.ServiceDiscoveryConfigs
+	}
+	if err := e.discovery.ApplyConfig(sdConfigs); err != nil {
+		cancel()
+		e.closeDB()
+		return nil, fmt.Errorf("apply discovery config: %w", err)
+	}
+	e.handler = e.newHandler()
+	return e, nil
+}
+
+// Run discovers and scrapes targets until ctx ends or Close is called.
+func (e *Engine) Run(ctx context.Context) error {
+	defer close(e.done)
+	discoveryDone := make(chan error, 1)
+	go func() { discoveryDone <- e.discovery.Run() }()
+	scrapeDone := make(chan error, 1)
+	go func() { scrapeDone <- e.scrape.Run(e.discovery.SyncCh()) }()
+	select {
+	case <-ctx.Done():
+	case err := <-discoveryDone:
+		e.logger.Error("discovery stopped", "err", err)
+	case err := <-scrapeDone:
+		e.logger.Error("scraping stopped", "err", err)
+	}
+	e.cancel() // stops discovery
+	e.scrape.Stop()
+	return nil
+}
+
+// Handler serves /-/ready, /-/healthy and the API subset.
+func (e *Engine) Handler() http.Handler { return e.handler }
+
+// Close stops scraping (when Run was started, it waits for it), closes the
+// tsdb and removes a temporary data directory.
+func (e *Engine) Close(runStarted bool) error {
+	e.cancel()
+	if runStarted {
+		<-e.done
+	}
+	return e.closeDB()
+}
+
+func (e *Engine) closeDB() error {
+	err := e.db.Close()
+	e.removeData()
+	return err
+}
+
+func (e *Engine) removeData() {
+	if e.removeDir {
+		if err := os.RemoveAll(e.dataDir); err != nil {
+			e.logger.Warn("remove tsdb dir", "dir", e.dataDir, "err", err)
+		}
+	}
+}
