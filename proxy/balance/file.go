@@ -37,7 +37,14 @@ type endpointSpec struct {
 func parseFile(name string, data []byte) ([]serviceSpec, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return nil, fmt.Errorf("%s: %s", name, oneLine(err.Error()))
+		// yaml says "yaml: line 3: problem"; say "name:3: problem" like every other error here.
+		msg := oneLine(err.Error())
+		if rest, ok := strings.CutPrefix(msg, "yaml: line "); ok {
+			if line, problem, ok := strings.Cut(rest, ": "); ok {
+				return nil, fmt.Errorf("%s:%s: %s", name, line, problem)
+			}
+		}
+		return nil, fmt.Errorf("%s: %s", name, msg)
 	}
 	if len(doc.Content) == 0 {
 		// An empty file is most often an editor's half-written save; treating it as "no services" would
