@@ -1,0 +1,349 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
+
+	"github.com/meshscope/meshscope/api/tap"
+)
+
+// ProxyJob is the scrape job whose active targets are the tappable proxies (DESIGN "Tap").
+const ProxyJob = "meshscope-proxy"
+
+// TargetLister is the one call to the metrics backend the fan-in needs; the
+// dashboard's Querier has it.
+type TargetLister interface {
+	// Targets returns the backend's active scrape targets of job.
+	Targets(ctx context.Context, job string) ([]v1.ActiveTarget, error)
+}
+
+// Selector picks proxies by their target labels. An empty field matches every value.
+type Selector struct {
+	Namespace  string
+	Deployment string
+	Pod        string
+}
+
+func (s Selector) String() string {
+	var parts []string
+	for _, kv := range [][2]string{{"namespace", s.Namespace}, {"deployment", s.Deployment}, {"pod", s.Pod}} {
+		if kv[1] != "" {
+			parts = append(parts, kv[0]+"="+kv[1])
+		}
+	}
+	if len(parts) == 0 {
+		return "all proxies"
+	}
+	return strings.Join(parts, " ")
+}
+
+func (s Selector) matches(p Proxy) bool {
+	return (s.Namespace == "" || s.Namespace == p.Namespace) &&
+		(s.Deployment == "" || s.Deployment == p.Deployment) &&
+		(s.Pod == "" || s.Pod == p.Pod)
+}
+
+// Proxy is one tappable proxy: an active target of ProxyJob.
+type Proxy struct {
+	Namespace  string `json:"namespace,omitempty"`
+	Deployment string `json:"deployment,omitempty"`
+	Pod        string `json:"pod,omitempty"`
+	// Admin is the host:port of the proxy's admin listener, taken from the scrape URL.
+	Admin string `json:"admin"`
+}
+
+// Name is how the proxy is shown: its pod, or its admin address when the target has no pod label.
+func (p Proxy) Name() string {
+	if p.Pod != "" {
+		return p.Pod
+	}
+	return p.Admin
+}
+
+// ListProxies returns the active targets of ProxyJob that sel selects, sorted by
+// namespace, deployment, pod and address. Targets that are down are listed too:
+// tapping them reports why they cannot be reached.
+func ListProxies(ctx context.Context, tl TargetLister, sel Selector) ([]Proxy, error) {
+	targets, err := tl.Targets(ctx, ProxyJob)
+	if err != nil {
+		return nil, fmt.Errorf("list proxies (job %s): %w", ProxyJob, err)
+	}
+	seen := map[string]bool{}
+	var out []Proxy
+	for _, t := range targets {
+		u, err := url.Parse(t.ScrapeURL)
+		if err != nil || u.Host == "" {
+			continue
+		}
+		p := Proxy{
+			Namespace:  string(t.Labels["namespace"]),
+			Deployment: string(t.Labels["deployment"]),
+			Pod:        string(t.Labels["pod"]),
+			Admin:      u.Host,
+		}
+		if !sel.matches(p) || seen[p.Admin] {
+			continue
+		}
+		seen[p.Admin] = true
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Namespace != b.Namespace {
+			return a.Namespace < b.Namespace
+		}
+		if a.Deployment != b.Deployment {
+			return a.Deployment < b.Deployment
+		}
+		if a.Pod != b.Pod {
+			return a.Pod < b.Pod
+		}
+		return a.Admin < b.Admin
+	})
+	return out, nil
+}
+
+// ProxyState says what the fan-in knows about one proxy's tap stream.
+type ProxyState string
+
+// The states a TapItem reports.
+const (
+	// ProxyStreaming: the proxy accepted the tap request; its events follow.
+	ProxyStreaming ProxyState = "streaming"
+	// ProxyFailed: the proxy could not be reached or its stream broke; the fan-in retries.
+	ProxyFailed ProxyState = "failed"
+	// ProxyGone: the proxy is no longer an active target; its stream was closed.
+	ProxyGone ProxyState = "gone"
+	// NoProxies: no active target matches the selector (TapItem.Proxy is zero).
+	NoProxies ProxyState = "none"
+	// ListFailed: listing the targets again failed; the fan-in keeps the proxies it has (Proxy is zero).
+	ListFailed ProxyState = "list-failed"
+)
+
+// TapItem is one thing the fan-in delivers: a tap event from a proxy, or news
+// about a proxy (State set, Event nil).
+type TapItem struct {
+	Proxy Proxy
+	Event *tap.Event
+	State ProxyState
+	// Err says why, for every state but ProxyStreaming and ProxyGone.
+	Err string
+}
+
+// FanIn taps every proxy a Selector picks and merges their streams. Zero
+// durations and sizes take the defaults named on each field.
+type FanIn struct {
+	Targets TargetLister
+	// Token is sent as a bearer token to every proxy; it never leaves the dashboard.
+	Token string
+	// Client makes the tap requests; nil means one with connect and header timeouts
+	// and no overall timeout, since a tap stream stays open.
+	Client *http.Client
+	// Relist is how often the targets are listed again to notice proxies that come and go (10s).
+	Relist time.Duration
+	// Retry is how long a failed proxy waits before it is tapped again (2s).
+	Retry time.Duration
+	// MaxLine caps one NDJSON line from a proxy (tap.DefaultMaxLine); a longer line breaks that stream.
+	MaxLine int
+	Logger      *slog.Logger
+}
+
+func (f *FanIn) relist() time.Duration      { return orDefault(f.Relist, 10*time.Second) }
+func (f *FanIn) retry() time.Duration       { return orDefault(f.Retry, 2*time.Second) }
+
+func (f *FanIn) logger() *slog.Logger {
+	if f.Logger != nil {
+		return f.Logger
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
+
+// NewTapClient returns the HTTP client the fan-in uses by default: a connection
+// must open within connect and answer headers within header, then the body may
+// stream for as long as it lasts.
+func NewTapClient(connect, header time.Duration) *http.Client {
+	return &http.Client{
+		Transport: &http.Transport{
+			DialContext:           (&net.Dialer{Timeout: connect, KeepAlive: 15 * time.Second}).DialContext,
+			ResponseHeaderTimeout: header,
+			MaxIdleConnsPerHost:   1,
+			IdleConnTimeout:       30 * time.Second,
+			DisableCompression:    true,
+		},
+		// A redirect from a proxy's admin port would carry the token elsewhere.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+var defaultTapClient = NewTapClient(5*time.Second, 10*time.Second)
+
+func (f *FanIn) client() *http.Client {
+	if f.Client != nil {
+		return f.Client
+	}
+	return defaultTapClient
+}
+
+// ShareRPS splits a total rate across n proxies, at least 1 each.
+func ShareRPS(total, n int) int {
+	if n <= 0 {
+		return total
+	}
+	return max(1, total/n)
+}
+
+// Run taps the proxies sel picks with filter, delivering every event and every
+// change of a proxy's state to emit until ctx ends. emit is called from several
+// goroutines at once and must not block. The filter's max_rps is split across the
+// proxies. Run returns an error only when the first listing of targets fails;
+// later failures are delivered as items. Every goroutine it starts has ended when
+// it returns.
+func (f *FanIn) Run(ctx context.Context, sel Selector, filter tap.Filter, emit func(TapItem)) error {
+	proxies, err := ListProxies(ctx, f.Targets, sel)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type running struct {
+		share  int
+		cancel context.CancelFunc
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	streams := map[Proxy]running{}
+	apply := func(proxies []Proxy) {
+		share := ShareRPS(filter.RPS(), len(proxies))
+		want := map[Proxy]bool{}
+		for _, p := range proxies {
+			want[p] = true
+		}
+		for p, r := range streams {
+			if !want[p] {
+				r.cancel()
+				delete(streams, p)
+				emit(TapItem{Proxy: p, State: ProxyGone})
+			}
+		}
+		for _, p := range proxies {
+			if r, ok := streams[p]; ok && r.share == share {
+				continue
+			} else if ok {
+				r.cancel()
+			}
+			pctx, pcancel := context.WithCancel(ctx)
+			streams[p] = running{share: share, cancel: pcancel}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				pf := filter
+				pf.MaxRPS = share
+				f.tapProxy(pctx, p, pf, emit)
+			}()
+		}
+		if len(proxies) == 0 {
+			emit(TapItem{State: NoProxies, Err: "no proxy of job " + ProxyJob + " matches " + sel.String()})
+		}
+	}
+	apply(proxies)
+	tick := time.NewTicker(f.relist())
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		proxies, err := ListProxies(ctx, f.Targets, sel)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			f.logger().Warn("tap fan-in: listing targets failed, keeping the last set", "err", err)
+			emit(TapItem{State: ListFailed, Err: err.Error()})
+			continue
+		}
+		apply(proxies)
+	}
+}
+
+// tapProxy streams one proxy's events until ctx ends, reporting each failure and
+// trying again after f.retry().
+func (f *FanIn) tapProxy(ctx context.Context, p Proxy, filter tap.Filter, emit func(TapItem)) {
+	for {
+		err := f.stream(ctx, p, filter, emit)
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			err = errors.New("stream ended")
+		}
+		f.logger().Info("tap fan-in: proxy stream failed", "proxy", p.Name(), "admin", p.Admin, "err", err)
+		emit(TapItem{Proxy: p, State: ProxyFailed, Err: err.Error()})
+		t := time.NewTimer(f.retry())
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// stream makes one tap request to p and delivers its events until the stream or ctx ends.
+func (f *FanIn) stream(ctx context.Context, p Proxy, filter tap.Filter, emit func(TapItem)) error {
+	u := url.URL{Scheme: "http", Host: p.Admin, Path: "/tap", RawQuery: filter.Values().Encode()}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return err
+	}
+	if f.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+f.Token)
+	}
+	resp, err := f.client().Do(req)
+	if err != nil {
+		// The URL carries no secret, but keep the message short: the cause is what matters.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return fmt.Errorf("tap %s: %w", p.Admin, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("tap %s: %s: %s", p.Admin, resp.Status, strings.TrimSpace(string(msg)))
+	}
+	emit(TapItem{Proxy: p, State: ProxyStreaming})
+	dec := tap.NewDecoder(resp.Body, f.MaxLine)
+	for {
+		ev := new(tap.Event)
+		if err := dec.Decode(ev); err != nil {
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			return fmt.Errorf("tap %s: %w", p.Admin, err)
+		}
+		emit(TapItem{Proxy: p, Event: ev})
+	}
+	return fmt.Errorf("tap %s: stream ended", p.Admin)
+}
