@@ -157,11 +157,11 @@ type FanIn struct {
 	Retry time.Duration
 	// MaxLine caps one NDJSON line from a proxy (tap.DefaultMaxLine); a longer line breaks that stream.
 	MaxLine int
-	Logger      *slog.Logger
+	Logger  *slog.Logger
 }
 
-func (f *FanIn) relist() time.Duration      { return orDefault(f.Relist, 10*time.Second) }
-func (f *FanIn) retry() time.Duration       { return orDefault(f.Retry, 2*time.Second) }
+func (f *FanIn) relist() time.Duration { return orDefault(f.Relist, 10*time.Second) }
+func (f *FanIn) retry() time.Duration  { return orDefault(f.Retry, 2*time.Second) }
 
 func (f *FanIn) logger() *slog.Logger {
 	if f.Logger != nil {
