@@ -1,0 +1,242 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"math"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/common/model"
+)
+
+// Stats are the golden metrics of one row. Pointers are nil when there is
+// nothing to compute them from: no traffic is not 0% success.
+type Stats struct {
+	// SuccessRate is the share of successful responses, 0..1; nil: no traffic.
+	SuccessRate *float64 `json:"success_rate"`
+	// RPS is requests per second over the window.
+	RPS float64 `json:"rps"`
+	// LatencyP50, P95, P99 are response latency quantiles in ms; nil: no traffic.
+	LatencyP50 *float64 `json:"latency_ms_p50"`
+	LatencyP95 *float64 `json:"latency_ms_p95"`
+	LatencyP99 *float64 `json:"latency_ms_p99"`
+	// TCPConnections is the number of open TCP connections.
+	TCPConnections float64 `json:"tcp_connections"`
+	// MeshedUp of MeshedTotal proxies answer their scrapes; both zero where
+	// meshed does not apply (edges).
+	MeshedUp    int `json:"meshed_up"`
+	MeshedTotal int `json:"meshed_total"`
+}
+
+// Row is one group of a table: its grouping labels and its golden metrics.
+type Row struct {
+	Labels map[string]string `json:"labels"`
+	Stats
+}
+
+// Failure says which metric of a panel could not be got, and why.
+type Failure struct {
+	Metric string `json:"metric"`
+	Err    error  `json:"-"`
+}
+
+// Table is one panel's worth of rows. Failed metrics leave their fields at
+// zero in every row and are listed in Failures.
+type Table struct {
+	Rows     []Row     `json:"rows"`
+	Warnings []string  `json:"warnings,omitempty"`
+	Failures []Failure `json:"-"`
+}
+
+// Err joins the failures, nil when every metric was got.
+func (t Table) Err() error {
+	var errs []error
+	for _, f := range t.Failures {
+		errs = append(errs, f.Err)
+	}
+	return errors.Join(errs...)
+}
+
+// Metric names, as failures report them.
+const (
+	MetricSuccess = "success rate"
+	MetricRPS     = "requests per second"
+	MetricP50     = "latency p50"
+	MetricP95     = "latency p95"
+	MetricP99     = "latency p99"
+	MetricTCP     = "TCP connections"
+	MetricMeshed  = "meshed proxies"
+)
+
+// Golden fetches the golden metrics of a whole table at once: one query per
+// metric however many rows, run concurrently. With meshed, the proxies'
+// scrape targets count how many are up per row.
+func (q *Querier) Golden(ctx context.Context, sc Scope, meshed bool) Table {
+	type part struct {
+		metric string
+		query  string
+		set    func(*Stats, float64)
+	}
+	ptr := func(f func(*Stats) **float64) func(*Stats, float64) {
+		return func(s *Stats, v float64) {
+			if !math.IsNaN(v) && !math.IsInf(v, 0) {
+				*f(s) = &v
+			}
+		}
+	}
+	parts := []part{
+		{MetricSuccess, SuccessRateQuery(sc), ptr(func(s *Stats) **float64 { return &s.SuccessRate })},
+		{MetricRPS, RPSQuery(sc), func(s *Stats, v float64) { s.RPS = v }},
+		{MetricP50, LatencyQuery(sc, 0.5), ptr(func(s *Stats) **float64 { return &s.LatencyP50 })},
+		{MetricP95, LatencyQuery(sc, 0.95), ptr(func(s *Stats) **float64 { return &s.LatencyP95 })},
+		{MetricP99, LatencyQuery(sc, 0.99), ptr(func(s *Stats) **float64 { return &s.LatencyP99 })},
+		{MetricTCP, TCPQuery(sc), func(s *Stats, v float64) { s.TCPConnections = v }},
+	}
+	var (
+		mu   sync.Mutex
+		wg   sync.WaitGroup
+		t    Table
+		rows = map[string]*Row{}
+	)
+	row := func(labels map[string]string) *Row {
+		key := rowKey(sc.By, labels)
+		r := rows[key]
+		if r == nil {
+			r = &Row{Labels: labels}
+			rows[key] = r
+		}
+		return r
+	}
+	for _, p := range parts {
+		wg.Go(func() {
+			vec, ws, err := q.Vector(ctx, p.query)
+			mu.Lock()
+			defer mu.Unlock()
+			t.Warnings = append(t.Warnings, ws...)
+			if err != nil {
+				t.Failures = append(t.Failures, Failure{Metric: p.metric, Err: err})
+				return
+			}
+			for _, s := range vec {
+				p.set(&row(labelsOf(sc.By, s.Metric)).Stats, float64(s.Value))
+			}
+		})
+	}
+	if meshed {
+		wg.Go(func() {
+			targets, err := q.Targets(ctx, Job)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				t.Failures = append(t.Failures, Failure{Metric: MetricMeshed, Err: err})
+				return
+			}
+		target:
+			for _, tg := range targets {
+				for _, m := range sc.Match {
+					if string(tg.Labels[model.LabelName(m.Label)]) != m.Value {
+						continue target
+					}
+				}
+				r := row(labelsOf(sc.By, model.Metric(tg.Labels)))
+				r.MeshedTotal++
+				if tg.Health == "up" {
+					r.MeshedUp++
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for _, r := range rows {
+		t.Rows = append(t.Rows, *r)
+	}
+	slices.SortFunc(t.Rows, func(a, b Row) int {
+		return strings.Compare(rowKey(sc.By, a.Labels), rowKey(sc.By, b.Labels))
+	})
+	slices.SortFunc(t.Failures, func(a, b Failure) int { return strings.Compare(a.Metric, b.Metric) })
+	return t
+}
+
+func labelsOf(by []string, m model.Metric) map[string]string {
+	l := make(map[string]string, len(by))
+	for _, name := range by {
+		l[name] = string(m[model.LabelName(name)])
+	}
+	return l
+}
+
+func rowKey(by []string, labels map[string]string) string {
+	var b strings.Builder
+	for _, name := range by {
+		b.WriteString(labels[name])
+		b.WriteByte(0)
+	}
+	return b.String()
+}
+
+// Point is one sample of a series.
+type Point struct {
+	T time.Time `json:"t"`
+	V float64   `json:"v"`
+}
+
+// Series is one line of a chart; NaN samples (no traffic) are left out.
+type Series struct {
+	Name   string  `json:"name"`
+	Points []Point `json:"points"`
+}
+
+// Chart is one metric over time.
+type Chart struct {
+	Metric string   `json:"metric"`
+	Series []Series `json:"series"`
+	Err    error    `json:"-"`
+}
+
+// History fetches success rate, RPS and latency percentiles of the whole
+// scope (summed, By ignored) over span at step, one range query per line.
+func (q *Querier) History(ctx context.Context, sc Scope, span, step time.Duration) (success, rps, latency Chart) {
+	sc.By = nil
+	type line struct {
+		chart *Chart
+		name  string
+		query string
+	}
+	success, rps, latency = Chart{Metric: MetricSuccess}, Chart{Metric: MetricRPS}, Chart{Metric: "latency"}
+	lines := []line{
+		{&success, "success rate", SuccessRateQuery(sc)},
+		{&rps, "rps", RPSQuery(sc)},
+		{&latency, "p50", LatencyQuery(sc, 0.5)},
+		{&latency, "p95", LatencyQuery(sc, 0.95)},
+		{&latency, "p99", LatencyQuery(sc, 0.99)},
+	}
+	results := make([]Series, len(lines))
+	errs := make([]error, len(lines))
+	var wg sync.WaitGroup
+	for i, l := range lines {
+		wg.Go(func() {
+			m, _, err := q.Matrix(ctx, l.query, span, step)
+			errs[i] = err
+			results[i].Name = l.name
+			for _, s := range m {
+				for _, p := range s.Values {
+					if v := float64(p.Value); !math.IsNaN(v) && !math.IsInf(v, 0) {
+						results[i].Points = append(results[i].Points, Point{T: p.Timestamp.Time(), V: v})
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for i, l := range lines {
+		if errs[i] != nil {
+			l.chart.Err = errors.Join(l.chart.Err, errs[i])
+			continue
+		}
+		l.chart.Series = append(l.chart.Series, results[i])
+	}
+	return success, rps, latency
+}

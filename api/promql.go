@@ -1,0 +1,131 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/common/model"
+)
+
+// Label names the dashboard groups and selects by: the proxies' target labels
+// and, on outbound metrics, their destination's.
+const (
+	LabelNamespace     = "namespace"
+	LabelDeployment    = "deployment"
+	LabelPod           = "pod"
+	LabelDstNamespace  = "dst_namespace"
+	LabelDstDeployment = "dst_deployment"
+)
+
+// Job is the scrape job of the proxies.
+const Job = "meshscope-proxy"
+
+// ErrInvalidName is returned for a name that Kubernetes would not accept.
+var ErrInvalidName = errors.New("invalid name")
+
+var (
+	dns1123Label     = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+	dns1123Subdomain = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
+)
+
+// ValidNamespace checks a namespace name against Kubernetes' rule for it
+// (an RFC 1123 label: at most 63 lower-case alphanumerics or '-').
+func ValidNamespace(s string) error {
+	if len(s) > 63 || !dns1123Label.MatchString(s) {
+		return fmt.Errorf("%w: namespace %q: want at most 63 lower-case letters, digits or '-', starting and ending alphanumeric", ErrInvalidName, s)
+	}
+	return nil
+}
+
+// ValidName checks a deployment or pod name against Kubernetes' rule for them
+// (an RFC 1123 subdomain: at most 253 characters, dot-separated labels).
+func ValidName(kind, s string) error {
+	if len(s) > 253 || !dns1123Subdomain.MatchString(s) {
+		return fmt.Errorf("%w: %s %q: want at most 253 lower-case letters, digits, '-' or '.', starting and ending alphanumeric", ErrInvalidName, kind, s)
+	}
+	return nil
+}
+
+// Match is an equality matcher, label="value".
+type Match struct {
+	Label, Value string
+}
+
+// Scope is what a table or chart shows: the metrics of one direction,
+// selected by equality matchers, grouped by labels, over a rate window.
+type Scope struct {
+	// Direction is "inbound" (a workload's own traffic) or "outbound" (edges).
+	Direction string
+	// By are the grouping labels, one row per distinct combination; empty sums
+	// everything selected into one row.
+	By []string
+	// Match selects the series.
+	Match []Match
+	// Window is the rate window; zero means 1m.
+	Window time.Duration
+}
+
+func (sc Scope) window() string {
+	if sc.Window <= 0 {
+		return "1m"
+	}
+	return model.Duration(sc.Window).String()
+}
+
+// selector renders the series selector of metric with extra matchers first.
+// Values are quoted with Go escaping, which PromQL's string literals share,
+// so no value can end its quotes early.
+func (sc Scope) selector(metric string, extra ...Match) string {
+	var b strings.Builder
+	b.WriteString(metric)
+	b.WriteString(`{direction=`)
+	b.WriteString(strconv.Quote(sc.Direction))
+	for _, m := range append(extra, sc.Match...) {
+		b.WriteByte(',')
+		b.WriteString(m.Label)
+		b.WriteByte('=')
+		b.WriteString(strconv.Quote(m.Value))
+	}
+	b.WriteByte('}')
+	return b.String()
+}
+
+func (sc Scope) rate(metric string, extra ...Match) string {
+	return "rate(" + sc.selector(metric, extra...) + "[" + sc.window() + "])"
+}
+
+func sumBy(by []string, expr string) string {
+	if len(by) == 0 {
+		return "sum(" + expr + ")"
+	}
+	return "sum by (" + strings.Join(by, ", ") + ") (" + expr + ")"
+}
+
+// SuccessRateQuery is the share of responses classified success. Groups with
+// responses but no successes get 0 (the "or … * 0"), groups without responses
+// get NaN: no traffic, which is not 0% success.
+func SuccessRateQuery(sc Scope) string {
+	all := sumBy(sc.By, sc.rate("response_total"))
+	ok := sumBy(sc.By, sc.rate("response_total", Match{"classification", "success"}))
+	return "(" + ok + " or " + all + " * 0) / " + all
+}
+
+// RPSQuery is the request rate per second.
+func RPSQuery(sc Scope) string {
+	return sumBy(sc.By, sc.rate("request_total"))
+}
+
+// LatencyQuery is the q-quantile (0.5 for p50) of response latency in ms.
+func LatencyQuery(sc Scope, q float64) string {
+	return "histogram_quantile(" + strconv.FormatFloat(q, 'f', -1, 64) + ", " +
+		sumBy(append([]string{"le"}, sc.By...), sc.rate("response_latency_ms_bucket")) + ")"
+}
+
+// TCPQuery is the number of open TCP connections.
+func TCPQuery(sc Scope) string {
+	return sumBy(sc.By, sc.selector("tcp_open_connections"))
+}

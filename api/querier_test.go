@@ -1,0 +1,82 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+// backendAnswering serves body as the answer to every Prometheus API call,
+// standing for a backend that misbehaves in ways a healthy Prometheus won't.
+func backendAnswering(t *testing.T, status int, body string, delay time.Duration) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(delay):
+		case <-r.Context().Done():
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		fmt.Fprint(w, body)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+func TestQuerierGuardsEveryCall(t *testing.T) {
+	vector := `{"status":"success","data":{"resultType":"vector","result":[{"metric":{"namespace":"shop"},"value":[1,"2"]}]}}`
+	for _, tc := range []struct {
+		name       string
+		status     int
+		body       string
+		delay      time.Duration
+		max        int64
+		wantErr    error
+		wantInErr  string
+		wantWarned string
+	}{
+		{name: "vector answer passes", status: 200, body: vector},
+		{name: "warnings are kept", status: 200, wantWarned: "too many samples",
+			body: `{"status":"success","warnings":["too many samples"],"data":{"resultType":"vector","result":[]}}`},
+		{name: "error names the query", status: 400, wantInErr: `query "sum(up)"`,
+			body: `{"status":"error","errorType":"bad_data","error":"parse error"}`},
+		{name: "wrong result type is refused", status: 200, wantInErr: "want a vector, got scalar",
+			body: `{"status":"success","data":{"resultType":"scalar","result":[1,"2"]}}`},
+		{name: "oversized answer is cut off", status: 200, body: vector, max: 40, wantErr: ErrResponseTooLarge},
+		{name: "slow backend times out", status: 200, body: vector, delay: time.Second, wantErr: context.DeadlineExceeded},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			q, err := Dial(backendAnswering(t, tc.status, tc.body, tc.delay), Options{Timeout: 200 * time.Millisecond, MaxResponseBytes: tc.max})
+			if err != nil {
+				t.Fatal(err)
+			}
+			vec, warnings, err := q.Vector(context.Background(), "sum(up)")
+			switch {
+			case tc.wantErr != nil:
+				if !errors.Is(err, tc.wantErr) {
+					t.Fatalf("err = %v, want %v", err, tc.wantErr)
+				}
+			case tc.wantInErr != "":
+				if err == nil || !strings.Contains(err.Error(), tc.wantInErr) {
+					t.Fatalf("err = %v, want it to contain %q", err, tc.wantInErr)
+				}
+			case err != nil:
+				t.Fatalf("unexpected error %v", err)
+			case tc.wantWarned != "":
+				if len(warnings) != 1 || warnings[0] != tc.wantWarned {
+					t.Fatalf("warnings = %q, want [%q]", warnings, tc.wantWarned)
+				}
+			default:
+				if len(vec) != 1 || vec[0].Value != 2 {
+					t.Fatalf("vector = %v, want one sample of 2", vec)
+				}
+			}
+		})
+	}
+}
