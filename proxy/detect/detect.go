@@ -185,3 +185,12 @@ func (c *Conn) Read(p []byte) (int, error) {
 	}
 	return c.Conn.Read(p)
 }
+
+// CloseWrite half-closes the connection when the underlying one can (TCP), so that opaque TCP proxying
+// can pass a client's end of stream on while still reading the server's reply.
+func (c *Conn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}

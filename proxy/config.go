@@ -1,0 +1,249 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is the proxy's configuration, from flags and their MESHSCOPE_PROXY_* environment twins.
+type Config struct {
+	// InboundListen is where the inbound listener accepts; empty disables it.
+	InboundListen string
+	// InboundForward is the local app every inbound connection goes to; required with InboundListen.
+	InboundForward string
+	// OutboundListen is where the outbound listener accepts, routing each request by its authority;
+	// empty disables it.
+	OutboundListen string
+	// OutboundRoutes are fixed-destination outbound listeners.
+	OutboundRoutes []Route
+	// AdminListen serves /metrics, /ready, /live, /log-level and /tap; required.
+	AdminListen string
+
+	// Namespace, Deployment and Pod name this workload (tap events and logs).
+	Namespace, Deployment, Pod string
+
+	// Destinations is the destinations file; empty means every authority is dialled as written.
+	Destinations string
+	// OpaquePorts are listener ports whose connections skip protocol detection: opaque TCP.
+	OpaquePorts []int
+	// DetectTimeout is how long a client may stay silent before its connection is proxied as opaque TCP.
+	DetectTimeout time.Duration
+	// TapToken authorizes /tap clients; empty lets only loopback peers tap.
+	TapToken string
+	// LogLevel is the initial log level; /log-level changes it at run time.
+	LogLevel slog.Level
+	// ShutdownGrace is how long in-flight requests and connections may take to finish on shutdown.
+	ShutdownGrace time.Duration
+}
+
+// Route is one --outbound-route: a listener whose every connection goes to Authority.
+type Route struct {
+	Listen    string
+	Authority string
+}
+
+const envPrefix = "MESHSCOPE_PROXY_"
+
+// parseConfig reads the command line, with environment twins for flags not given (flags win). The error
+// is one line naming the problem; flag.ErrHelp after printing usage for -h/--help.
+func parseConfig(args []string, getenv func(string) string, usageOut io.Writer) (Config, error) {
+	cfg := Config{}
+	fs := flag.NewFlagSet("proxy", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&cfg.InboundListen, "inbound-listen", "0.0.0.0:4143", "`address` of the inbound listener: traffic from other pods to this one (empty disables it)")
+	fs.StringVar(&cfg.InboundForward, "inbound-forward", "", "`address` of the local app that inbound traffic goes to, e.g. 127.0.0.1:8080 (required with --inbound-listen)")
+	fs.StringVar(&cfg.OutboundListen, "outbound-listen", "127.0.0.1:4140", "`address` of the outbound listener: the app's calls to other services, routed by Host/:authority (empty disables it)")
+	fs.Func("outbound-route", "an extra outbound `LISTEN=AUTHORITY` listener sending every connection to AUTHORITY, for clients that cannot set an authority and for TCP (repeatable; in the environment, comma-separated)", func(s string) error {
+		for _, one := range strings.Split(s, ",") {
+			r, err := parseRoute(strings.TrimSpace(one))
+			if err != nil {
+				return err
+			}
+			cfg.OutboundRoutes = append(cfg.OutboundRoutes, r)
+		}
+		return nil
+	})
+	fs.StringVar(&cfg.AdminListen, "admin-listen", "0.0.0.0:4191", "`address` of the admin server: /metrics /ready /live /log-level /tap")
+	fs.StringVar(&cfg.Namespace, "namespace", "", "this workload's `namespace` (tap events and logs)")
+	fs.StringVar(&cfg.Deployment, "deployment", "", "this workload's `deployment` (tap events and logs)")
+	fs.StringVar(&cfg.Pod, "pod", "", "this workload's `pod` name (tap events and logs)")
+	fs.StringVar(&cfg.Destinations, "destinations", "", "service discovery YAML `file`, re-read when it changes; without it every authority is dialled as written")
+	fs.Func("opaque-ports", "comma-separated `ports` proxied as TCP without protocol detection, e.g. 3306,5432: a listener on one of them, or whose destination (--inbound-forward, a route's AUTHORITY) has one", func(s string) error {
+		ports, err := parsePorts(s)
+		cfg.OpaquePorts = ports
+		return err
+	})
+	fs.DurationVar(&cfg.DetectTimeout, "detect-timeout", 10*time.Second, "how long a client may stay silent before its connection is proxied as opaque TCP (server-speaks-first protocols)")
+	fs.StringVar(&cfg.TapToken, "tap-token", "", "bearer `token` that /tap clients must present; without one, only loopback clients may tap")
+	fs.TextVar(&cfg.LogLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error (changeable at run time with PUT /log-level)")
+	fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM, how long in-flight requests and connections may take to finish")
+	fs.Usage = func() { usage(fs, usageOut) }
+
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return cfg, err // fs.Parse printed the usage
+		}
+		return cfg, oneLine(err)
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q (all settings are --flags; see --help)", fs.Arg(0))
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] || envErr != nil {
+			return
+		}
+		name := envName(f.Name)
+		if v := getenv(name); v != "" {
+			if err := fs.Set(f.Name, v); err != nil {
+				envErr = fmt.Errorf("invalid %s %q: %v", name, v, oneLine(err))
+			}
+		}
+	})
+	if envErr != nil {
+		return cfg, envErr
+	}
+	return cfg, cfg.validate()
+}
+
+func envName(flagName string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+func (c Config) validate() error {
+	type addr struct{ flag, value string }
+	addrs := []addr{{"--inbound-listen", c.InboundListen}, {"--outbound-listen", c.OutboundListen}, {"--admin-listen", c.AdminListen}}
+	for _, r := range c.OutboundRoutes {
+		addrs = append(addrs, addr{"--outbound-route", r.Listen})
+	}
+	seen := map[string]string{}
+	for _, a := range addrs {
+		if a.value == "" && a.flag != "--admin-listen" {
+			continue
+		}
+		if err := checkListenAddr(a.value); err != nil {
+			return fmt.Errorf("%s %q: %v", a.flag, a.value, err)
+		}
+		if other, dup := seen[a.value]; dup && !strings.HasSuffix(a.value, ":0") {
+			return fmt.Errorf("%s %q: same address as %s", a.flag, a.value, other)
+		}
+		seen[a.value] = a.flag
+	}
+	if c.InboundListen != "" {
+		if c.InboundForward == "" {
+			return errors.New("--inbound-forward is required: the local app's address, e.g. 127.0.0.1:8080 (or disable the inbound listener with --inbound-listen='')")
+		}
+		if err := checkDialAddr(c.InboundForward); err != nil {
+			return fmt.Errorf("--inbound-forward %q: %v", c.InboundForward, err)
+		}
+	}
+	if c.DetectTimeout <= 0 {
+		return fmt.Errorf("--detect-timeout %v: must be positive", c.DetectTimeout)
+	}
+	if c.ShutdownGrace < 0 {
+		return fmt.Errorf("--shutdown-grace %v: must not be negative", c.ShutdownGrace)
+	}
+	return nil
+}
+
+func parseRoute(s string) (Route, error) {
+	listen, authority, ok := strings.Cut(s, "=")
+	if !ok {
+		return Route{}, fmt.Errorf("%q: want LISTEN=AUTHORITY, e.g. 127.0.0.1:4150=voting.shop:8080", s)
+	}
+	if err := checkListenAddr(listen); err != nil {
+		return Route{}, fmt.Errorf("%q: listen address: %v", s, err)
+	}
+	if err := checkDialAddr(authority); err != nil {
+		return Route{}, fmt.Errorf("%q: authority: %v", s, err)
+	}
+	return Route{Listen: listen, Authority: authority}, nil
+}
+
+func parsePorts(s string) ([]int, error) {
+	var ports []int
+	for _, p := range strings.Split(s, ",") {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return nil, fmt.Errorf("port %q is not a number in 1..65535", p)
+		}
+		ports = append(ports, n)
+	}
+	return ports, nil
+}
+
+// checkListenAddr accepts host:port with an optional host (all interfaces) and a port in 0..65535.
+func checkListenAddr(a string) error {
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return errors.New("want host:port")
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("port %q is not a number in 0..65535", port)
+	}
+	if host != "" && net.ParseIP(host) == nil && host != "localhost" {
+		return fmt.Errorf("host %q is not an IP address", host)
+	}
+	return nil
+}
+
+// checkDialAddr accepts host:port with a host and a port in 1..65535.
+func checkDialAddr(a string) error {
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return errors.New("want host:port")
+	}
+	if host == "" {
+		return errors.New("missing host")
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("port %q is not a number in 1..65535", port)
+	}
+	return nil
+}
+
+func oneLine(err error) error {
+	return errors.New(strings.Join(strings.Fields(err.Error()), " "))
+}
+
+func usage(fs *flag.FlagSet, w io.Writer) {
+	fmt.Fprint(w, `Usage: proxy [flags]
+
+Meshscope's sidecar proxy. It carries HTTP/1.1, HTTP/2 (h2c), gRPC and opaque TCP for one workload, counts
+every request with linkerd2-proxy's metric names, and streams live requests on /tap.
+
+  inbound  --inbound-listen  -> --inbound-forward (the local app)
+  outbound --outbound-listen -> the service named by each request's Host/:authority, balanced over the
+           endpoints in --destinations (an authority not in the file is dialled as written)
+  routes   --outbound-route LISTEN=AUTHORITY -> AUTHORITY, for every connection
+  admin    --admin-listen: /metrics /ready /live /log-level (GET shows, PUT changes) /tap
+
+Every connection's protocol is detected from its first bytes (HTTP/2 preface, HTTP/1 request line, else
+opaque TCP); a client silent for --detect-timeout is proxied as TCP.
+
+Every flag has an environment twin, MESHSCOPE_PROXY_<FLAG IN UPPER SNAKE CASE> (e.g.
+MESHSCOPE_PROXY_INBOUND_FORWARD); a flag on the command line wins over its twin.
+
+Flags:
+`)
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
+	fmt.Fprint(w, `
+Example:
+  proxy --inbound-forward 127.0.0.1:8080 --destinations dest.yaml --namespace shop --deployment web --pod web-0
+`)
+}

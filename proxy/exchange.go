@@ -1,0 +1,86 @@
+package main
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/meshscope/meshscope/proxy/metrics"
+)
+
+// Direction is which way traffic flows through the proxy.
+const (
+	Inbound  = "inbound"  // from other workloads to the local app
+	Outbound = "outbound" // from the local app to other services
+)
+
+// Exchange is one proxied HTTP request, from its headers read to its response stream's end. Everything
+// observed per request goes through its three lifecycle methods (requestHeaders, responseHeaders, end),
+// which count the metrics and are where tap reports the request, response and end events.
+//
+// Its exported fields are what an observer may read; they must not be modified.
+type Exchange struct {
+	Direction string
+	Method    string
+	Authority string      // Host or :authority as routed
+	Path      string      // the request's URL path (never a metric label)
+	Header    http.Header // request headers, without hop-by-hop fields
+	Source    string      // the client's address, host:port
+	// Destination is the address the request was sent to: the local app (inbound), the endpoint picked
+	// (outbound) or the authority as written; empty when no endpoint was available.
+	Destination string
+	// DstLabels are the destination's dst_* labels from the destinations file; nil inbound and for
+	// authorities not in the file.
+	DstLabels map[string]string
+	Start     time.Time // when the request headers were read
+
+	Status     int   // response status, once the response headers were written
+	GRPCStatus int   // gRPC status from trailers or a trailers-only response, else metrics.NoGRPCStatus
+	Bytes      int64 // response body bytes sent to the client
+	Error      string
+
+	series *metrics.HTTPSeries
+}
+
+// requestHeaders is called once the request is routed: its headers are read and its destination known.
+func (e *Exchange) requestHeaders(m *metrics.Metrics) {
+	e.series = m.HTTP(metrics.HTTPKey{
+		Direction:  e.Direction,
+		Authority:  e.Authority,
+		TargetAddr: e.Destination,
+		Dst:        dstOf(e.DstLabels),
+	})
+	e.series.Requests.Inc()
+}
+
+// rerouted is called when a request that never reached its endpoint is retried on another one: the
+// response is counted on the series of the endpoint that answers it.
+func (e *Exchange) rerouted(m *metrics.Metrics) {
+	e.series = m.HTTP(metrics.HTTPKey{
+		Direction:  e.Direction,
+		Authority:  e.Authority,
+		TargetAddr: e.Destination,
+		Dst:        dstOf(e.DstLabels),
+	})
+}
+
+// responseHeaders is called once the response headers were written to the client.
+func (e *Exchange) responseHeaders(status int) {
+	e.Status = status
+	e.series.Latency.Observe(metrics.Millis(time.Since(e.Start)))
+}
+
+// end is called once, when the response stream ended (or failed: Error set).
+func (e *Exchange) end() {
+	e.series.Response(metrics.Outcome{Status: e.Status, GRPCStatus: e.GRPCStatus, Error: e.Error})
+}
+
+func dstOf(labels map[string]string) metrics.Dst {
+	if labels == nil {
+		return metrics.Dst{}
+	}
+	return metrics.Dst{
+		Namespace:  labels["dst_namespace"],
+		Deployment: labels["dst_deployment"],
+		Pod:        labels["dst_pod"],
+	}
+}

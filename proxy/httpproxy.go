@@ -1,0 +1,442 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/meshscope/meshscope/proxy/balance"
+	"github.com/meshscope/meshscope/proxy/metrics"
+)
+
+// ProxyErrorHeader names the reason of a response the proxy produced itself (no endpoint, connection
+// refused, upstream timeout ...).
+const ProxyErrorHeader = "Meshscope-Proxy-Error"
+
+// Reasons of the responses the proxy produces; they are also the error label of response_total.
+const (
+	errNoEndpoints       = "no-endpoints"
+	errConnectionRefused = "connection-refused"
+	errConnectTimeout    = "connect-timeout"
+	errUnresolved        = "unresolved-authority"
+	errUpstream          = "upstream-error"
+	errStream            = "stream-error"
+	errCancelled         = "cancelled"
+	errLoop              = "proxy-loop"
+)
+
+// httpProxy forwards the requests of one listener.
+type httpProxy struct {
+	direction string
+	// forward, when set, receives every request (inbound: the local app).
+	forward string
+	// route, when set, is the authority of every request (an --outbound-route listener).
+	route string
+	// resolver finds outbound destinations; nil when there is no destinations file.
+	resolver *balance.Resolver
+	// self tells whether an address is one of the proxy's own listeners, to refuse requests to itself.
+	self func(authority string) bool
+
+	h1, h2  http.RoundTripper
+	dialer  *dialer
+	metrics *metrics.Metrics
+	log     *slog.Logger
+	hijacks *tracker
+}
+
+// ServeHTTP proxies one request. It writes the response itself rather than through
+// httputil.ReverseProxy: no header clones, no per-request closures, a pooled copy buffer, and the metrics
+// and tap observations at the exact points DESIGN names.
+func (p *httpProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	ex := Exchange{
+		Direction:  p.direction,
+		Method:     r.Method,
+		Authority:  r.Host,
+		Path:       r.URL.Path,
+		Header:     r.Header,
+		Source:     r.RemoteAddr,
+		Start:      time.Now(),
+		GRPCStatus: metrics.NoGRPCStatus,
+	}
+	if p.route != "" {
+		ex.Authority = p.route
+	}
+	if ex.Authority == "" {
+		// HTTP/1.0 without Host on the outbound listener: nothing to route by.
+		http.Error(w, "missing Host header: the outbound proxy routes requests by their authority", http.StatusBadRequest)
+		return
+	}
+
+	var dest *balance.Destination
+	var ep *balance.Endpoint
+	switch {
+	case p.forward != "":
+		ex.Destination = p.forward
+	case p.resolver != nil:
+		dest = p.resolver.Lookup(ex.Authority)
+	}
+	if dest != nil {
+		var err error
+		if ep, err = dest.Pick(); err != nil {
+			ex.DstLabels = dest.DstLabels
+			ex.requestHeaders(p.metrics)
+			p.fail(w, r, &ex, http.StatusServiceUnavailable, errNoEndpoints, err)
+			return
+		}
+		ex.Destination, ex.DstLabels = ep.Addr, ep.DstLabels
+		p.dialer.noteEndpoint(ep)
+	} else if ex.Destination == "" {
+		ex.Destination = withPort(ex.Authority)
+		if p.self(ex.Destination) {
+			ex.requestHeaders(p.metrics)
+			p.fail(w, r, &ex, http.StatusBadGateway, errLoop, errors.New("the request's authority is this proxy"))
+			return
+		}
+	}
+	ex.requestHeaders(p.metrics)
+
+	out := r.WithContext(r.Context()) // a shallow copy; only the fields set below differ
+	u := *r.URL
+	out.URL = &u
+	out.URL.Scheme = "http"
+	out.URL.Host = ex.Destination
+	out.Host = ex.Authority
+	out.RequestURI = ""
+	out.Close = false
+	upgrade := r.ProtoMajor == 1 && headerHasToken(r.Header, "Connection", "upgrade") && r.Header.Get("Upgrade") != ""
+	upgradeTo := r.Header["Upgrade"]
+	removeHopByHop(out.Header)
+	if upgrade {
+		out.Header["Connection"] = connectionUpgrade
+		out.Header["Upgrade"] = upgradeTo
+	}
+	if _, ok := out.Header["User-Agent"]; !ok {
+		out.Header["User-Agent"] = emptyValue // keep net/http from adding its own
+	}
+	if r.ContentLength == 0 {
+		out.Body = nil
+	}
+	var body *retryBody
+	if dest != nil && out.Body != nil {
+		// The transport closes a request's body even when the dial fails; a body nobody read yet can be
+		// sent again to another endpoint.
+		body = &retryBody{ReadCloser: out.Body}
+		out.Body = body
+	}
+	rt := p.h1
+	if r.ProtoMajor == 2 {
+		rt = p.h2
+	}
+
+	var res *http.Response
+	var tried [4]*balance.Endpoint
+	for attempt := 0; ; attempt++ {
+		var done func(error)
+		if ep != nil {
+			done = ep.Begin()
+		}
+		var err error
+		res, err = rt.RoundTrip(out)
+		if err == nil {
+			if done != nil {
+				done(nil) // the balancer's latency is time to response headers, as linkerd's
+			}
+			break
+		}
+		if done != nil {
+			done(err)
+		}
+		if r.Context().Err() != nil {
+			ex.Error = errCancelled
+			ex.end()
+			return
+		}
+		if ep != nil && balance.Unreachable(err) && attempt < len(tried) && (body == nil || !body.read.Load()) {
+			tried[attempt] = ep
+			if next, perr := dest.Pick(tried[:attempt+1]...); perr == nil {
+				ep = next
+				ex.Destination, ex.DstLabels = ep.Addr, ep.DstLabels
+				out.URL.Host = ep.Addr
+				p.dialer.noteEndpoint(ep)
+				ex.rerouted(p.metrics)
+				continue
+			}
+		}
+		status, reason := classifyError(err)
+		p.fail(w, r, &ex, status, reason, err)
+		return
+	}
+	defer res.Body.Close()
+
+	if res.StatusCode == http.StatusSwitchingProtocols && upgrade {
+		p.switchProtocols(w, r, res, &ex)
+		return
+	}
+
+	h := w.Header()
+	removeHopByHop(res.Header)
+	for k, vv := range res.Header {
+		h[k] = vv
+	}
+	w.WriteHeader(res.StatusCode)
+	ex.responseHeaders(res.StatusCode)
+
+	grpc := isGRPC(res.Header)
+	if err := p.copyResponse(w, res, &ex); err != nil {
+		ex.Error = errStream
+		if r.Context().Err() != nil {
+			ex.Error = errCancelled
+		}
+		ex.end()
+		p.log.Debug("response stream failed", "peer", ex.Source, "target", ex.Destination, "authority", ex.Authority, "err", err)
+		// Abort the client's stream (RST_STREAM on HTTP/2, a closed connection on HTTP/1.1) so it cannot
+		// mistake a truncated response for a whole one.
+		panic(http.ErrAbortHandler)
+	}
+	for k, vv := range res.Trailer {
+		h[http.TrailerPrefix+k] = vv
+	}
+	if grpc {
+		ex.GRPCStatus = grpcStatus(res)
+	}
+	ex.end()
+}
+
+// copyResponse streams res's body to the client, flushing after each read so that server-sent events,
+// long polls and gRPC streams reach the client at once. A body whose declared length is complete is left
+// for the server to flush with the end of the response (one write for a small response).
+func (p *httpProxy) copyResponse(w http.ResponseWriter, res *http.Response, ex *Exchange) error {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	flusher, _ := w.(http.Flusher)
+	for {
+		n, rerr := res.Body.Read(buf)
+		if n > 0 {
+			if _, err := w.Write(buf[:n]); err != nil {
+				return err
+			}
+			ex.Bytes += int64(n)
+			if flusher != nil && rerr == nil && ex.Bytes != res.ContentLength {
+				flusher.Flush()
+			}
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
+
+// switchProtocols completes an HTTP/1.1 Upgrade (websockets): the 101 response goes to the client, then
+// bytes flow both ways until either side closes.
+func (p *httpProxy) switchProtocols(w http.ResponseWriter, r *http.Request, res *http.Response, ex *Exchange) {
+	backend, ok := res.Body.(io.ReadWriteCloser)
+	if !ok {
+		p.fail(w, r, ex, http.StatusBadGateway, errUpstream, errors.New("101 response without a writable body"))
+		return
+	}
+	client, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		p.fail(w, r, ex, http.StatusBadGateway, errUpstream, err)
+		return
+	}
+	defer client.Close()
+	release := p.hijacks.add(client)
+	defer release()
+
+	upgradeTo := res.Header["Upgrade"]
+	removeHopByHop(res.Header)
+	res.Header["Connection"] = connectionUpgrade
+	res.Header["Upgrade"] = upgradeTo
+	res.Body = nil
+	if err := res.Write(brw); err != nil {
+		ex.Error = errStream
+		ex.end()
+		return
+	}
+	if err := brw.Flush(); err != nil {
+		ex.Error = errStream
+		ex.end()
+		return
+	}
+	ex.responseHeaders(res.StatusCode)
+
+	errc := make(chan error, 2)
+	go func() {
+		// Bytes the client sent after its request, already buffered by the server, go first.
+		_, err := io.Copy(backend, io.MultiReader(brw.Reader, client))
+		errc <- err
+	}()
+	n, err := io.Copy(client, backend)
+	ex.Bytes = n
+	// Either direction ending ends the tunnel: close both so the other copy returns too.
+	client.Close()
+	backend.Close()
+	err2 := <-errc
+	if err == nil {
+		err = err2
+	}
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		ex.Error = errStream
+	}
+	ex.end()
+}
+
+// fail answers a request the proxy could not forward, naming the reason in ProxyErrorHeader, and counts it.
+func (p *httpProxy) fail(w http.ResponseWriter, r *http.Request, ex *Exchange, status int, reason string, err error) {
+	p.log.Info("request failed", "peer", ex.Source, "target", ex.Destination, "authority", ex.Authority, "reason", reason, "err", err)
+	h := w.Header()
+	h.Set(ProxyErrorHeader, reason)
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	if isGRPC(r.Header) {
+		// gRPC clients read the status from here; UNAVAILABLE tells them the call may be retried.
+		h.Set("Grpc-Status", "14")
+		h.Set("Grpc-Message", "meshscope proxy: "+reason)
+		ex.GRPCStatus = 14
+	}
+	w.WriteHeader(status)
+	io.WriteString(w, reason+"\n")
+	ex.responseHeaders(status)
+	ex.Error = reason
+	ex.end()
+}
+
+// classifyError maps a transport error to the status and reason of the response the proxy produces.
+func classifyError(err error) (int, string) {
+	var dnsErr *net.DNSError
+	var netErr net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return http.StatusBadGateway, errConnectionRefused
+	case errors.As(err, &dnsErr):
+		return http.StatusBadGateway, errUnresolved
+	case errors.As(err, &netErr) && netErr.Timeout():
+		return http.StatusGatewayTimeout, errConnectTimeout
+	}
+	return http.StatusBadGateway, errUpstream
+}
+
+// isGRPC reports whether h's content type is gRPC's.
+func isGRPC(h http.Header) bool {
+	ct := h["Content-Type"]
+	return len(ct) > 0 && strings.HasPrefix(ct[0], "application/grpc")
+}
+
+// grpcStatus reads a gRPC response's status from its trailers or, for a trailers-only response, its
+// headers. A gRPC response without any status is malformed: UNKNOWN, as gRPC clients treat it.
+func grpcStatus(res *http.Response) int {
+	v := res.Trailer["Grpc-Status"]
+	if len(v) == 0 {
+		v = res.Header["Grpc-Status"]
+	}
+	if len(v) == 0 {
+		return 2
+	}
+	n, err := strconv.Atoi(v[0])
+	if err != nil || n < 0 {
+		return 2
+	}
+	return n
+}
+
+var (
+	connectionUpgrade = []string{"Upgrade"}
+	emptyValue        = []string{""}
+	bufPool           = sync.Pool{New: func() any { b := make([]byte, 32*1024); return &b }}
+)
+
+// hopByHop are the connection-specific fields a proxy must not forward (RFC 9110 section 7.6.1), plus
+// Trailer, which net/http rewrites from the message's trailers itself.
+var hopByHop = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Te", "Transfer-Encoding", "Upgrade", "Trailer"}
+
+// removeHopByHop deletes hop-by-hop fields from h, including those the Connection field lists. "TE:
+// trailers" stays: HTTP/2 allows it, and gRPC servers require it (RFC 9113 section 8.2.2).
+func removeHopByHop(h http.Header) {
+	if c, ok := h["Connection"]; ok {
+		for _, v := range c {
+			for _, f := range strings.Split(v, ",") {
+				if f = http.CanonicalHeaderKey(strings.TrimSpace(f)); f != "" && f != "Te" {
+					delete(h, f)
+				}
+			}
+		}
+	}
+	for _, f := range hopByHop {
+		if _, ok := h[f]; !ok {
+			continue
+		}
+		if f == "Te" && len(h[f]) == 1 && strings.EqualFold(h[f][0], "trailers") {
+			continue
+		}
+		delete(h, f)
+	}
+}
+
+// headerHasToken reports whether the comma-separated field name of h contains token (case-insensitive).
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h[name] {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// withPort adds http's default port to an authority without one.
+func withPort(authority string) string {
+	if _, _, err := net.SplitHostPort(authority); err == nil {
+		return authority
+	}
+	return net.JoinHostPort(strings.Trim(authority, "[]"), "80")
+}
+
+// retryBody is a request body that records whether it was read, so that a request refused at dial time
+// can be retried on another endpoint, and ignores the transport's Close for the same reason: the server
+// closes the real body when the handler returns.
+type retryBody struct {
+	io.ReadCloser
+	read atomic.Bool
+}
+
+func (b *retryBody) Read(p []byte) (int, error) {
+	b.read.Store(true)
+	return b.ReadCloser.Read(p)
+}
+
+func (b *retryBody) Close() error { return nil }
+
+// newTransports returns the upstream transports: HTTP/1.1 with keep-alive pools sized for a busy sidecar,
+// and HTTP/2 prior knowledge (h2c) multiplexing every request to an endpoint over few connections.
+func newTransports(dial func(ctx context.Context, network, addr string) (net.Conn, error)) (h1, h2 *http.Transport) {
+	base := func() *http.Transport {
+		return &http.Transport{
+			DialContext:         dial,
+			MaxIdleConnsPerHost: 1024, // net/http's default of 2 closes and redials under any concurrency
+			IdleConnTimeout:     90 * time.Second,
+			// The proxy passes bodies through as they are: never ask for gzip and decode it on the way.
+			DisableCompression: true,
+			// A header of any size the server accepted goes through.
+			MaxResponseHeaderBytes: 1 << 20,
+		}
+	}
+	h1, h2 = base(), base()
+	h1.Protocols = new(http.Protocols)
+	h1.Protocols.SetHTTP1(true)
+	h2.Protocols = new(http.Protocols)
+	h2.Protocols.SetUnencryptedHTTP2(true)
+	return h1, h2
+}

@@ -1,0 +1,308 @@
+// Package metrics holds the proxy's Prometheus metrics, named and labelled as linkerd2-proxy's so existing
+// queries and dashboards keep working (DESIGN.md, "Proxy metrics").
+//
+// The hot path never formats labels: a Series binds every label once per (direction, authority, target,
+// destination) and caches the bound counters, so counting a request is a map read and an atomic add.
+package metrics
+
+import (
+	"errors"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
+)
+
+// LatencyBuckets are response_latency_ms's buckets, in milliseconds.
+var LatencyBuckets = []float64{1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500,
+	1000, 2000, 3000, 4000, 5000, 10000, 20000, 30000, 40000, 50000}
+
+// DurationBuckets are tcp_connection_duration_ms's buckets, in milliseconds: a connection lives from a
+// millisecond to days.
+var DurationBuckets = []float64{1, 10, 100, 1000, 10000, 100000, 1000000, 10000000}
+
+// MaxSeries bounds how many distinct label sets each family of metrics holds. Authorities come from clients'
+// Host headers; past the bound, new ones are counted under the authority OverflowAuthority so a client
+// spraying random hosts cannot exhaust the proxy's memory or Prometheus.
+const MaxSeries = 2000
+
+// OverflowAuthority replaces authorities past MaxSeries.
+const OverflowAuthority = "overflow"
+
+// TLS is the value of the tls label: the first slice has no mutual TLS yet.
+const TLS = "false"
+
+// Dst is a destination's labels, the dst_* labels of outbound metrics. Zero for inbound metrics and for
+// authorities that are not in the destinations file.
+type Dst struct {
+	Namespace, Deployment, Pod string
+}
+
+var (
+	baseLabels = []string{"direction", "authority", "target_addr", "tls", "dst_namespace", "dst_deployment", "dst_pod"}
+	respLabels = append(append([]string(nil), baseLabels...), "status_code", "classification", "grpc_status", "error")
+	tcpLabels  = []string{"direction", "peer", "target_addr", "tls", "dst_namespace", "dst_deployment", "dst_pod"}
+	closeLabls = append(append([]string(nil), tcpLabels...), "classification", "errno")
+)
+
+// Metrics is every metric the proxy exports about the traffic it carries.
+type Metrics struct {
+	requests  *prometheus.CounterVec
+	responses *prometheus.CounterVec
+	latency   *prometheus.HistogramVec
+
+	tcpOpen     *prometheus.CounterVec
+	tcpClose    *prometheus.CounterVec
+	tcpOpenNow  *prometheus.GaugeVec
+	tcpRead     *prometheus.CounterVec
+	tcpWrite    *prometheus.CounterVec
+	tcpDuration *prometheus.HistogramVec
+
+	mu   sync.RWMutex
+	http map[HTTPKey]*HTTPSeries
+	tcp  map[TCPKey]*TCPSeries
+}
+
+// New creates the metrics and registers them with reg.
+func New(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "request_total", Help: "HTTP requests whose headers the proxy read.",
+		}, baseLabels),
+		responses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "response_total", Help: "HTTP response streams that ended, classified as success or failure.",
+		}, respLabels),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "response_latency_ms", Help: "Time from request headers read to response headers written, in milliseconds.",
+			Buckets: LatencyBuckets,
+		}, baseLabels),
+		tcpOpen: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tcp_open_total", Help: "TCP connections opened.",
+		}, tcpLabels),
+		tcpClose: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tcp_close_total", Help: "TCP connections closed.",
+		}, closeLabls),
+		tcpOpenNow: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tcp_open_connections", Help: "TCP connections open now.",
+		}, tcpLabels),
+		tcpRead: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tcp_read_bytes_total", Help: "Bytes read from TCP connections.",
+		}, tcpLabels),
+		tcpWrite: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tcp_write_bytes_total", Help: "Bytes written to TCP connections.",
+		}, tcpLabels),
+		tcpDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "tcp_connection_duration_ms", Help: "How long TCP connections were open, in milliseconds.",
+			Buckets: DurationBuckets,
+		}, tcpLabels),
+		http: make(map[HTTPKey]*HTTPSeries),
+		tcp:  make(map[TCPKey]*TCPSeries),
+	}
+	reg.MustRegister(m.requests, m.responses, m.latency,
+		m.tcpOpen, m.tcpClose, m.tcpOpenNow, m.tcpRead, m.tcpWrite, m.tcpDuration)
+	return m
+}
+
+// HTTPKey selects one HTTP series.
+type HTTPKey struct {
+	Direction  string // inbound or outbound
+	Authority  string // the request's authority, as routed
+	TargetAddr string // the address the request was sent to
+	Dst        Dst
+}
+
+// HTTPSeries is the bound metrics of one HTTPKey.
+type HTTPSeries struct {
+	Requests prometheus.Counter
+	Latency  prometheus.Observer
+
+	labels    []string
+	responses *prometheus.CounterVec
+	mu        sync.RWMutex
+	byOutcome map[Outcome]prometheus.Counter
+}
+
+// HTTP returns k's series, creating it on first use.
+func (m *Metrics) HTTP(k HTTPKey) *HTTPSeries {
+	m.mu.RLock()
+	s := m.http[k]
+	m.mu.RUnlock()
+	if s != nil {
+		return s
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.http) >= MaxSeries {
+		k.Authority = OverflowAuthority
+	}
+	if s = m.http[k]; s != nil {
+		return s
+	}
+	labels := []string{k.Direction, k.Authority, k.TargetAddr, TLS, k.Dst.Namespace, k.Dst.Deployment, k.Dst.Pod}
+	s = &HTTPSeries{
+		Requests:  m.requests.WithLabelValues(labels...),
+		Latency:   m.latency.WithLabelValues(labels...),
+		labels:    labels,
+		responses: m.responses,
+		byOutcome: make(map[Outcome]prometheus.Counter),
+	}
+	m.http[k] = s
+	return s
+}
+
+// NoGRPCStatus is Outcome.GRPCStatus for a response that is not gRPC.
+const NoGRPCStatus = -1
+
+// Outcome is how an HTTP response stream ended.
+type Outcome struct {
+	Status     int    // HTTP status code; 0 when no response headers were written
+	GRPCStatus int    // gRPC status code, or NoGRPCStatus
+	Error      string // why the stream failed, from a small fixed set; empty when it did not
+}
+
+// Failure reports whether o counts as a failure: a 5xx, a gRPC status other than OK, or a stream error.
+func (o Outcome) Failure() bool {
+	return o.Error != "" || o.Status >= 500 || (o.GRPCStatus != NoGRPCStatus && o.GRPCStatus != 0)
+}
+
+// Response counts one ended response stream.
+func (s *HTTPSeries) Response(o Outcome) {
+	if o.GRPCStatus < NoGRPCStatus || o.GRPCStatus > 99 {
+		o.GRPCStatus = 2 // UNKNOWN: keeps the label bounded against a misbehaving server
+	}
+	if o.Status < 0 || o.Status > 999 {
+		o.Status = 0
+	}
+	s.mu.RLock()
+	c := s.byOutcome[o]
+	s.mu.RUnlock()
+	if c == nil {
+		c = s.bind(o)
+	}
+	c.Inc()
+}
+
+func (s *HTTPSeries) bind(o Outcome) prometheus.Counter {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c := s.byOutcome[o]; c != nil {
+		return c
+	}
+	status, grpc, class := "", "", "success"
+	if o.Status != 0 {
+		status = strconv.Itoa(o.Status)
+	}
+	if o.GRPCStatus != NoGRPCStatus {
+		grpc = strconv.Itoa(o.GRPCStatus)
+	}
+	if o.Failure() {
+		class = "failure"
+	}
+	c := s.responses.WithLabelValues(append(append([]string(nil), s.labels...), status, class, grpc, o.Error)...)
+	s.byOutcome[o] = c
+	return c
+}
+
+// TCPKey selects one TCP series.
+type TCPKey struct {
+	Direction  string // inbound or outbound
+	Peer       string // src: the accepted connection; dst: the connection the proxy opened
+	TargetAddr string
+	Dst        Dst
+}
+
+// TCPSeries is the bound metrics of one TCPKey.
+type TCPSeries struct {
+	Open     prometheus.Counter
+	OpenNow  prometheus.Gauge
+	Read     prometheus.Counter
+	Write    prometheus.Counter
+	Duration prometheus.Observer
+
+	labels []string
+	closes *prometheus.CounterVec
+	mu     sync.RWMutex
+	byErr  map[string]prometheus.Counter
+}
+
+// TCP returns k's series, creating it on first use.
+func (m *Metrics) TCP(k TCPKey) *TCPSeries {
+	m.mu.RLock()
+	s := m.tcp[k]
+	m.mu.RUnlock()
+	if s != nil {
+		return s
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.tcp) >= MaxSeries {
+		k.TargetAddr = OverflowAuthority
+	}
+	if s = m.tcp[k]; s != nil {
+		return s
+	}
+	labels := []string{k.Direction, k.Peer, k.TargetAddr, TLS, k.Dst.Namespace, k.Dst.Deployment, k.Dst.Pod}
+	s = &TCPSeries{
+		Open:     m.tcpOpen.WithLabelValues(labels...),
+		OpenNow:  m.tcpOpenNow.WithLabelValues(labels...),
+		Read:     m.tcpRead.WithLabelValues(labels...),
+		Write:    m.tcpWrite.WithLabelValues(labels...),
+		Duration: m.tcpDuration.WithLabelValues(labels...),
+		labels:   labels,
+		closes:   m.tcpClose,
+		byErr:    make(map[string]prometheus.Counter),
+	}
+	m.tcp[k] = s
+	return s
+}
+
+// Opened counts a connection opening.
+func (s *TCPSeries) Opened() {
+	s.Open.Inc()
+	s.OpenNow.Inc()
+}
+
+// Closed counts a connection closing after living for d; err is why it failed, nil for a clean close.
+func (s *TCPSeries) Closed(d time.Duration, err error) {
+	s.OpenNow.Dec()
+	s.Duration.Observe(Millis(d))
+	errno := Errno(err)
+	s.mu.RLock()
+	c := s.byErr[errno]
+	s.mu.RUnlock()
+	if c == nil {
+		s.mu.Lock()
+		if c = s.byErr[errno]; c == nil {
+			class := "success"
+			if err != nil {
+				class = "failure"
+			}
+			c = s.closes.WithLabelValues(append(append([]string(nil), s.labels...), class, errno)...)
+			s.byErr[errno] = c
+		}
+		s.mu.Unlock()
+	}
+	c.Inc()
+}
+
+// Errno names the system error behind err (ECONNRESET, ETIMEDOUT, ...); "" for nil, "unknown" when there
+// is none. A failed close always has a non-empty errno, so the close counter keys on it alone.
+func Errno(err error) string {
+	if err == nil {
+		return ""
+	}
+	var e unix.Errno
+	if errors.As(err, &e) {
+		if name := unix.ErrnoName(e); name != "" {
+			return name
+		}
+	}
+	return "unknown"
+}
+
+// Millis converts d to fractional milliseconds, the unit of every histogram here.
+func Millis(d time.Duration) float64 {
+	return float64(d) / float64(time.Millisecond)
+}

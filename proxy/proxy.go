@@ -1,0 +1,344 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/meshscope/meshscope/proxy/balance"
+	"github.com/meshscope/meshscope/proxy/detect"
+	"github.com/meshscope/meshscope/proxy/metrics"
+)
+
+const (
+	// dialTimeout bounds connecting to an upstream; past it a request is answered 504.
+	dialTimeout = 10 * time.Second
+	// readHeaderTimeout bounds how long a client may take to send a request's headers (slowloris).
+	readHeaderTimeout = 30 * time.Second
+	// idleTimeout closes client connections idle between requests.
+	idleTimeout = 5 * time.Minute
+)
+
+// proxy is one running sidecar: its listeners, admin server, metrics and discovery.
+type proxy struct {
+	cfg      Config
+	log      *slog.Logger
+	level    *slog.LevelVar
+	registry *prometheus.Registry
+	metrics  *metrics.Metrics
+	resolver *balance.Resolver
+
+	listeners []*listener
+	admin     *http.Server
+	adminLn   net.Listener
+	ready     atomic.Bool
+	conns     tracker // opaque and upgraded connections
+}
+
+// listener is one data-path listener and the HTTP server that its detected HTTP connections go to.
+type listener struct {
+	name      string // names the flag it comes from, in logs
+	direction string
+	ln        net.Listener
+	// opaque skips protocol detection: every connection is TCP.
+	opaque bool
+	// tcpTarget is where opaque connections go; empty when there is nowhere (the outbound listener).
+	tcpTarget string
+	// srcTarget is the target_addr label of the accepted connections' tcp_* metrics.
+	srcTarget string
+	dialer    *dialer
+	conns     *connListener
+	server    *http.Server
+}
+
+// newProxy validates what can only be checked by trying (the destinations file, binding every address)
+// and returns a proxy ready to Serve. On error nothing is left open.
+func newProxy(cfg Config, log *slog.Logger, level *slog.LevelVar) (_ *proxy, err error) {
+	p := &proxy{cfg: cfg, log: log, level: level, registry: prometheus.NewRegistry()}
+	if cfg.Destinations != "" {
+		if p.resolver, err = balance.Load(cfg.Destinations, log); err != nil {
+			return nil, fmt.Errorf("--destinations: %w", err)
+		}
+	}
+	p.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	p.metrics = metrics.New(p.registry)
+
+	defer func() {
+		if err != nil {
+			p.closeListeners()
+		}
+	}()
+	if p.adminLn, err = listen("--admin-listen", cfg.AdminListen); err != nil {
+		return nil, err
+	}
+	inDialer := &dialer{direction: Inbound, net: net.Dialer{Timeout: dialTimeout}, metrics: p.metrics}
+	outDialer := &dialer{direction: Outbound, net: net.Dialer{Timeout: dialTimeout}, metrics: p.metrics}
+	inH1, inH2 := newTransports(inDialer.dial)
+	outH1, outH2 := newTransports(outDialer.dial)
+
+	if cfg.InboundListen != "" {
+		hp := &httpProxy{direction: Inbound, forward: cfg.InboundForward, h1: inH1, h2: inH2, dialer: inDialer}
+		if err = p.addListener("--inbound-listen", cfg.InboundListen, hp, cfg.InboundForward, cfg.InboundForward); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.OutboundListen != "" {
+		hp := &httpProxy{direction: Outbound, resolver: p.resolver, h1: outH1, h2: outH2, dialer: outDialer}
+		if err = p.addListener("--outbound-listen", cfg.OutboundListen, hp, "", ""); err != nil {
+			return nil, err
+		}
+	}
+	for _, r := range cfg.OutboundRoutes {
+		hp := &httpProxy{direction: Outbound, route: r.Authority, resolver: p.resolver, h1: outH1, h2: outH2, dialer: outDialer}
+		if err = p.addListener("--outbound-route "+r.Listen+"="+r.Authority, r.Listen, hp, r.Authority, r.Authority); err != nil {
+			return nil, err
+		}
+	}
+	p.admin = &http.Server{
+		Handler:           p.adminRoutes(),
+		ReadTimeout:       10 * time.Second,
+		ReadHeaderTimeout: 5 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	return p, nil
+}
+
+func listen(flag, addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", flag, addr, errors.Unwrap(err))
+	}
+	return ln, nil
+}
+
+func (p *proxy) addListener(name, addr string, hp *httpProxy, tcpTarget, srcTarget string) error {
+	ln, err := listen(name, addr)
+	if err != nil {
+		return err
+	}
+	hp.metrics, hp.log, hp.hijacks, hp.self = p.metrics, p.log.With("listener", name), &p.conns, p.isSelf
+	l := &listener{
+		name:      name,
+		direction: hp.direction,
+		ln:        ln,
+		opaque:    p.opaquePort(ln.Addr().String()) || (tcpTarget != "" && p.opaquePort(tcpTarget)),
+		tcpTarget: tcpTarget,
+		srcTarget: srcTarget,
+		dialer:    hp.dialer,
+		conns:     newConnListener(ln.Addr()),
+	}
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	l.server = &http.Server{
+		Handler:           hp,
+		Protocols:         protocols,
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		// No ReadTimeout or WriteTimeout: a proxied stream (long poll, server-sent events, a gRPC stream)
+		// may rightly last as long as its client and server want.
+		ErrorLog: slog.NewLogLogger(hp.log.Handler(), slog.LevelDebug),
+	}
+	p.listeners = append(p.listeners, l)
+	return nil
+}
+
+func (p *proxy) opaquePort(addr string) bool {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	n, err := strconv.Atoi(port)
+	return err == nil && slices.Contains(p.cfg.OpaquePorts, n)
+}
+
+// isSelf reports whether an upstream address is one of this proxy's own listeners: a request sent there
+// would loop until the proxy ran out of connections.
+func (p *proxy) isSelf(addr string) bool {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	local := host == "localhost" || (ip != nil && (ip.IsLoopback() || ip.IsUnspecified()))
+	for _, l := range p.listeners {
+		lhost, lport, _ := net.SplitHostPort(l.ln.Addr().String())
+		if lport == port && (local || lhost == host) {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *proxy) closeListeners() {
+	if p.adminLn != nil {
+		p.adminLn.Close()
+	}
+	for _, l := range p.listeners {
+		l.ln.Close()
+	}
+}
+
+// addr returns the bound address of the listener named by its flag, or nil.
+func (p *proxy) addr(name string) net.Addr {
+	if name == "--admin-listen" {
+		return p.adminLn.Addr()
+	}
+	for _, l := range p.listeners {
+		if l.name == name {
+			return l.ln.Addr()
+		}
+	}
+	return nil
+}
+
+// Serve runs the proxy until ctx is done, then shuts down gracefully: it stops accepting, lets in-flight
+// requests and connections finish within ShutdownGrace, and closes what is left.
+func (p *proxy) Serve(ctx context.Context) error {
+	var wg sync.WaitGroup
+	if p.resolver != nil {
+		wg.Go(func() { p.resolver.Run(ctx) })
+	}
+	adminDone := make(chan error, 1)
+	go func() { adminDone <- p.admin.Serve(p.adminLn) }()
+	for _, l := range p.listeners {
+		wg.Go(func() { l.server.Serve(l.conns) })
+		wg.Go(func() { p.accept(ctx, l) })
+		p.log.Info("listening", "listener", l.name, "addr", l.ln.Addr().String(), "opaque", l.opaque)
+	}
+	p.log.Info("admin listening", "addr", p.adminLn.Addr().String())
+	p.ready.Store(true)
+
+	select {
+	case <-ctx.Done():
+	case err := <-adminDone:
+		p.closeListeners()
+		for _, l := range p.listeners {
+			l.server.Close()
+		}
+		p.conns.closeAll()
+		wg.Wait()
+		return fmt.Errorf("admin server: %w", err)
+	}
+
+	p.log.Info("shutting down", "grace", p.cfg.ShutdownGrace)
+	p.ready.Store(false)
+	for _, l := range p.listeners {
+		l.ln.Close()
+	}
+	grace, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.ShutdownGrace)
+	defer cancel()
+	var sg sync.WaitGroup
+	for _, l := range p.listeners {
+		sg.Go(func() {
+			if err := l.server.Shutdown(grace); err != nil {
+				p.log.Warn("in-flight requests cut at the end of the shutdown grace", "listener", l.name)
+				l.server.Close()
+			}
+		})
+	}
+	sg.Go(func() { p.conns.wait(grace) })
+	sg.Wait()
+	p.conns.closeAll()
+	wg.Wait()
+
+	actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer acancel()
+	p.admin.Shutdown(actx)
+	p.log.Info("stopped")
+	return nil
+}
+
+// accept hands each connection of l to its own goroutine: detection may wait up to DetectTimeout.
+func (p *proxy) accept(ctx context.Context, l *listener) {
+	var delay time.Duration
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				l.conns.Close()
+				return
+			}
+			// Out of file descriptors and the like: back off rather than spin (net/http does the same).
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			p.log.Warn("accept failed", "listener", l.name, "err", err, "retry_in", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		go p.serveConn(ctx, l, c)
+	}
+}
+
+// serveConn detects c's protocol and passes it to the listener's HTTP server or proxies it as TCP.
+func (p *proxy) serveConn(ctx context.Context, l *listener, c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	src := newCountingConn(c, p.metrics.TCP(metrics.TCPKey{Direction: l.direction, Peer: "src", TargetAddr: l.srcTarget}))
+	if l.opaque {
+		p.proxyTCP(ctx, l, src)
+		return
+	}
+	proto, conn, err := detect.Peek(src, p.cfg.DetectTimeout)
+	if err != nil {
+		p.log.Debug("connection failed during protocol detection", "listener", l.name, "peer", c.RemoteAddr().String(), "err", err)
+		src.Close()
+		return
+	}
+	p.log.Debug("connection accepted", "listener", l.name, "peer", c.RemoteAddr().String(), "protocol", proto.String())
+	if proto == detect.Opaque {
+		p.proxyTCP(ctx, l, conn)
+		return
+	}
+	l.conns.push(conn)
+}
+
+// connListener is the net.Listener an http.Server serves: it yields the connections found to speak HTTP.
+type connListener struct {
+	addr net.Addr
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newConnListener(addr net.Addr) *connListener {
+	return &connListener{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *connListener) push(c net.Conn) {
+	select {
+	case l.ch <- c:
+	case <-l.done:
+		c.Close()
+	}
+}
+
+func (l *connListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *connListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *connListener) Addr() net.Addr { return l.addr }

@@ -1,0 +1,254 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/meshscope/meshscope/proxy/balance"
+	"github.com/meshscope/meshscope/proxy/metrics"
+)
+
+// countingConn counts a connection's bytes and its close into a TCP series, as linkerd's tcp_* metrics.
+type countingConn struct {
+	net.Conn
+	series *metrics.TCPSeries
+	opened time.Time
+	closed atomic.Bool
+
+	mu  sync.Mutex
+	err error // the first error that made the connection fail
+}
+
+func newCountingConn(c net.Conn, s *metrics.TCPSeries) *countingConn {
+	s.Opened()
+	return &countingConn{Conn: c, series: s, opened: time.Now()}
+}
+
+func (c *countingConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.series.Read.Add(float64(n))
+	}
+	if err != nil {
+		c.noteErr(err)
+	}
+	return n, err
+}
+
+func (c *countingConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if n > 0 {
+		c.series.Write.Add(float64(n))
+	}
+	if err != nil {
+		c.noteErr(err)
+	}
+	return n, err
+}
+
+// noteErr keeps the first error that says the connection failed; end of stream, our own deadlines (protocol
+// detection) and our own closing are not failures.
+func (c *countingConn) noteErr(err error) {
+	if errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, net.ErrClosed) {
+		return
+	}
+	c.mu.Lock()
+	if c.err == nil {
+		c.err = err
+	}
+	c.mu.Unlock()
+}
+
+func (c *countingConn) Close() error {
+	if c.closed.CompareAndSwap(false, true) {
+		c.mu.Lock()
+		err := c.err
+		c.mu.Unlock()
+		c.series.Closed(time.Since(c.opened), err)
+	}
+	return c.Conn.Close()
+}
+
+// CloseWrite half-closes a TCP connection: the peer reads end of stream, and can still answer.
+func (c *countingConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Close()
+}
+
+// dialer opens upstream connections for one direction, counted as peer="dst".
+type dialer struct {
+	direction string
+	net       net.Dialer
+	metrics   *metrics.Metrics
+	// labels holds the dst_* labels last seen for each endpoint address, for the connections the HTTP
+	// transports open (they dial by address alone).
+	labels sync.Map // string -> metrics.Dst
+}
+
+// dial is the transports' DialContext.
+func (d *dialer) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	var dst metrics.Dst
+	if v, ok := d.labels.Load(addr); ok {
+		dst = v.(metrics.Dst)
+	}
+	return d.dialWith(ctx, network, addr, dst)
+}
+
+func (d *dialer) dialWith(ctx context.Context, network, addr string, dst metrics.Dst) (net.Conn, error) {
+	c, err := d.net.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	return newCountingConn(c, d.metrics.TCP(metrics.TCPKey{Direction: d.direction, Peer: "dst", TargetAddr: addr, Dst: dst})), nil
+}
+
+// noteEndpoint remembers an endpoint's labels for the connections the transports will dial to it.
+func (d *dialer) noteEndpoint(ep *balance.Endpoint) {
+	if v, ok := d.labels.Load(ep.Addr); ok && v.(metrics.Dst) == dstOf(ep.DstLabels) {
+		return
+	}
+	d.labels.Store(ep.Addr, dstOf(ep.DstLabels))
+}
+
+// proxyTCP carries an opaque connection to target (an authority, balanced when it is in the destinations
+// file) until both sides have closed.
+func (p *proxy) proxyTCP(ctx context.Context, l *listener, client net.Conn) {
+	defer client.Close()
+	log := p.log.With("listener", l.name, "peer", client.RemoteAddr().String())
+	if l.tcpTarget == "" {
+		log.Warn("opaque connection has no destination: the outbound listener routes HTTP by authority only; use --outbound-route for TCP")
+		return
+	}
+	release := p.conns.add(client)
+	defer release()
+
+	var dest *balance.Destination
+	if l.direction == Outbound && p.resolver != nil {
+		dest = p.resolver.Lookup(l.tcpTarget)
+	}
+	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	var server net.Conn
+	var tried []*balance.Endpoint
+	for {
+		addr, dst := l.tcpTarget, metrics.Dst{}
+		var ep *balance.Endpoint
+		if dest != nil {
+			var err error
+			if ep, err = dest.Pick(tried...); err != nil {
+				log.Warn("opaque connection dropped", "target", l.tcpTarget, "err", err)
+				return
+			}
+			addr, dst = ep.Addr, dstOf(ep.DstLabels)
+		}
+		var done func(error)
+		if ep != nil {
+			done = ep.Begin()
+		}
+		var err error
+		server, err = l.dialer.dialWith(dctx, "tcp", addr, dst)
+		if done != nil {
+			done(err)
+		}
+		if err == nil {
+			break
+		}
+		if ep != nil && balance.Unreachable(err) && dctx.Err() == nil {
+			tried = append(tried, ep)
+			continue
+		}
+		log.Warn("opaque connection dropped", "target", addr, "err", err)
+		return
+	}
+	defer server.Close()
+	release2 := p.conns.add(server)
+	defer release2()
+	log.Debug("opaque connection", "target", server.RemoteAddr().String())
+	pipe(client, server)
+}
+
+// pipe copies both ways; an end of stream is passed on as a half-close, an error closes both.
+func pipe(a, b net.Conn) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		copyHalf(b, a)
+	}()
+	copyHalf(a, b)
+	<-done
+}
+
+func copyHalf(dst, src net.Conn) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	_, err := io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
+	if err != nil {
+		dst.Close()
+		src.Close()
+		return
+	}
+	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+		return
+	}
+	dst.Close()
+}
+
+// tracker keeps the connections the HTTP servers do not (opaque TCP, upgraded HTTP), so that shutdown can
+// wait for them and then close what is left.
+type tracker struct {
+	mu    sync.Mutex
+	conns map[io.Closer]struct{}
+	idle  chan struct{} // closed when conns becomes empty; nil while it is
+}
+
+func (t *tracker) add(c io.Closer) (release func()) {
+	t.mu.Lock()
+	if t.conns == nil {
+		t.conns = make(map[io.Closer]struct{})
+	}
+	t.conns[c] = struct{}{}
+	if t.idle == nil {
+		t.idle = make(chan struct{})
+	}
+	t.mu.Unlock()
+	return func() {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		delete(t.conns, c)
+		if len(t.conns) == 0 && t.idle != nil {
+			close(t.idle)
+			t.idle = nil
+		}
+	}
+}
+
+// wait returns once no connection is tracked, or ctx is done.
+func (t *tracker) wait(ctx context.Context) {
+	t.mu.Lock()
+	idle := t.idle
+	t.mu.Unlock()
+	if idle == nil {
+		return
+	}
+	select {
+	case <-idle:
+	case <-ctx.Done():
+	}
+}
+
+func (t *tracker) closeAll() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for c := range t.conns {
+		c.Close()
+	}
+}
