@@ -48,8 +48,9 @@ type Endpoint struct {
 
 // endpointState is an endpoint's balancer state, shared by the Endpoint values of successive reloads.
 //
-// Pick reads it without locks; writers (a finished request) take mu. A Pick may read an estimate from
-// one update and a stamp from another; the result is a cost between the two, harmless for a balancer.
+// It is read and updated with atomics only; mu serialises the rare changes of backoff. A Pick may read an
+// estimate from one update and a stamp from another; the result is a cost between the two, harmless for a
+// balancer.
 type endpointState struct {
 	clk *clock
 
@@ -59,7 +60,7 @@ type endpointState struct {
 	downUntil   atomic.Int64  // clock nanos until which the endpoint is left out; 0 when up
 	failures    atomic.Int32  // consecutive dial failures, sets the backoff
 
-	mu sync.Mutex // serialises writers of estimate, stamp, downUntil and failures
+	mu sync.Mutex // serialises writers of downUntil and failures
 }
 
 func newEndpointState(clk *clock) *endpointState {
@@ -82,20 +83,24 @@ func (s *endpointState) load(now int64) float64 {
 
 // observe folds one latency into the estimate: a latency above the estimate replaces it at once (the
 // "peak": react fast to an endpoint turning slow), a lower one is blended in with a weight that grows with
-// the time since the last observation (forgive slowly).
+// the time since the last observation (forgive slowly). Lock-free: concurrent observers retry the
+// compare-and-swap; two that read the same stamp both weigh their sample by the same age, which only
+// makes the estimate a little quicker to follow them.
 func (s *endpointState) observe(rtt time.Duration, now int64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	est := math.Float64frombits(s.estimate.Load())
 	r := float64(rtt)
-	if r > est {
-		est = r
-	} else {
-		age := max(now-s.stamp.Load(), 0)
-		w := math.Exp(-float64(age) / float64(decayTime))
-		est = est*w + r*(1-w)
+	w := math.Exp(-float64(max(now-s.stamp.Load(), 0)) / float64(decayTime))
+	for {
+		old := s.estimate.Load()
+		est := math.Float64frombits(old)
+		if r > est {
+			est = r
+		} else {
+			est = est*w + r*(1-w)
+		}
+		if s.estimate.CompareAndSwap(old, math.Float64bits(est)) {
+			break
+		}
 	}
-	s.estimate.Store(math.Float64bits(est))
 	s.stamp.Store(now)
 }
 

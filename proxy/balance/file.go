@@ -288,6 +288,20 @@ func normalizeAuthority(a string) string {
 	return net.JoinHostPort(host, port)
 }
 
+// needsNormalizing reports whether normalizeAuthority could change a: an upper-case letter, a trailing dot
+// on the host, or an empty port. (A missing port is not checked: Lookup's byHost already covers it.)
+func needsNormalizing(a string) bool {
+	for i := 0; i < len(a); i++ {
+		switch c := a[i]; {
+		case c >= 'A' && c <= 'Z':
+			return true
+		case c == '.' && (i+1 == len(a) || a[i+1] == ':'):
+			return true
+		}
+	}
+	return strings.HasSuffix(a, ":")
+}
+
 func oneLine(s string) string {
 	return strings.Join(strings.Fields(s), " ")
 }

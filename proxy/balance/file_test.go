@@ -10,7 +10,7 @@ import (
 )
 
 // writeFile writes content to dir/destinations.yaml and returns its path.
-func writeFile(t *testing.T, dir, content string) string {
+func writeFile(t testing.TB, dir, content string) string {
 	t.Helper()
 	path := filepath.Join(dir, "destinations.yaml")
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
@@ -134,6 +134,9 @@ func TestLookupMatchesAuthorities(t *testing.T) {
 		{"web.shop", "web.shop:80"},
 		{"web.shop:80", "web.shop:80"},
 		{"web.shop:", "web.shop:80"},
+		{"WEB.shop", "web.shop:80"},
+		{"web.shop.", "web.shop:80"},
+		{"web.shop.:80", "web.shop:80"},
 		{"web.shop:8080", ""},
 		{"[::1]:9000", "[::1]:9000"},
 		{"[::1]", ""},

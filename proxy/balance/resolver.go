@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -37,11 +38,17 @@ type Resolver struct {
 	path  string
 	log   *slog.Logger
 	clk   *clock
-	table atomic.Pointer[map[string]*Destination]
+	table atomic.Pointer[table]
 
 	// Owned by the goroutine that loads (Load, then Run).
 	states   map[string]*endpointState // by endpoint addr: balancer state kept across reloads
 	lastRead []byte                    // the file's content at the last reload attempt, good or bad
+}
+
+// table is one load of the file, published whole so that Lookup sees one version.
+type table struct {
+	byAuthority map[string]*Destination // by normalized authority, "web.shop:80"
+	byHost      map[string]*Destination // services on port 80 by host alone, "web.shop": Host headers omit it
 }
 
 // Option configures a Resolver.
@@ -88,11 +95,19 @@ func (r *Resolver) Lookup(authority string) *Destination {
 	if r == nil {
 		return nil
 	}
-	t := *r.table.Load()
-	if d, ok := t[authority]; ok {
-		return d // the common case: already in normal form, no allocation
+	t := r.table.Load()
+	// The common cases first, without allocating: an authority in normal form, with its port or, for
+	// port 80, without.
+	if d, ok := t.byAuthority[authority]; ok {
+		return d
 	}
-	return t[normalizeAuthority(authority)]
+	if d, ok := t.byHost[authority]; ok {
+		return d
+	}
+	if !needsNormalizing(authority) {
+		return nil
+	}
+	return t.byAuthority[normalizeAuthority(authority)]
 }
 
 // Run watches the destinations file and reloads it when it changes, until ctx ends (then it returns nil).
@@ -161,7 +176,7 @@ func (r *Resolver) reload() {
 // stays and dropping the rest. It returns the number of endpoints.
 func (r *Resolver) install(services []serviceSpec) int {
 	states := make(map[string]*endpointState, len(r.states))
-	t := make(map[string]*Destination, len(services))
+	t := table{byAuthority: make(map[string]*Destination, len(services)), byHost: map[string]*Destination{}}
 	n := 0
 	for _, s := range services {
 		d := &Destination{Authority: s.authority, clk: r.clk, endpoints: make([]*Endpoint, 0, len(s.endpoints))}
@@ -179,7 +194,10 @@ func (r *Resolver) install(services []serviceSpec) int {
 			d.endpoints = append(d.endpoints, e)
 			n++
 		}
-		t[s.authority] = d
+		t.byAuthority[s.authority] = d
+		if host, ok := strings.CutSuffix(s.authority, ":80"); ok {
+			t.byHost[host] = d
+		}
 	}
 	r.states = states
 	r.table.Store(&t)
