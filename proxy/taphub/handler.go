@@ -1,0 +1,199 @@
+package taphub
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/meshscope/meshscope/api/tap"
+)
+
+// maxBatch bounds how many events one write carries before a flush, so a
+// busy stream still reaches its reader in steady pieces.
+const maxBatch = 512
+
+// writeTimeout is how long one batch may take to reach a reader: a client
+// that stops reading altogether is cut off after it, freeing its goroutine.
+const writeTimeout = 10 * time.Second
+
+// Handler serves GET /tap: the NDJSON stream of the hub's events that pass
+// the filters in the query (tap.ParseFilter), until the client goes away or
+// the hub closes.
+//
+// With Token set, a client must send "Authorization: Bearer <Token>"; with
+// Token empty only loopback clients may tap. A client that fails either gets
+// 401 (403 for a non-loopback client when no token is configured) and
+// nothing else.
+type Handler struct {
+	Hub   *Hub
+	Token string
+	Log   *slog.Logger // nil: slog.Default()
+}
+
+func (h *Handler) log() *slog.Logger {
+	if h.Log == nil {
+		return slog.Default()
+	}
+	return h.Log
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", http.MethodGet)
+		plain(w, http.StatusMethodNotAllowed, "tap: only GET")
+		return
+	}
+	if status, msg := h.authorize(r); status != 0 {
+		if status == http.StatusUnauthorized {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="meshscope-tap"`)
+		}
+		plain(w, status, msg)
+		return
+	}
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		plain(w, http.StatusBadRequest, "tap: malformed query string: "+err.Error())
+		return
+	}
+	filter, err := tap.ParseFilter(q)
+	if err != nil {
+		plain(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	sub, err := h.Hub.Subscribe(filter)
+	if err != nil {
+		plain(w, http.StatusServiceUnavailable, "tap: the proxy is shutting down")
+		return
+	}
+	defer sub.Unsubscribe()
+
+	rc := http.NewResponseController(w)
+	// The admin server's read and write timeouts suit its short requests,
+	// not a stream: lift them (a background read past ReadTimeout would
+	// cancel the request) and bound each batch's write instead.
+	_ = rc.SetReadDeadline(time.Time{})
+	_ = rc.SetWriteDeadline(time.Time{})
+	w.Header().Set("Content-Type", tap.ContentType)
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusOK)
+	if err := rc.Flush(); err != nil {
+		return
+	}
+
+	log := h.log().With("peer", r.RemoteAddr, "filter", q.Encode())
+	log.Debug("tap stream started")
+	st := &stream{sub: sub, enc: tap.NewEncoder(w), rc: rc, now: h.Hub.now}
+	err = st.run(r.Context())
+	switch {
+	case err == nil:
+		log.Debug("tap stream ended: proxy shutting down")
+	case errors.Is(err, context.Canceled):
+		log.Debug("tap stream ended: client went away")
+	default:
+		log.Debug("tap stream ended", "err", err)
+	}
+}
+
+// authorize returns 0 for a request allowed to tap, else the status and
+// message to answer with.
+func (h *Handler) authorize(r *http.Request) (int, string) {
+	if h.Token == "" {
+		if !loopback(r.RemoteAddr) {
+			return http.StatusForbidden, "tap: this proxy has no --tap-token, so only loopback clients may tap"
+		}
+		return 0, ""
+	}
+	scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+	// Hashing first makes the comparison's time independent of the lengths.
+	got, want := sha256.Sum256([]byte(strings.TrimSpace(token))), sha256.Sum256([]byte(h.Token))
+	if !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
+		return http.StatusUnauthorized, "tap: missing or wrong bearer token"
+	}
+	return 0, ""
+}
+
+// loopback reports whether the peer address host:port is a loopback address.
+func loopback(remoteAddr string) bool {
+	host, _, err := net.SplitHostPort(remoteAddr)
+	if err != nil {
+		return false
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
+}
+
+func plain(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	w.Write([]byte(msg + "\n"))
+}
+
+// stream writes one subscription to one client.
+type stream struct {
+	sub *Subscription
+	enc *tap.Encoder
+	rc  *http.ResponseController
+	now func() time.Time
+}
+
+// run writes events in batches until ctx ends (the client went away; its
+// error is returned), a write fails, or the hub closes (nil, after writing
+// what was buffered).
+func (st *stream) run(ctx context.Context) error {
+	events := st.sub.Events()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-st.sub.Done():
+			return st.batch(nil)
+		case ev := <-events:
+			if err := st.batch(ev); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// batch writes first (when not nil), the events buffered behind it up to
+// maxBatch, a dropped event if any were lost, and flushes.
+func (st *stream) batch(first *tap.Event) error {
+	_ = st.rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if first != nil {
+		if err := st.enc.Encode(first); err != nil {
+			return err
+		}
+	}
+	events := st.sub.Events()
+drain:
+	for range maxBatch {
+		select {
+		case ev := <-events:
+			if err := st.enc.Encode(ev); err != nil {
+				return err
+			}
+		default:
+			break drain
+		}
+	}
+	if n := st.sub.TakeDropped(); n > 0 {
+		ev := tap.Event{V: tap.Version, Type: tap.TypeDropped, TS: st.now(), Count: n}
+		if err := st.enc.Encode(&ev); err != nil {
+			return err
+		}
+	}
+	if err := st.enc.Flush(); err != nil {
+		return err
+	}
+	return st.rc.Flush()
+}
