@@ -33,10 +33,10 @@ func (c *fakeClock) Advance(d time.Duration) {
 
 // request is one request pushed through a hub, as the proxy would.
 type request struct {
-	info      RequestInfo
-	status    int
-	header    http.Header // response header
-	grpc      int
+	info       RequestInfo
+	status     int
+	header     http.Header // response header
+	grpc       int
 	noResponse bool // the request ends without a response
 }
 
