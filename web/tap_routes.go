@@ -1,9 +1,22 @@
 package main
 
-import "github.com/go-chi/chi/v5"
+import (
+	"github.com/go-chi/chi/v5"
+
+	"github.com/meshscope/meshscope/api"
+)
 
 // liveRoutes registers the live tap's routes (/tap, /top, /api/v1/tap/ws,
-// /api/v1/top...) on the dashboard's router, inside the Host check and the
-// security headers. This file belongs to the live-tap helper, who replaces
-// its body; the dashboard calls it from server.routes.
-func (s *server) liveRoutes(r chi.Router) {}
+// /api/v1/top/ws) on the dashboard's router, inside the Host check and the
+// security headers; the dashboard calls it from server.routes.
+func (s *server) liveRoutes(r chi.Router) {
+	ls := &liveSockets{
+		fanin: &api.FanIn{Targets: s.prom, Token: s.cfg.TapToken, Logger: s.log},
+		log:   s.log,
+		stop:  s.stop,
+	}
+	r.Get("/tap", s.handle(s.tapPage))
+	r.Get("/top", s.handle(s.topPage))
+	r.Get("/api/v1/tap/ws", ls.serveTap)
+	r.Get("/api/v1/top/ws", ls.serveTop)
+}

@@ -1,0 +1,106 @@
+package main
+
+import (
+	"net/http"
+	"net/url"
+
+	"github.com/a-h/templ"
+
+	"github.com/meshscope/meshscope/api"
+	"github.com/meshscope/meshscope/api/tap"
+	"github.com/meshscope/meshscope/views"
+)
+
+// Rows kept by the live views: the tap table in the browser, the top table sent by the server.
+const (
+	liveTapRows = 200
+	liveTopRows = 100
+)
+
+// liveQuery encodes what a live socket taps as its query string.
+func liveQuery(lr liveRequest) url.Values {
+	q := lr.filter.Values()
+	for k, v := range map[string]string{"namespace": lr.sel.Namespace, "deployment": lr.sel.Deployment, "pod": lr.sel.Pod} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	return q
+}
+
+// formFilter is the filter form's content: the query as the user typed it, so
+// a bad value is shown next to its error.
+func formFilter(q url.Values) views.TapFilter {
+	return views.TapFilter{
+		Namespace:     q.Get("namespace"),
+		Deployment:    q.Get("deployment"),
+		Pod:           q.Get("pod"),
+		DstDeployment: q.Get(tap.ParamDstDeployment),
+		Method:        q.Get(tap.ParamMethod),
+		Authority:     q.Get(tap.ParamAuthority),
+		Path:          q.Get(tap.ParamPath),
+		Status:        q.Get(tap.ParamStatus),
+		MaxRPS:        q.Get(tap.ParamMaxRPS),
+		Direction:     q.Get(tap.ParamDirection),
+	}
+}
+
+// liveCalls is the live calls panel of a deployment or pod page: the calls of
+// the proxies sel picks. The dashboard's pages render it with views.LiveCalls.
+func (s *server) liveCalls(sel api.Selector) views.LiveTap {
+	q := liveQuery(liveRequest{sel: sel})
+	return views.LiveTap{
+		Filter:     formFilter(q),
+		Query:      q.Encode(),
+		SocketURL:  s.url("/api/v1/tap/ws", nil),
+		StaticHref: s.url("/static/", nil),
+		FormAction: s.url("/tap", nil),
+		MaxRows:    liveTapRows,
+	}
+}
+
+// tapPage is /tap. A filter that cannot be used is a 400 showing the form with
+// the error, so the user can fix it in place.
+func (s *server) tapPage(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	lr, err := parseLiveQuery(q)
+	p := views.LiveTap{
+		Filter:     formFilter(q),
+		Query:      liveQuery(lr).Encode(),
+		SocketURL:  s.url("/api/v1/tap/ws", nil),
+		StaticHref: s.url("/static/", nil),
+		FormAction: s.url("/tap", nil),
+		MaxRows:    liveTapRows,
+	}
+	if err != nil {
+		p.Error = err.Error()
+	}
+	return s.renderLive(w, r, "Live tap", err, views.TapPage(p))
+}
+
+// topPage is /top.
+func (s *server) topPage(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	lr, err := parseLiveQuery(q)
+	p := views.LiveTop{
+		Filter:     formFilter(q),
+		Query:      liveQuery(lr).Encode(),
+		SocketURL:  s.url("/api/v1/top/ws", nil),
+		StaticHref: s.url("/static/", nil),
+		FormAction: s.url("/top", nil),
+		MaxRows:    liveTopRows,
+	}
+	if err != nil {
+		p.Error = err.Error()
+	}
+	return s.renderLive(w, r, "Live top", err, views.TopPage(p))
+}
+
+func (s *server) renderLive(w http.ResponseWriter, r *http.Request, title string, bad error, page templ.Component) error {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	if bad != nil {
+		w.WriteHeader(http.StatusBadRequest)
+	}
+	return views.Layout(s.shell(r, title, nil)).Render(templ.WithChildren(r.Context(), page), w)
+}
