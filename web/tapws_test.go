@@ -1,0 +1,139 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// dialLive opens a live socket on srv with the given Host and Origin headers.
+func dialLive(t *testing.T, srv *httptest.Server, path, host, origin string) (*websocket.Conn, *http.Response, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	h := http.Header{}
+	if origin != "" {
+		h.Set("Origin", origin)
+	}
+	opts := &websocket.DialOptions{HTTPHeader: h, Host: host}
+	return websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http")+path, opts)
+}
+
+// closeStatus reads from c until the server closes it, and returns the close code and reason.
+func closeStatus(t *testing.T, c *websocket.Conn) (websocket.StatusCode, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for {
+		_, _, err := c.Read(ctx)
+		if err == nil {
+			continue
+		}
+		var ce websocket.CloseError
+		if errors.As(err, &ce) {
+			return ce.Code, ce.Reason
+		}
+		t.Fatalf("socket ended without a close frame: %v", err)
+	}
+}
+
+func TestLiveSocketRefusals(t *testing.T) {
+	_, h := newTestServer(t, config{})
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	host := strings.TrimPrefix(srv.URL, "http://") // 127.0.0.1:port, allowed by default
+	cases := []struct {
+		name       string
+		path       string
+		host       string
+		origin     string
+		send       []byte
+		wantHTTP   int // refused before the upgrade
+		wantCode   websocket.StatusCode
+		wantReason string
+	}{
+		{name: "foreign host is refused before the upgrade", path: "/api/v1/tap/ws?namespace=shop",
+			host: "evil.example:80", origin: "http://evil.example:80", wantHTTP: http.StatusForbidden},
+		{name: "foreign origin closes with policy violation", path: "/api/v1/tap/ws?namespace=shop",
+			host: host, origin: "http://evil.example", wantCode: websocket.StatusPolicyViolation, wantReason: "does not match host"},
+		{name: "foreign origin on top too", path: "/api/v1/top/ws?namespace=shop",
+			host: host, origin: "http://evil.example", wantCode: websocket.StatusPolicyViolation, wantReason: "does not match host"},
+		{name: "bad filter in the query closes with policy violation", path: "/api/v1/tap/ws?max_rps=0",
+			host: host, origin: "http://" + host, wantCode: websocket.StatusPolicyViolation, wantReason: "max_rps"},
+		{name: "unknown parameter is named", path: "/api/v1/tap/ws?colour=red",
+			host: host, origin: "http://" + host, wantCode: websocket.StatusPolicyViolation, wantReason: "colour"},
+		{name: "bad filter message closes with policy violation", path: "/api/v1/tap/ws",
+			host: host, origin: "http://" + host, send: []byte(`{"namespace":"Not_A_Name"}`),
+			wantCode: websocket.StatusPolicyViolation, wantReason: "namespace"},
+		{name: "oversized first message closes the socket", path: "/api/v1/tap/ws",
+			host: host, origin: "http://" + host, send: []byte(`{"path":"/` + strings.Repeat("a", 64<<10) + `"}`),
+			wantCode: websocket.StatusMessageTooBig},
+		{name: "unreachable metrics backend is an internal error naming it", path: "/api/v1/tap/ws?namespace=shop",
+			host: host, origin: "http://" + host, wantCode: websocket.StatusInternalError, wantReason: "127.0.0.1:1"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, resp, err := dialLive(t, srv, tc.path, tc.host, tc.origin)
+			if tc.wantHTTP != 0 {
+				if err == nil {
+					c.CloseNow()
+					t.Fatal("handshake succeeded")
+				}
+				if resp == nil || resp.StatusCode != tc.wantHTTP {
+					t.Fatalf("handshake: %v (response %v), want HTTP %d", err, resp, tc.wantHTTP)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.CloseNow()
+			if tc.send != nil {
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				defer cancel()
+				// The server may close while a large message is still being written.
+				_ = c.Write(ctx, websocket.MessageText, tc.send)
+			}
+			code, reason := closeStatus(t, c)
+			if code != tc.wantCode || !strings.Contains(reason, tc.wantReason) {
+				t.Errorf("closed with %d %q, want %d containing %q", code, reason, tc.wantCode, tc.wantReason)
+			}
+		})
+	}
+}
+
+func FuzzParseFilterMessage(f *testing.F) {
+	for _, seed := range []string{
+		`{}`, `{"namespace":"shop","deployment":"web","max_rps":"50"}`, `{"path":"/api","status":"5xx","method":"get"}`,
+		`{"namespace":"Bad"}`, `{"hide_path":"/x"}`, `[]`, `{"max_rps":1}`, `null`, `{"colour":"red"}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		lr, err := parseFilterMessage(b)
+		if err != nil {
+			if !errors.Is(err, errBadFilter) {
+				t.Fatalf("error %v is not a bad filter", err)
+			}
+			return
+		}
+		// What was accepted survives its own encoding: the page links and the
+		// socket URL built from it mean the same filter.
+		again, err := parseLiveQuery(liveQuery(lr))
+		if err != nil {
+			t.Fatalf("accepted %q but not its encoding %q: %v", b, liveQuery(lr).Encode(), err)
+		}
+		if again != lr {
+			t.Fatalf("round trip changed %+v into %+v", lr, again)
+		}
+		if rps := lr.filter.RPS(); rps < 1 || rps > 10000 {
+			t.Fatalf("accepted max_rps %d", rps)
+		}
+	})
+}
