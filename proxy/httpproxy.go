@@ -32,6 +32,8 @@ const (
 	errStream            = "stream-error"
 	errCancelled         = "cancelled"
 	errLoop              = "proxy-loop"
+	// errBadRequest is the client's fault: it names the 400 response but is not a failure of the service.
+	errBadRequest = "bad-request-body"
 )
 
 // httpProxy forwards the requests of one listener.
@@ -87,11 +89,12 @@ func (p *httpProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if dest != nil {
 		var err error
 		if ep, err = dest.Pick(); err != nil {
-			ex.DstLabels = dest.DstLabels
+			ex.Authority, ex.DstLabels = dest.Authority, dest.DstLabels
 			ex.requestHeaders(p.metrics)
 			p.fail(w, r, &ex, http.StatusServiceUnavailable, errNoEndpoints, err)
 			return
 		}
+		ex.Authority = dest.Authority // normalized: one series however clients spell it
 		ex.Destination, ex.DstLabels = ep.Addr, ep.DstLabels
 		p.dialer.noteEndpoint(ep)
 	} else if ex.Destination == "" {
@@ -109,7 +112,9 @@ func (p *httpProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	out.URL = &u
 	out.URL.Scheme = "http"
 	out.URL.Host = ex.Destination
-	out.Host = ex.Authority
+	if p.route != "" {
+		out.Host = p.route // the client could not name the service; the route does
+	}
 	out.RequestURI = ""
 	out.Close = false
 	upgrade := r.ProtoMajor == 1 && headerHasToken(r.Header, "Connection", "upgrade") && r.Header.Get("Upgrade") != ""
@@ -125,11 +130,9 @@ func (p *httpProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.ContentLength == 0 {
 		out.Body = nil
 	}
-	var body *retryBody
-	if dest != nil && out.Body != nil {
-		// The transport closes a request's body even when the dial fails; a body nobody read yet can be
-		// sent again to another endpoint.
-		body = &retryBody{ReadCloser: out.Body}
+	var body *clientBody
+	if out.Body != nil {
+		body = &clientBody{rc: out.Body}
 		out.Body = body
 	}
 	rt := p.h1
@@ -160,6 +163,10 @@ func (p *httpProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			ex.end()
 			return
 		}
+		if body != nil && body.failed() {
+			p.fail(w, r, &ex, http.StatusBadRequest, errBadRequest, err)
+			return
+		}
 		if ep != nil && balance.Unreachable(err) && attempt < len(tried) && (body == nil || !body.read.Load()) {
 			tried[attempt] = ep
 			if next, perr := dest.Pick(tried[:attempt+1]...); perr == nil {
@@ -186,6 +193,15 @@ func (p *httpProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	removeHopByHop(res.Header)
 	for k, vv := range res.Header {
 		h[k] = vv
+	}
+	if len(res.Trailer) > 0 {
+		// Trailers the upstream announced are announced to the client too: an HTTP/1.1 response must
+		// then be chunked to carry them (gRPC's are not announced; all are set through TrailerPrefix at the end).
+		names := make([]string, 0, len(res.Trailer))
+		for k := range res.Trailer {
+			names = append(names, k)
+		}
+		h["Trailer"] = names
 	}
 	w.WriteHeader(res.StatusCode)
 	ex.responseHeaders(res.StatusCode)
@@ -309,7 +325,9 @@ func (p *httpProxy) fail(w http.ResponseWriter, r *http.Request, ex *Exchange, s
 	w.WriteHeader(status)
 	io.WriteString(w, reason+"\n")
 	ex.responseHeaders(status)
-	ex.Error = reason
+	if reason != errBadRequest {
+		ex.Error = reason
+	}
 	ex.end()
 }
 
@@ -404,20 +422,33 @@ func withPort(authority string) string {
 	return net.JoinHostPort(strings.Trim(authority, "[]"), "80")
 }
 
-// retryBody is a request body that records whether it was read, so that a request refused at dial time
-// can be retried on another endpoint, and ignores the transport's Close for the same reason: the server
-// closes the real body when the handler returns.
-type retryBody struct {
-	io.ReadCloser
+// clientBody is a request body on its way upstream. It records whether it was read, so that a request
+// refused at dial time can be retried on another endpoint (the transport closes a body even when the dial
+// fails: that Close is ignored for a body nobody read; the server closes it when the handler returns), and
+// whether reading it failed, so that a malformed body is answered 400, not blamed on the upstream.
+type clientBody struct {
+	rc   io.ReadCloser
 	read atomic.Bool
+	err  atomic.Pointer[error]
 }
 
-func (b *retryBody) Read(p []byte) (int, error) {
+func (b *clientBody) Read(p []byte) (int, error) {
 	b.read.Store(true)
-	return b.ReadCloser.Read(p)
+	n, err := b.rc.Read(p)
+	if err != nil && err != io.EOF {
+		b.err.CompareAndSwap(nil, &err)
+	}
+	return n, err
 }
 
-func (b *retryBody) Close() error { return nil }
+func (b *clientBody) Close() error {
+	if !b.read.Load() {
+		return nil
+	}
+	return b.rc.Close()
+}
+
+func (b *clientBody) failed() bool { return b.err.Load() != nil }
 
 // newTransports returns the upstream transports: HTTP/1.1 with keep-alive pools sized for a busy sidecar,
 // and HTTP/2 prior knowledge (h2c) multiplexing every request to an endpoint over few connections.

@@ -210,7 +210,11 @@ func (p *proxy) addr(name string) net.Addr {
 func (p *proxy) Serve(ctx context.Context) error {
 	var wg sync.WaitGroup
 	if p.resolver != nil {
-		wg.Go(func() { p.resolver.Run(ctx) })
+		wg.Go(func() {
+			if err := p.resolver.Run(ctx); err != nil {
+				p.log.Error("destinations file is no longer watched: changes need a restart", "err", err)
+			}
+		})
 	}
 	adminDone := make(chan error, 1)
 	go func() { adminDone <- p.admin.Serve(p.adminLn) }()

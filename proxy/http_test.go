@@ -1,0 +1,328 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/coder/websocket"
+)
+
+// h2cServer starts an upstream serving HTTP/1.1 and HTTP/2 cleartext with prior knowledge.
+func h2cServer(t *testing.T, h http.Handler) *httptest.Server {
+	s := httptest.NewUnstartedServer(h)
+	s.Config.Protocols = new(http.Protocols)
+	s.Config.Protocols.SetHTTP1(true)
+	s.Config.Protocols.SetUnencryptedHTTP2(true)
+	s.Start()
+	t.Cleanup(s.Close)
+	return s
+}
+
+func TestHTTPRequestsReachTheAppWithTheirContent(t *testing.T) {
+	app := h2cServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		w.Header().Set("X-Proto", r.Proto)
+		w.Header().Set("X-Seen-Connection-Option", r.Header.Get("X-Hop"))
+		w.Header().Set("X-Seen-Keep-Alive", r.Header.Get("Keep-Alive"))
+		w.Header().Set("X-Seen-End-To-End", r.Header.Get("X-End-To-End"))
+		w.Header().Set("Trailer", "X-Checksum")
+		fmt.Fprintf(w, "%s %s %s body=%q", r.Method, r.Host, r.URL.RequestURI(), body)
+		w.Header().Set("X-Checksum", "abc123")
+	}))
+	p := startProxy(t, testConfig(app.Listener.Addr().String()))
+
+	tests := []struct {
+		name      string
+		client    *http.Client
+		method    string
+		body      io.Reader
+		wantProto string
+		wantBody  string
+	}{
+		{"http/1.1 get", h1Client(), "GET", nil, "HTTP/1.1", `GET %s /a/b?c=d body=""`},
+		{"http/1.1 chunked upload", h1Client(), "POST", io.MultiReader(strings.NewReader("chunk1-"), strings.NewReader("chunk2")), "HTTP/1.1", `POST %s /a/b?c=d body="chunk1-chunk2"`},
+		{"h2c get", h2cClient(), "GET", nil, "HTTP/2.0", `GET %s /a/b?c=d body=""`},
+		{"h2c post", h2cClient(), "POST", strings.NewReader("hello"), "HTTP/2.0", `POST %s /a/b?c=d body="hello"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, _ := http.NewRequest(tt.method, p.url("--inbound-listen")+"/a/b?c=d", tt.body)
+			if req.ProtoMajor == 1 && tt.wantProto == "HTTP/1.1" {
+				// HTTP/2 has no connection-specific fields (RFC 9113 section 8.2.2): clients refuse to send them.
+				req.Header.Set("Connection", "X-Hop")
+				req.Header.Set("X-Hop", "must not pass")
+				req.Header.Set("Keep-Alive", "timeout=5")
+			}
+			req.Header.Set("X-End-To-End", "passes")
+			res, err := tt.client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			if want := fmt.Sprintf(tt.wantBody, p.addr("--inbound-listen")); string(b) != want {
+				t.Errorf("body = %q, want %q", b, want)
+			}
+			checks := map[string]string{
+				"X-Proto":                  tt.wantProto,
+				"X-Seen-Connection-Option": "",
+				"X-Seen-Keep-Alive":        "",
+				"X-Seen-End-To-End":        "passes",
+			}
+			for k, want := range checks {
+				if got := res.Header.Get(k); got != want {
+					t.Errorf("%s = %q, want %q", k, got, want)
+				}
+			}
+			if got := res.Trailer.Get("X-Checksum"); got != "abc123" {
+				t.Errorf("trailer X-Checksum = %q, want abc123", got)
+			}
+		})
+	}
+	waitMetric(t, p.registry, "response_total", map[string]string{"direction": "inbound", "status_code": "200", "classification": "success"}, 4)
+	waitMetric(t, p.registry, "request_total", map[string]string{"direction": "inbound", "target_addr": app.Listener.Addr().String()}, 4)
+	waitMetric(t, p.registry, "response_latency_ms", map[string]string{"direction": "inbound"}, 4)
+}
+
+func TestUpstreamConnectionsAreReused(t *testing.T) {
+	var conns atomic.Int32
+	app := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok")
+	}))
+	app.Config.ConnState = func(c net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	app.Start()
+	defer app.Close()
+	p := startProxy(t, testConfig(app.Listener.Addr().String()))
+	c := h1Client()
+	for range 20 {
+		if res, body := get(t, c, p.url("--inbound-listen")); res.StatusCode != 200 || body != "ok" {
+			t.Fatalf("got %d %q", res.StatusCode, body)
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("20 sequential requests opened %d upstream connections, want 1", n)
+	}
+}
+
+// TestStreamingResponsesFlushEachEventAtOnce proves that the proxy does not buffer: the app only writes the
+// next event after the client has received the previous one through the proxy.
+func TestStreamingResponsesFlushEachEventAtOnce(t *testing.T) {
+	ack := make(chan struct{})
+	app := h2cServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := range 3 {
+			fmt.Fprintf(w, "data: event %d\n\n", i)
+			w.(http.Flusher).Flush()
+			select {
+			case <-ack:
+			case <-r.Context().Done():
+				return
+			}
+		}
+	}))
+	p := startProxy(t, testConfig(app.Listener.Addr().String()))
+	for name, c := range map[string]*http.Client{"http/1.1": h1Client(), "h2c": h2cClient()} {
+		t.Run(name, func(t *testing.T) {
+			res, err := c.Get(p.url("--inbound-listen"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer res.Body.Close()
+			br := bufio.NewReader(res.Body)
+			for i := range 3 {
+				line, err := br.ReadString('\n')
+				if err != nil {
+					t.Fatal(err)
+				}
+				if want := fmt.Sprintf("data: event %d\n", i); line != want {
+					t.Fatalf("line = %q, want %q", line, want)
+				}
+				br.ReadString('\n')
+				ack <- struct{}{}
+			}
+		})
+	}
+}
+
+// TestStreamingRequestBodyReachesTheAppBeforeItEnds proves request bodies stream too.
+func TestStreamingRequestBodyReachesTheAppBeforeItEnds(t *testing.T) {
+	got := make(chan string)
+	app := h2cServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		br := bufio.NewReader(r.Body)
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				break
+			}
+			got <- line
+		}
+		io.WriteString(w, "done")
+	}))
+	p := startProxy(t, testConfig(app.Listener.Addr().String()))
+	for name, c := range map[string]*http.Client{"http/1.1": h1Client(), "h2c": h2cClient()} {
+		t.Run(name, func(t *testing.T) {
+			pr, pw := io.Pipe()
+			done := make(chan string)
+			go func() {
+				res, err := c.Post(p.url("--inbound-listen"), "text/plain", pr)
+				if err != nil {
+					done <- err.Error()
+					return
+				}
+				b, _ := io.ReadAll(res.Body)
+				res.Body.Close()
+				done <- string(b)
+			}()
+			for i := range 3 {
+				fmt.Fprintf(pw, "line %d\n", i)
+				if line := <-got; line != fmt.Sprintf("line %d\n", i) {
+					t.Fatalf("app read %q", line)
+				}
+			}
+			pw.Close()
+			if body := <-done; body != "done" {
+				t.Fatalf("response %q", body)
+			}
+		})
+	}
+}
+
+func TestWebsocketUpgradePassesThrough(t *testing.T) {
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		for {
+			typ, msg, err := c.Read(r.Context())
+			if err != nil {
+				return
+			}
+			if err := c.Write(r.Context(), typ, append([]byte("echo: "), msg...)); err != nil {
+				return
+			}
+		}
+	}))
+	defer app.Close()
+	p := startProxy(t, testConfig(app.Listener.Addr().String()))
+	ctx := context.Background()
+	c, _, err := websocket.Dial(ctx, "ws://"+p.addr("--inbound-listen").String()+"/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, msg := range []string{"one", "two", strings.Repeat("x", 30000)} {
+		if err := c.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		_, got, err := c.Read(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != "echo: "+msg {
+			t.Fatalf("got %.40q, want echo of %.40q", got, msg)
+		}
+	}
+	c.Close(websocket.StatusNormalClosure, "")
+	waitMetric(t, p.registry, "response_total", map[string]string{"direction": "inbound", "status_code": "101", "classification": "success"}, 1)
+}
+
+func TestProxyProducedErrorsNameTheirReason(t *testing.T) {
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer app.Close()
+	dead := freeAddr(t)
+	dest := writeDestinations(t, fmt.Sprintf(`services:
+  - authority: empty.shop:80
+    labels: {namespace: shop, deployment: empty}
+  - authority: dead.shop:80
+    labels: {namespace: shop, deployment: dead}
+    endpoints:
+      - addr: %s
+        labels: {pod: dead-0}
+`, dead))
+	cfg := testConfig(app.Listener.Addr().String())
+	cfg.Destinations = dest
+	p := startProxy(t, cfg)
+	self := p.addr("--outbound-listen").String()
+
+	tests := []struct {
+		name       string
+		host       string
+		wantStatus int
+		wantReason string
+		labels     map[string]string
+	}{
+		{"service without endpoints is 503", "empty.shop", 503, "no-endpoints", map[string]string{"dst_deployment": "empty", "authority": "empty.shop:80"}},
+		{"refusing endpoint is 502", "dead.shop", 502, "connection-refused", map[string]string{"dst_deployment": "dead", "dst_pod": "dead-0", "target_addr": dead}},
+		{"unknown authority refusing is 502", dead, 502, "connection-refused", map[string]string{"authority": dead, "target_addr": dead}},
+		{"request to the proxy itself is refused", self, 502, "proxy-loop", map[string]string{"authority": self}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, _ := http.NewRequest("GET", p.url("--outbound-listen")+"/x", nil)
+			req.Host = tt.host
+			res, err := h1Client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res.Body.Close()
+			if res.StatusCode != tt.wantStatus || res.Header.Get("meshscope-proxy-error") != tt.wantReason {
+				t.Fatalf("got %d %q, want %d %q", res.StatusCode, res.Header.Get("meshscope-proxy-error"), tt.wantStatus, tt.wantReason)
+			}
+			labels := map[string]string{"direction": "outbound", "classification": "failure", "error": tt.wantReason, "status_code": fmt.Sprint(tt.wantStatus)}
+			for k, v := range tt.labels {
+				labels[k] = v
+			}
+			waitMetric(t, p.registry, "response_total", labels, 1)
+		})
+	}
+}
+
+func TestMalformedHTTPGets400AndTheProxyKeepsServing(t *testing.T) {
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "fine") }))
+	defer app.Close()
+	p := startProxy(t, testConfig(app.Listener.Addr().String()))
+	tests := []struct {
+		name string
+		raw  string
+	}{
+		{"header without colon", "GET / HTTP/1.1\r\nHost: a\r\nnot a header\r\n\r\n"},
+		{"http/1.1 without host", "GET / HTTP/1.1\r\n\r\n"},
+		{"bad content length", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -5\r\n\r\n"},
+		{"conflicting content lengths", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"},
+		{"bad chunked encoding", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", p.addr("--inbound-listen").String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			io.WriteString(c, tt.raw)
+			res, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res.Body.Close()
+			if res.StatusCode != http.StatusBadRequest {
+				t.Fatalf("status %d, want 400", res.StatusCode)
+			}
+			if res, body := get(t, h1Client(), p.url("--inbound-listen")); res.StatusCode != 200 || body != "fine" {
+				t.Fatalf("after the bad request: %d %q", res.StatusCode, body)
+			}
+		})
+	}
+}
