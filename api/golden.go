@@ -40,7 +40,12 @@ type Row struct {
 // Failure says which metric of a panel could not be got, and why.
 type Failure struct {
 	Metric string `json:"metric"`
+	Error  string `json:"error"`
 	Err    error  `json:"-"`
+}
+
+func failure(metric string, err error) Failure {
+	return Failure{Metric: metric, Error: err.Error(), Err: err}
 }
 
 // Table is one panel's worth of rows. Failed metrics leave their fields at
@@ -48,7 +53,7 @@ type Failure struct {
 type Table struct {
 	Rows     []Row     `json:"rows"`
 	Warnings []string  `json:"warnings,omitempty"`
-	Failures []Failure `json:"-"`
+	Failures []Failure `json:"failures,omitempty"`
 }
 
 // Err joins the failures, nil when every metric was got.
@@ -117,7 +122,7 @@ func (q *Querier) Golden(ctx context.Context, sc Scope, meshed bool) Table {
 			defer mu.Unlock()
 			t.Warnings = append(t.Warnings, ws...)
 			if err != nil {
-				t.Failures = append(t.Failures, Failure{Metric: p.metric, Err: err})
+				t.Failures = append(t.Failures, failure(p.metric, err))
 				return
 			}
 			for _, s := range vec {
@@ -131,7 +136,7 @@ func (q *Querier) Golden(ctx context.Context, sc Scope, meshed bool) Table {
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
-				t.Failures = append(t.Failures, Failure{Metric: MetricMeshed, Err: err})
+				t.Failures = append(t.Failures, failure(MetricMeshed, err))
 				return
 			}
 		target:
@@ -150,6 +155,7 @@ func (q *Querier) Golden(ctx context.Context, sc Scope, meshed bool) Table {
 		})
 	}
 	wg.Wait()
+	t.Rows = make([]Row, 0, len(rows))
 	for _, r := range rows {
 		t.Rows = append(t.Rows, *r)
 	}
@@ -189,11 +195,15 @@ type Series struct {
 	Points []Point `json:"points"`
 }
 
-// Chart is one metric over time.
+// Chart is one metric over time, from Start to End at Step.
 type Chart struct {
-	Metric string   `json:"metric"`
-	Series []Series `json:"series"`
-	Err    error    `json:"-"`
+	Metric string        `json:"metric"`
+	Start  time.Time     `json:"start"`
+	End    time.Time     `json:"end"`
+	Step   time.Duration `json:"step_ns"`
+	Series []Series      `json:"series"`
+	// Failure is set when a line of the chart could not be got.
+	Failure *Failure `json:"failure,omitempty"`
 }
 
 // History fetches success rate, RPS and latency percentiles of the whole
@@ -205,7 +215,9 @@ func (q *Querier) History(ctx context.Context, sc Scope, span, step time.Duratio
 		name  string
 		query string
 	}
-	success, rps, latency = Chart{Metric: MetricSuccess}, Chart{Metric: MetricRPS}, Chart{Metric: "latency"}
+	end := q.now()
+	mk := func(metric string) Chart { return Chart{Metric: metric, Start: end.Add(-span), End: end, Step: step} }
+	success, rps, latency = mk(MetricSuccess), mk(MetricRPS), mk("latency")
 	lines := []line{
 		{&success, "success rate", SuccessRateQuery(sc)},
 		{&rps, "rps", RPSQuery(sc)},
@@ -218,7 +230,7 @@ func (q *Querier) History(ctx context.Context, sc Scope, span, step time.Duratio
 	var wg sync.WaitGroup
 	for i, l := range lines {
 		wg.Go(func() {
-			m, _, err := q.Matrix(ctx, l.query, span, step)
+			m, _, err := q.Matrix(ctx, l.query, end, span, step)
 			errs[i] = err
 			results[i].Name = l.name
 			for _, s := range m {
@@ -233,7 +245,10 @@ func (q *Querier) History(ctx context.Context, sc Scope, span, step time.Duratio
 	wg.Wait()
 	for i, l := range lines {
 		if errs[i] != nil {
-			l.chart.Err = errors.Join(l.chart.Err, errs[i])
+			if l.chart.Failure == nil {
+				f := failure(l.chart.Metric, errs[i])
+				l.chart.Failure = &f
+			}
 			continue
 		}
 		l.chart.Series = append(l.chart.Series, results[i])

@@ -119,12 +119,11 @@ func (q *Querier) Vector(ctx context.Context, query string) (model.Vector, []str
 	return v.(model.Vector), q.warn(query, ws), nil
 }
 
-// Matrix runs a range query over [now-span, now] at step and must return a matrix.
-func (q *Querier) Matrix(ctx context.Context, query string, span, step time.Duration) (model.Matrix, []string, error) {
+// Matrix runs a range query over [end-span, end] at step and must return a matrix.
+func (q *Querier) Matrix(ctx context.Context, query string, end time.Time, span, step time.Duration) (model.Matrix, []string, error) {
 	ctx, cancel := context.WithTimeout(ctx, q.timeout())
 	defer cancel()
 	start := time.Now()
-	end := q.now()
 	v, ws, _, err := q.api.QueryRange(ctx, query, v1.Range{Start: end.Add(-span), End: end, Step: step}, v1.WithTimeout(q.timeout()))
 	if err == nil {
 		if _, ok := v.(model.Matrix); !ok {

@@ -102,6 +102,7 @@ func (s *server) routes() http.Handler {
 	r.Method(http.MethodGet, "/static/*", http.StripPrefix(s.cfg.BasePath+"/static/", staticHandler()))
 	// The live tap helper registers /tap, /top, /api/v1/tap/ws and /api/v1/top
 	// in liveRoutes, defined in its own file (web/tap_routes.go).
+	s.pageRoutes(r)
 	s.liveRoutes(r)
 	r.NotFound(s.handle(func(w http.ResponseWriter, r *http.Request) error {
 		return notFound("no page at %s", r.URL.Path)

@@ -1,0 +1,417 @@
+package main
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/meshscope/meshscope/api"
+	"github.com/meshscope/meshscope/views"
+)
+
+// Health thresholds of the success rate: at or above okRate is healthy, at
+// or above warnRate degraded, below it failing.
+const (
+	okRate   = 0.99
+	warnRate = 0.95
+)
+
+// sortKeys order rows by a column, in the order most useful in an incident:
+// worst success rate first, busiest and slowest first. A leading "-" reverses.
+var sortKeys = map[string]func(a, b api.Row) int{
+	"name":    nil, // by name only, below
+	"success": func(a, b api.Row) int { return cmpOptional(a.SuccessRate, b.SuccessRate) },
+	"rps":     func(a, b api.Row) int { return cmp.Compare(b.RPS, a.RPS) },
+	"p50":     func(a, b api.Row) int { return -cmpOptional(a.LatencyP50, b.LatencyP50) },
+	"p95":     func(a, b api.Row) int { return -cmpOptional(a.LatencyP95, b.LatencyP95) },
+	"p99":     func(a, b api.Row) int { return -cmpOptional(a.LatencyP99, b.LatencyP99) },
+	"tcp":     func(a, b api.Row) int { return cmp.Compare(b.TCPConnections, a.TCPConnections) },
+}
+
+// cmpOptional orders missing values (no traffic) after present ones.
+func cmpOptional(a, b *float64) int {
+	switch {
+	case a == nil && b == nil:
+		return 0
+	case a == nil:
+		return 1
+	case b == nil:
+		return -1
+	}
+	return cmp.Compare(*a, *b)
+}
+
+func trimDesc(sort string) string { return strings.TrimPrefix(sort, "-") }
+
+func sortRows(rows []api.Row, sort string, name func(api.Row) string) {
+	if sort == "" {
+		sort = "success"
+	}
+	by := sortKeys[trimDesc(sort)]
+	reverse := strings.HasPrefix(sort, "-")
+	slices.SortStableFunc(rows, func(a, b api.Row) int {
+		c := 0
+		if by != nil {
+			c = by(a, b)
+		}
+		if c == 0 {
+			c = strings.Compare(name(a), name(b))
+		}
+		if reverse {
+			return -c
+		}
+		return c
+	})
+}
+
+// windows is the window selector: the same page at every window.
+func (s *server) windows(here func(url.Values) string, v viewState) []views.Link {
+	var links []views.Link
+	for _, d := range []time.Duration{10 * time.Second, time.Minute, 5 * time.Minute, 15 * time.Minute, time.Hour} {
+		w := v
+		w.window = d
+		links = append(links, views.Link{Label: windowNames[d], Href: here(s.query(w)), Active: d == v.window})
+	}
+	return links
+}
+
+var columns = []struct{ label, key string }{
+	{"", "name"}, {"Meshed", ""}, {"Success", "success"}, {"RPS", "rps"},
+	{"P50", "p50"}, {"P95", "p95"}, {"P99", "p99"}, {"TCP", "tcp"},
+}
+
+func (s *server) columns(here func(url.Values) string, v viewState, nameLabel string) []views.Column {
+	current := v.sort
+	if current == "" {
+		current = "success"
+	}
+	var cols []views.Column
+	for _, c := range columns {
+		label := c.label
+		if c.key == "name" {
+			label = nameLabel
+		}
+		col := views.Column{Label: label}
+		if c.key != "" {
+			next := v
+			next.sort = c.key
+			if trimDesc(current) == c.key {
+				col.Sorted = true
+				if current == c.key {
+					next.sort, label = "-"+c.key, label+" ▲"
+				} else {
+					label += " ▼"
+				}
+				col.Label = label
+			}
+			col.Href = here(s.query(next))
+		}
+		cols = append(cols, col)
+	}
+	return cols
+}
+
+// table turns one api.Table into a sorted panel; link gives each row its
+// page and Grafana dashboard.
+func (s *server) table(here func(url.Values) string, v viewState, title, testID, nameLabel string, t api.Table, label, empty string,
+	link func(api.Row) (string, string)) views.Table {
+	name := func(r api.Row) string { return r.Labels[label] }
+	vt := views.Table{Title: title, TestID: testID, Columns: s.columns(here, v, nameLabel), Empty: empty, Error: panelError(t.Failures)}
+	rows := slices.Clone(t.Rows)
+	sortRows(rows, v.sort, name)
+	failed := failedMetrics(t.Failures)
+	for _, r := range rows {
+		vr := row(r, failed, true)
+		vr.Name = name(r)
+		if vr.Name == "" {
+			vr.Name = "(no " + label + " label)"
+		} else {
+			vr.Href, vr.Grafana = link(r)
+		}
+		vt.Rows = append(vt.Rows, vr)
+	}
+	return vt
+}
+
+// edgeTable shows the deployments on the other side of each edge: callers
+// for inbound, callees for outbound.
+func (s *server) edgeTable(here func(url.Values) string, v viewState, title, testID, nameLabel string, t api.Table, callee bool) views.Table {
+	nsLabel, depLabel := api.LabelNamespace, api.LabelDeployment
+	if callee {
+		nsLabel, depLabel = api.LabelDstNamespace, api.LabelDstDeployment
+	}
+	name := func(r api.Row) string {
+		if r.Labels[depLabel] == "" {
+			return "(outside the mesh)"
+		}
+		return r.Labels[nsLabel] + "/" + r.Labels[depLabel]
+	}
+	empty := "no callers in this window"
+	if callee {
+		empty = "no calls to other services in this window"
+	}
+	vt := views.Table{Title: title, TestID: testID, Columns: s.columns(here, v, nameLabel), Empty: empty, Error: panelError(t.Failures)}
+	rows := slices.Clone(t.Rows)
+	sortRows(rows, v.sort, name)
+	failed := failedMetrics(t.Failures)
+	for _, r := range rows {
+		vr := row(r, failed, false)
+		vr.Name = name(r)
+		ns, dep := r.Labels[nsLabel], r.Labels[depLabel]
+		if api.ValidNamespace(ns) == nil && api.ValidName("deployment", dep) == nil {
+			vr.Href = s.url("/namespaces/{ns}/deployments/{name}", s.query(v), ns, dep)
+			vr.Grafana = s.grafana("meshscope-deployment", "deployment", ns, dep, "")
+		}
+		vt.Rows = append(vt.Rows, vr)
+	}
+	return vt
+}
+
+func failedMetrics(fs []api.Failure) map[string]bool {
+	m := map[string]bool{}
+	for _, f := range fs {
+		m[f.Metric] = true
+	}
+	return m
+}
+
+// unknown stands for a value whose query failed: not zero, not "no traffic".
+const unknown = "?"
+
+func row(r api.Row, failed map[string]bool, meshed bool) views.Row {
+	pick := func(metric, text string) string {
+		if failed[metric] {
+			return unknown
+		}
+		return text
+	}
+	vr := views.Row{
+		Meshed:  "—",
+		Success: successCell(r.SuccessRate),
+		RPS:     pick(api.MetricRPS, formatRPS(r.RPS)),
+		P50:     pick(api.MetricP50, formatLatency(r.LatencyP50)),
+		P95:     pick(api.MetricP95, formatLatency(r.LatencyP95)),
+		P99:     pick(api.MetricP99, formatLatency(r.LatencyP99)),
+		TCP:     pick(api.MetricTCP, fmt.Sprintf("%.0f", r.TCPConnections)),
+	}
+	if failed[api.MetricSuccess] {
+		vr.Success = views.Cell{Text: unknown, Class: "none"}
+	}
+	if meshed {
+		vr.Meshed = pick(api.MetricMeshed, fmt.Sprintf("%d/%d", r.MeshedUp, r.MeshedTotal))
+	}
+	return vr
+}
+
+func successCell(rate *float64) views.Cell {
+	if rate == nil {
+		return views.Cell{Text: "no traffic", Class: "none"}
+	}
+	class := "bad"
+	switch {
+	case *rate >= okRate:
+		class = "ok"
+	case *rate >= warnRate:
+		class = "warn"
+	}
+	return views.Cell{Text: fmt.Sprintf("%.2f%%", 100**rate), Class: class}
+}
+
+func formatRPS(v float64) string {
+	if v >= 100 {
+		return fmt.Sprintf("%.0f", v)
+	}
+	return fmt.Sprintf("%.2f", v)
+}
+
+func formatLatency(ms *float64) string {
+	switch {
+	case ms == nil:
+		return "—"
+	case *ms >= 1000:
+		return fmt.Sprintf("%.2f s", *ms/1000)
+	case *ms >= 10:
+		return fmt.Sprintf("%.0f ms", *ms)
+	}
+	return fmt.Sprintf("%.1f ms", *ms)
+}
+
+// panelError says which metrics a panel could not get, with the first cause.
+func panelError(fs []api.Failure) string {
+	if len(fs) == 0 {
+		return ""
+	}
+	var names []string
+	for _, f := range fs {
+		names = append(names, f.Metric)
+	}
+	return "could not get " + strings.Join(names, ", ") + ": " + cause(fs[0])
+}
+
+// cause is a failure's error without the query text it is wrapped in: the
+// query is in the JSON twin and the log, the page needs the reason.
+func cause(f api.Failure) string {
+	if u := errors.Unwrap(f.Err); u != nil {
+		return u.Error()
+	}
+	return f.Error
+}
+
+// summary is the big numbers of a deployment or pod page.
+func summary(t api.Table) *views.Summary {
+	failed := failedMetrics(t.Failures)
+	r := api.Row{}
+	if len(t.Rows) > 0 {
+		r = t.Rows[0]
+	}
+	vr := row(r, failed, true)
+	return &views.Summary{
+		Cells: []views.SummaryCell{
+			{Label: "Success rate", Value: vr.Success, TestID: "summary-success"},
+			{Label: "Requests/s", Value: views.Cell{Text: vr.RPS}, TestID: "summary-rps"},
+			{Label: "P50", Value: views.Cell{Text: vr.P50}, TestID: "summary-p50"},
+			{Label: "P95", Value: views.Cell{Text: vr.P95}, TestID: "summary-p95"},
+			{Label: "P99", Value: views.Cell{Text: vr.P99}, TestID: "summary-p99"},
+			{Label: "TCP connections", Value: views.Cell{Text: vr.TCP}, TestID: "summary-tcp"},
+			{Label: "Meshed", Value: views.Cell{Text: vr.Meshed}, TestID: "summary-meshed"},
+		},
+		Error: panelError(t.Failures),
+	}
+}
+
+// data assembles a page's refreshing fragment; sources are every api result
+// the page used, for the banner naming the backend and its first error.
+func (s *server) data(r *http.Request, refresh string, sum *views.Summary, charts []views.Chart, tables []views.Table, failures []api.Failure, warnings []string) views.Data {
+	d := views.Data{
+		RefreshHref:  refresh,
+		RefreshEvery: s.cfg.refresh().String(),
+		UpdatedAt:    time.Now().UTC().Format("15:04:05 UTC"),
+		Summary:      sum,
+		Charts:       charts,
+		Tables:       tables,
+	}
+	if len(failures) > 0 {
+		d.Banners = []string{fmt.Sprintf("Prometheus at %s did not answer %d of this page's queries: %s",
+			s.prom.Backend, len(failures), cause(failures[0]))}
+	}
+	seen := map[string]bool{}
+	for _, w := range warnings {
+		if !seen[w] {
+			seen[w] = true
+			d.Warnings = append(d.Warnings, "Prometheus warned: "+w)
+		}
+	}
+	return d
+}
+
+// problems gathers the failures and warnings of every table of a page.
+func problems(tables ...api.Table) ([]api.Failure, []string) {
+	var fs []api.Failure
+	var ws []string
+	for _, t := range tables {
+		fs = append(fs, t.Failures...)
+		ws = append(ws, t.Warnings...)
+	}
+	return fs, ws
+}
+
+// grafana links a resource to its dashboard in DESIGN's format, or returns
+// "" without --grafana-url.
+func (s *server) grafana(uid, slug, ns, deployment, pod string) string {
+	if s.cfg.GrafanaURL == "" {
+		return ""
+	}
+	var q []string
+	for _, kv := range [][2]string{{"var-namespace", ns}, {"var-deployment", deployment}, {"var-pod", pod}} {
+		if kv[1] != "" {
+			q = append(q, kv[0]+"="+url.QueryEscape(kv[1]))
+		}
+	}
+	q = append(q, "from=now-1h", "to=now")
+	return strings.TrimRight(s.cfg.GrafanaURL, "/") + "/d/" + uid + "/" + slug + "?" + strings.Join(q, "&")
+}
+
+// Chart geometry, in SVG user units.
+const (
+	chartW, chartH         = 380, 170
+	plotX0, plotX1         = 44, 372
+	plotY0, plotY1         = 10, 145
+	xLabelY                = 162
+	maxGapSteps    float64 = 1.5
+)
+
+// charts draws the history of a deployment or pod.
+func charts(h history) []views.Chart {
+	return []views.Chart{
+		chart(h.Success, "Success rate", "chart-success", func(v float64) string { return fmt.Sprintf("%.0f%%", 100*v) }, 1),
+		chart(h.RPS, "Requests per second", "chart-rps", func(v float64) string { return formatRPS(v) }, 0),
+		chart(h.Latency, "Latency (p50, p95, p99)", "chart-latency", func(v float64) string { return formatLatency(&v) }, 0),
+	}
+}
+
+// chart scales c into the plot; fixedMax, when positive, is the y axis top
+// (1 for a ratio), else the data's maximum.
+func chart(c api.Chart, title, testID string, label func(float64) string, fixedMax float64) views.Chart {
+	vc := views.Chart{Title: title, TestID: testID, Width: chartW, Height: chartH}
+	if c.Failure != nil {
+		vc.Error = "could not get " + c.Failure.Metric + ": " + cause(*c.Failure)
+		return vc
+	}
+	top := fixedMax
+	points := 0
+	for _, s := range c.Series {
+		for _, p := range s.Points {
+			points++
+			if fixedMax <= 0 {
+				top = math.Max(top, p.V)
+			}
+		}
+	}
+	if points == 0 {
+		vc.Empty = "no traffic between " + c.Start.UTC().Format("15:04") + " and " + c.End.UTC().Format("15:04") + " UTC"
+		return vc
+	}
+	if top <= 0 {
+		top = 1
+	}
+	span := c.End.Sub(c.Start).Seconds()
+	x := func(t time.Time) float64 {
+		return plotX0 + (plotX1-plotX0)*t.Sub(c.Start).Seconds()/span
+	}
+	y := func(v float64) float64 { return plotY1 - (plotY1-plotY0)*v/top }
+	for i, s := range c.Series {
+		var b strings.Builder
+		for j, p := range s.Points {
+			cmd := "L"
+			if j == 0 || p.T.Sub(s.Points[j-1].T).Seconds() > maxGapSteps*c.Step.Seconds() {
+				cmd = "M"
+			}
+			fmt.Fprintf(&b, "%s%.1f,%.1f ", cmd, x(p.T), y(p.V))
+		}
+		vc.Lines = append(vc.Lines, views.ChartLine{Name: s.Name, Class: fmt.Sprintf("s%d", i%3), Path: strings.TrimSpace(b.String())})
+	}
+	for _, f := range []float64{1, 0.5, 0} {
+		vc.YLabels = append(vc.YLabels, views.AxisLabel{Text: label(top * f), Y: int(y(top * f))})
+	}
+	vc.XLabels = []views.AxisLabel{
+		{Text: c.Start.UTC().Format("15:04"), X: plotX0 + 14, Y: xLabelY},
+		{Text: c.End.UTC().Format("15:04") + " UTC", X: plotX1 - 24, Y: xLabelY},
+	}
+	return vc
+}
+
+func (h history) failures() []api.Failure {
+	var fs []api.Failure
+	for _, c := range []api.Chart{h.Success, h.RPS, h.Latency} {
+		if c.Failure != nil {
+			fs = append(fs, *c.Failure)
+		}
+	}
+	return fs
+}
