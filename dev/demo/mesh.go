@@ -1,0 +1,224 @@
+package demo
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"strconv"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Protocol is what a service speaks on its port.
+type Protocol string
+
+// The demo's protocols.
+const (
+	HTTP1  Protocol = "http/1.1"
+	GRPC   Protocol = "grpc"
+	H2C    Protocol = "h2c"
+	Opaque Protocol = "tcp"
+)
+
+// Service is one demo deployment: what it speaks, where clients find it and
+// how many pods it runs.
+type Service struct {
+	Namespace, Deployment string
+	// Authority is what clients dial (Host, :authority or a route's target).
+	Authority string
+	Protocol  Protocol
+	// Calls are the deployments this one calls, by Deployment.
+	Calls []string
+	Pods  int
+	// Template is the pod name stem, as a ReplicaSet would name it.
+	Template string
+}
+
+// shop is the demo shop's call graph: traffic → web → catalog, checkout;
+// checkout → payments → ledger.
+func shop() []Service {
+	return []Service{
+		{Namespace: "shop", Deployment: "web", Authority: "web.shop:8080", Protocol: HTTP1, Calls: []string{"catalog", "checkout"}, Pods: 1, Template: "web-7c9d8f"},
+		{Namespace: "shop", Deployment: "catalog", Authority: "catalog.shop:9090", Protocol: GRPC, Pods: 2, Template: "catalog-5f6b7c"},
+		{Namespace: "shop", Deployment: "checkout", Authority: "checkout.shop:9090", Protocol: GRPC, Calls: []string{"payments"}, Pods: 1, Template: "checkout-84d9c6"},
+		{Namespace: "payments", Deployment: "payments", Authority: "payments.payments:8080", Protocol: H2C, Calls: []string{"ledger"}, Pods: 1, Template: "payments-6d4b8f"},
+		{Namespace: "payments", Deployment: "ledger", Authority: "ledger.payments:5432", Protocol: Opaque, Pods: 1, Template: "ledger-7b5c9d"},
+	}
+}
+
+// Pod is one service instance and its proxy's addresses.
+type Pod struct {
+	Service Service
+	Name    string
+	// App is where the service itself listens.
+	App string
+	// Inbound, Outbound and Admin are the proxy's listeners.
+	Inbound, Outbound, Admin string
+	// Routes are fixed outbound listeners for clients that cannot name an
+	// authority (the TCP client of ledger), by authority.
+	Routes map[string]string
+}
+
+// Mesh is the whole demo laid out on ports.
+type Mesh struct {
+	Host     string
+	Services []Service
+	Pods     []Pod
+}
+
+// PortFunc hands out one unused port per call.
+type PortFunc func() (int, error)
+
+// SequentialPorts hands out base, base+1, … for fixed layouts (the Procfile).
+func SequentialPorts(base int) PortFunc {
+	next := base
+	return func() (int, error) {
+		if next > 65535 {
+			return 0, fmt.Errorf("port base %d leaves too few ports", base)
+		}
+		next++
+		return next - 1, nil
+	}
+}
+
+// FreePorts hands out ports the kernel reports free right now on host.
+func FreePorts(host string) PortFunc {
+	return func() (int, error) {
+		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			return 0, fmt.Errorf("find a free port: %w", err)
+		}
+		defer l.Close()
+		return l.Addr().(*net.TCPAddr).Port, nil
+	}
+}
+
+// Layout assigns every pod its app and proxy ports on host.
+func Layout(host string, ports PortFunc) (Mesh, error) {
+	m := Mesh{Host: host, Services: shop()}
+	addr := func() (string, error) {
+		p, err := ports()
+		return net.JoinHostPort(host, strconv.Itoa(p)), err
+	}
+	for _, s := range m.Services {
+		for i := range s.Pods {
+			pod := Pod{Service: s, Name: fmt.Sprintf("%s-%d", s.Template, i), Routes: map[string]string{}}
+			for _, a := range []*string{&pod.App, &pod.Inbound, &pod.Outbound, &pod.Admin} {
+				var err error
+				if *a, err = addr(); err != nil {
+					return Mesh{}, err
+				}
+			}
+			for _, callee := range s.Calls {
+				if c := m.service(callee); c.Protocol == Opaque {
+					a, err := addr()
+					if err != nil {
+						return Mesh{}, err
+					}
+					pod.Routes[c.Authority] = a
+				}
+			}
+			m.Pods = append(m.Pods, pod)
+		}
+	}
+	return m, nil
+}
+
+func (m Mesh) service(deployment string) Service {
+	for _, s := range m.Services {
+		if s.Deployment == deployment {
+			return s
+		}
+	}
+	panic("demo: no service " + deployment) // the table above is fixed
+}
+
+// PodsOf returns the pods of one deployment.
+func (m Mesh) PodsOf(deployment string) []Pod {
+	var out []Pod
+	for _, p := range m.Pods {
+		if p.Service.Deployment == deployment {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Destinations renders the proxies' destinations file (DESIGN.md): every
+// service's authority, its labels and its pods' proxy inbound addresses.
+func (m Mesh) Destinations() ([]byte, error) {
+	type endpoint struct {
+		Addr   string            `yaml:"addr"`
+		Labels map[string]string `yaml:"labels"`
+	}
+	type service struct {
+		Authority string            `yaml:"authority"`
+		Labels    map[string]string `yaml:"labels"`
+		Endpoints []endpoint        `yaml:"endpoints"`
+	}
+	var doc struct {
+		Services []service `yaml:"services"`
+	}
+	for _, s := range m.Services {
+		svc := service{Authority: s.Authority, Labels: map[string]string{"namespace": s.Namespace, "deployment": s.Deployment}}
+		for _, p := range m.PodsOf(s.Deployment) {
+			svc.Endpoints = append(svc.Endpoints, endpoint{Addr: p.Inbound, Labels: map[string]string{"pod": p.Name}})
+		}
+		doc.Services = append(doc.Services, svc)
+	}
+	return yaml.Marshal(doc)
+}
+
+// Targets renders the Prometheus file_sd file: one group per proxy admin
+// address with its namespace, deployment and pod as target labels.
+func (m Mesh) Targets() ([]byte, error) {
+	type group struct {
+		Targets []string          `json:"targets"`
+		Labels  map[string]string `json:"labels"`
+	}
+	groups := make([]group, 0, len(m.Pods))
+	for _, p := range m.Pods {
+		groups = append(groups, group{
+			Targets: []string{p.Admin},
+			Labels:  map[string]string{"namespace": p.Service.Namespace, "deployment": p.Service.Deployment, "pod": p.Name},
+		})
+	}
+	b, err := json.MarshalIndent(groups, "", "  ")
+	return append(b, '\n'), err
+}
+
+// ProxyArgs are the command-line flags of p's proxy; destinations is the
+// destinations file's path. The tap token goes through the environment
+// (MESHSCOPE_PROXY_TAP_TOKEN) so that ps does not show it.
+func (m Mesh) ProxyArgs(p Pod, destinations string) []string {
+	args := []string{
+		"--inbound-listen", p.Inbound, "--inbound-forward", p.App,
+		"--outbound-listen", p.Outbound, "--admin-listen", p.Admin,
+		"--namespace", p.Service.Namespace, "--deployment", p.Service.Deployment, "--pod", p.Name,
+		"--destinations", destinations,
+	}
+	var opaque []string
+	if p.Service.Protocol == Opaque {
+		opaque = append(opaque, port(p.Inbound))
+	}
+	for _, callee := range p.Service.Calls {
+		c := m.service(callee)
+		if listen, ok := p.Routes[c.Authority]; ok {
+			args = append(args, "--outbound-route", listen+"="+c.Authority)
+			opaque = append(opaque, port(listen))
+		}
+	}
+	for i, o := range opaque {
+		if i == 0 {
+			args = append(args, "--opaque-ports", o)
+		} else {
+			args[len(args)-1] += "," + o
+		}
+	}
+	return args
+}
+
+func port(addr string) string {
+	_, p, _ := net.SplitHostPort(addr) // addresses here are all built by Layout
+	return p
+}
