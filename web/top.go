@@ -19,18 +19,18 @@ import (
 	"github.com/meshscope/meshscope/api/tap"
 )
 
-// tapFilterFlags registers one flag per tap filter parameter (max_rps becomes
+// filterFlags registers one flag per tap filter parameter (max_rps becomes
 // --max-rps) and returns the values given, for tap.ParseFilter to check.
-func tapFilterFlags(fs *flag.FlagSet) func() url.Values {
+func filterFlags(fs *flag.FlagSet) func() url.Values {
 	help := map[string]string{
 		tap.ParamDirection:     "only `inbound` or outbound requests",
 		tap.ParamMethod:        "only requests with this HTTP `method`",
 		tap.ParamAuthority:     "only requests to this `authority` (host:port)",
 		tap.ParamPath:          "only requests whose path starts with this `prefix`",
-		tap.ParamDstDeployment: "only requests to this `deployment`",
-		tap.ParamDstNamespace:  "only requests to deployments of this `namespace`",
-		tap.ParamStatus:        "only responses of this `status` class (5xx) or code (404)",
-		tap.ParamMaxRPS:        "at most this many `requests` per second in all, split across the proxies (default 100)",
+		tap.ParamDstDeployment: "only requests to this destination `deployment`",
+		tap.ParamDstNamespace:  "only requests to this destination `namespace`",
+		tap.ParamStatus:        "only requests answered with this `status`: a class such as 5xx or a code such as 404",
+		tap.ParamMaxRPS:        "most `requests` per second, in all (split across the proxies); 1 to 10000, default 100",
 	}
 	vals := map[string]*string{}
 	for _, p := range tap.Params {
@@ -92,7 +92,7 @@ func (l *liveCLI) register(fs *flag.FlagSet) {
 	backendFlags(fs, &l.cfg)
 	fs.StringVar(&l.namespace, "n", "", "`namespace` of the resource")
 	fs.StringVar(&l.namespace, "namespace", "", "`namespace` of the resource")
-	l.filter = tapFilterFlags(fs)
+	l.filter = filterFlags(fs)
 }
 
 // request parses the optional RESOURCE argument and the filter flags.
@@ -113,6 +113,10 @@ func (l *liveCLI) request(args []string) (liveRequest, error) {
 	}
 	lr, err := parseLiveQuery(q)
 	if err != nil {
+		var fe *tap.FilterError
+		if errors.As(err, &fe) {
+			err = fmt.Errorf("--%s: %s", strings.ReplaceAll(fe.Param, "_", "-"), fe.Reason)
+		}
 		return liveRequest{}, usageError{err}
 	}
 	return lr, nil
