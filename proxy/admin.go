@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/meshscope/meshscope/proxy/taphub"
 )
 
 // adminRoutes mounts every admin endpoint; this is the one place to add more (tap).
@@ -24,6 +26,7 @@ func (p *proxy) adminRoutes() *http.ServeMux {
 		}
 		io.WriteString(w, "ready\n")
 	})
+	mux.Handle("GET /tap", &taphub.Handler{Hub: p.tap, Token: p.cfg.TapToken, Log: p.log})
 	mux.HandleFunc("GET /live", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "live\n")
 	})

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/meshscope/meshscope/proxy/metrics"
+	"github.com/meshscope/meshscope/proxy/taphub"
 )
 
 // Direction is which way traffic flows through the proxy.
@@ -39,6 +40,8 @@ type Exchange struct {
 	Error      string
 
 	series *metrics.HTTPSeries
+	hub    *taphub.Hub  // the proxy's tap; nil for none
+	tap    *taphub.Span // nil unless a tap subscriber wants this request
 }
 
 // requestHeaders is called once the request is routed: its headers are read and its destination known.
@@ -50,6 +53,12 @@ func (e *Exchange) requestHeaders(m *metrics.Metrics) {
 		Dst:        dstOf(e.DstLabels),
 	})
 	e.series.Requests.Inc()
+	if e.hub.Active() { // one atomic load when nobody taps: nothing built, nothing allocated
+		e.tap = e.hub.Request(&taphub.RequestInfo{
+			Direction: e.Direction, Method: e.Method, Authority: e.Authority, Path: e.Path, Header: e.Header,
+			Source: e.Source, Destination: e.Destination, DstLabels: e.DstLabels, Start: e.Start,
+		})
+	}
 }
 
 // rerouted is called when a request that never reached its endpoint is retried on another one: the
@@ -61,17 +70,20 @@ func (e *Exchange) rerouted(m *metrics.Metrics) {
 		TargetAddr: e.Destination,
 		Dst:        dstOf(e.DstLabels),
 	})
+	e.tap.Reroute(e.Destination, e.DstLabels)
 }
 
-// responseHeaders is called once the response headers were written to the client.
-func (e *Exchange) responseHeaders(status int) {
+// responseHeaders is called once the response headers, header, were written to the client.
+func (e *Exchange) responseHeaders(status int, header http.Header) {
 	e.Status = status
 	e.series.Latency.Observe(metrics.Millis(time.Since(e.Start)))
+	e.tap.Response(status, header)
 }
 
 // end is called once, when the response stream ended (or failed: Error set).
 func (e *Exchange) end() {
 	e.series.Response(metrics.Outcome{Status: e.Status, GRPCStatus: e.GRPCStatus, Error: e.Error})
+	e.tap.End(e.GRPCStatus, e.Bytes, e.Error)
 }
 
 func dstOf(labels map[string]string) metrics.Dst {

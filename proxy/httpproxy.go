@@ -16,6 +16,7 @@ import (
 
 	"github.com/meshscope/meshscope/proxy/balance"
 	"github.com/meshscope/meshscope/proxy/metrics"
+	"github.com/meshscope/meshscope/proxy/taphub"
 )
 
 // ProxyErrorHeader names the reason of a response the proxy produced itself (no endpoint, connection
@@ -51,6 +52,7 @@ type httpProxy struct {
 	h1, h2  http.RoundTripper
 	dialer  *dialer
 	metrics *metrics.Metrics
+	tap     *taphub.Hub
 	log     *slog.Logger
 	hijacks *tracker
 }
@@ -68,6 +70,7 @@ func (p *httpProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Source:     r.RemoteAddr,
 		Start:      time.Now(),
 		GRPCStatus: metrics.NoGRPCStatus,
+		hub:        p.tap,
 	}
 	if p.route != "" {
 		ex.Authority = p.route
@@ -204,7 +207,7 @@ func (p *httpProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h["Trailer"] = names
 	}
 	w.WriteHeader(res.StatusCode)
-	ex.responseHeaders(res.StatusCode)
+	ex.responseHeaders(res.StatusCode, h)
 
 	grpc := isGRPC(res.Header)
 	if err := p.copyResponse(w, res, &ex); err != nil {
@@ -287,7 +290,7 @@ func (p *httpProxy) switchProtocols(w http.ResponseWriter, r *http.Request, res 
 		ex.end()
 		return
 	}
-	ex.responseHeaders(res.StatusCode)
+	ex.responseHeaders(res.StatusCode, res.Header)
 
 	errc := make(chan error, 2)
 	go func() {
@@ -324,7 +327,7 @@ func (p *httpProxy) fail(w http.ResponseWriter, r *http.Request, ex *Exchange, s
 	}
 	w.WriteHeader(status)
 	io.WriteString(w, reason+"\n")
-	ex.responseHeaders(status)
+	ex.responseHeaders(status, h)
 	if reason != errBadRequest {
 		ex.Error = reason
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/meshscope/meshscope/proxy/balance"
 	"github.com/meshscope/meshscope/proxy/detect"
 	"github.com/meshscope/meshscope/proxy/metrics"
+	"github.com/meshscope/meshscope/proxy/taphub"
 )
 
 const (
@@ -37,6 +38,7 @@ type proxy struct {
 	level    *slog.LevelVar
 	registry *prometheus.Registry
 	metrics  *metrics.Metrics
+	tap      *taphub.Hub
 	resolver *balance.Resolver
 
 	listeners []*listener
@@ -73,6 +75,7 @@ func newProxy(cfg Config, log *slog.Logger, level *slog.LevelVar) (_ *proxy, err
 	}
 	p.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	p.metrics = metrics.New(p.registry)
+	p.tap = taphub.New(taphub.Options{Identity: taphub.Identity{Namespace: cfg.Namespace, Deployment: cfg.Deployment, Pod: cfg.Pod}})
 
 	defer func() {
 		if err != nil {
@@ -113,6 +116,8 @@ func newProxy(cfg Config, log *slog.Logger, level *slog.LevelVar) (_ *proxy, err
 		IdleTimeout:       time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
+	// Open tap streams end when shutdown begins rather than hold the admin server up.
+	p.admin.RegisterOnShutdown(p.tap.Close)
 	return p, nil
 }
 
@@ -130,6 +135,7 @@ func (p *proxy) addListener(name, addr string, hp *httpProxy, tcpTarget, srcTarg
 		return err
 	}
 	hp.metrics, hp.log, hp.hijacks, hp.self = p.metrics, p.log.With("listener", name), &p.conns, p.isSelf
+	hp.tap = p.tap
 	l := &listener{
 		name:      name,
 		direction: hp.direction,
