@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -10,6 +11,9 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/meshscope/meshscope/api"
+	"github.com/meshscope/meshscope/api/tap"
 )
 
 // dialLive opens a live socket on srv with the given Host and Origin headers.
@@ -136,4 +140,46 @@ func FuzzParseFilterMessage(f *testing.F) {
 			t.Fatalf("accepted max_rps %d", rps)
 		}
 	})
+}
+
+func TestLiveSinkHoldsAtMostItsBoundAndCountsTheRest(t *testing.T) {
+	s := newLiveSink(3, false)
+	p := api.Proxy{Pod: "web-0", Admin: "127.0.0.1:4191"}
+	for i := range 5 {
+		s.add(api.TapItem{Proxy: p, Event: &tap.Event{V: tap.Version, Type: tap.TypeRequest, ID: uint64(i + 1), Path: "/x"}})
+	}
+	s.add(api.TapItem{Proxy: p, Event: &tap.Event{V: tap.Version, Type: tap.TypeDropped, Count: 40}})
+	s.add(api.TapItem{Proxy: p, State: api.ProxyFailed, Err: "connection refused"})
+	b, ok := s.frame(nil, 10)
+	if !ok {
+		t.Fatal("no frame")
+	}
+	var f struct {
+		Events []struct {
+			Proxy string    `json:"proxy"`
+			Event tap.Event `json:"event"`
+		} `json:"events"`
+		Status       []proxyStatus `json:"status"`
+		Dropped      uint64        `json:"dropped"`
+		ProxyDropped uint64        `json:"proxy_dropped"`
+	}
+	if err := json.Unmarshal(b, &f); err != nil {
+		t.Fatalf("frame %s: %v", b, err)
+	}
+	if len(f.Events) != 3 || f.Events[0].Proxy != "web-0" || f.Events[2].Event.ID != 3 {
+		t.Errorf("events = %+v, want the first 3 of web-0", f.Events)
+	}
+	if f.Dropped != 2 || f.ProxyDropped != 40 {
+		t.Errorf("dropped = %d by the dashboard, %d by proxies; want 2 and 40", f.Dropped, f.ProxyDropped)
+	}
+	if len(f.Status) != 1 || f.Status[0].State != api.ProxyFailed || f.Status[0].Error != "connection refused" {
+		t.Errorf("status = %+v, want web-0 failed", f.Status)
+	}
+	if _, ok := s.frame(nil, 10); ok {
+		t.Error("a second frame with nothing new was sent")
+	}
+	s.add(api.TapItem{Proxy: p, Event: &tap.Event{V: tap.Version, Type: tap.TypeRequest, ID: 9}})
+	if b, _ := s.frame(nil, 10); !strings.Contains(string(b), `"dropped":2,`) {
+		t.Errorf("next frame %s lost the running drop count", b)
+	}
 }
