@@ -115,6 +115,12 @@ func parseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) err
 	if fs.NArg() > 0 {
 		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
+	return applyEnv(fs, getenv)
+}
+
+// applyEnv sets the flags of fs not given on the command line from their
+// MESHSCOPE_WEB_<FLAG> environment twins.
+func applyEnv(fs *flag.FlagSet, getenv func(string) string) error {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	var err error

@@ -1,0 +1,253 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/PuerkitoBio/goquery"
+
+	"github.com/meshscope/meshscope/api"
+)
+
+// Tolerances against the shop's known truth: success rate within 5 points
+// (one request in four fails, exactly), request rate within 30% of what the
+// traffic generator achieved (rates are extrapolated over a 10s window).
+const (
+	successTolerance = 0.05
+	rpsTolerance     = 0.30
+)
+
+func parseDoc(t *testing.T, body string) *goquery.Document {
+	t.Helper()
+	doc, err := goquery.NewDocumentFromReader(strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return doc
+}
+
+// percent parses "75.00%" into 0.75.
+func percent(s string) (float64, error) {
+	v, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(s), "%"), 64)
+	return v / 100, err
+}
+
+func rowFor(t *testing.T, rows []api.Row, labels map[string]string) (api.Row, error) {
+	t.Helper()
+next:
+	for _, r := range rows {
+		for k, v := range labels {
+			if r.Labels[k] != v {
+				continue next
+			}
+		}
+		return r, nil
+	}
+	return api.Row{}, fmt.Errorf("no row %v in %d rows", labels, len(rows))
+}
+
+func getJSON(t *testing.T, url string, into any) error {
+	t.Helper()
+	status, ct, body := getBody(t, url)
+	if status != 200 || ct != "application/json" {
+		return fmt.Errorf("GET %s: %d %s", url, status, ct)
+	}
+	return json.Unmarshal([]byte(body), into)
+}
+
+// checkGolden compares a row with the truth of its deployment.
+func checkGolden(r api.Row, wantSuccess, wantRPS float64) error {
+	if r.SuccessRate == nil {
+		return fmt.Errorf("%v: no traffic, want success %.2f", r.Labels, wantSuccess)
+	}
+	if d := *r.SuccessRate - wantSuccess; d > successTolerance || d < -successTolerance {
+		return fmt.Errorf("%v: success %.3f, want %.2f±%.2f", r.Labels, *r.SuccessRate, wantSuccess, successTolerance)
+	}
+	if !within(r.RPS, wantRPS, rpsTolerance) {
+		return fmt.Errorf("%v: rps %.2f, want %.2f±%.0f%%", r.Labels, r.RPS, wantRPS, 100*rpsTolerance)
+	}
+	return nil
+}
+
+func TestEndToEndWithRealPrometheusAndProxies(t *testing.T) {
+	s := startShop(t)
+	dash := startDashboard(t, config{PrometheusURL: s.Prom.URL(), QueryTimeout: 5 * time.Second,
+		Refresh: time.Second, GrafanaURL: "http://grafana.test:3000"})
+	const w = "?window=10s"
+
+	t.Run("JSON twin of a namespace shows each deployment's success rate and RPS", func(t *testing.T) {
+		eventually(t, 90*time.Second, "golden metrics of shop", func() error {
+			var d namespaceData
+			if err := getJSON(t, dash+"/api/v1/namespaces/shop"+w, &d); err != nil {
+				return err
+			}
+			if err := d.Deployments.Err(); err != nil || len(d.Deployments.Failures) > 0 {
+				return fmt.Errorf("failures: %v", d.Deployments.Failures)
+			}
+			voting, err := rowFor(t, d.Deployments.Rows, map[string]string{"deployment": "voting"})
+			if err != nil {
+				return err
+			}
+			web, err := rowFor(t, d.Deployments.Rows, map[string]string{"deployment": "web"})
+			if err != nil {
+				return err
+			}
+			if err := checkGolden(voting, votingSuccessRate, s.Traffic.rate()); err != nil {
+				return err
+			}
+			if err := checkGolden(web, 1, s.Traffic.rate()); err != nil {
+				return err
+			}
+			if voting.LatencyP50 == nil || *voting.LatencyP50 < float64(votingDelay/time.Millisecond) {
+				return fmt.Errorf("voting p50 %v, want at least its %v delay", voting.LatencyP50, votingDelay)
+			}
+			if voting.MeshedUp != 1 || voting.MeshedTotal != 1 {
+				return fmt.Errorf("voting meshed %d/%d, want 1/1", voting.MeshedUp, voting.MeshedTotal)
+			}
+			t.Logf("voting: success %.4f (truth %.2f), rps %.2f (sent %.2f/s), p50 %.1fms; web: success %.4f, rps %.2f",
+				*voting.SuccessRate, votingSuccessRate, voting.RPS, s.Traffic.rate(), *voting.LatencyP50, *web.SuccessRate, web.RPS)
+			return nil
+		})
+	})
+
+	t.Run("JSON twins of deployments show the edge between them", func(t *testing.T) {
+		eventually(t, 60*time.Second, "edge web -> voting", func() error {
+			var voting, web resourceData
+			if err := getJSON(t, dash+"/api/v1/namespaces/shop/deployments/voting"+w, &voting); err != nil {
+				return err
+			}
+			if err := getJSON(t, dash+"/api/v1/namespaces/shop/deployments/web"+w, &web); err != nil {
+				return err
+			}
+			caller, err := rowFor(t, voting.Inbound.Rows, map[string]string{"namespace": "shop", "deployment": "web"})
+			if err != nil {
+				return fmt.Errorf("voting's callers: %w", err)
+			}
+			callee, err := rowFor(t, web.Outbound.Rows, map[string]string{"dst_namespace": "shop", "dst_deployment": "voting"})
+			if err != nil {
+				return fmt.Errorf("web's callees: %w", err)
+			}
+			for _, r := range []api.Row{caller, callee} {
+				if err := checkGolden(r, votingSuccessRate, s.Traffic.rate()); err != nil {
+					return err
+				}
+			}
+			if len(web.History.RPS.Series) == 0 || len(web.History.RPS.Series[0].Points) == 0 {
+				return fmt.Errorf("web has no RPS history")
+			}
+			return nil
+		})
+	})
+
+	t.Run("pages show the same numbers", func(t *testing.T) {
+		eventually(t, 60*time.Second, "namespace page", func() error {
+			status, ct, body := getBody(t, dash+"/namespaces/shop"+w)
+			if status != 200 || !strings.HasPrefix(ct, "text/html") {
+				return fmt.Errorf("status %d %s", status, ct)
+			}
+			doc := parseDoc(t, body)
+			row := doc.Find(`[data-testid=deployments] [data-testid=row][data-name=voting]`)
+			got, err := percent(row.Find(`[data-testid=success]`).Text())
+			if err != nil {
+				return fmt.Errorf("voting success cell: %v", err)
+			}
+			if d := got - votingSuccessRate; d > successTolerance || d < -successTolerance {
+				return fmt.Errorf("voting success %.3f on the page", got)
+			}
+			if cls, _ := row.Find(`[data-testid=success]`).Attr("class"); cls != "bad" {
+				return fmt.Errorf("75%% success coloured %q, want bad", cls)
+			}
+			rps, err := strconv.ParseFloat(row.Find(`[data-testid=rps]`).Text(), 64)
+			if err != nil || !within(rps, s.Traffic.rate(), rpsTolerance) {
+				return fmt.Errorf("voting rps %q on the page, want %.1f", row.Find(`[data-testid=rps]`).Text(), s.Traffic.rate())
+			}
+			href, _ := row.Find(`[data-testid=row-grafana]`).Attr("href")
+			if want := "http://grafana.test:3000/d/meshscope-deployment/deployment?var-namespace=shop&var-deployment=voting&from=now-1h&to=now"; href != want {
+				return fmt.Errorf("grafana link %q, want %q", href, want)
+			}
+			return nil
+		})
+		eventually(t, 60*time.Second, "deployment page", func() error {
+			_, _, body := getBody(t, dash+"/namespaces/shop/deployments/voting"+w)
+			doc := parseDoc(t, body)
+			if doc.Find(`[data-testid=inbound] [data-testid=row][data-name="shop/web"]`).Length() != 1 {
+				return fmt.Errorf("voting's page does not list web as a caller")
+			}
+			if doc.Find(`[data-testid=chart-rps] [data-testid=chart-line]`).Length() == 0 {
+				return fmt.Errorf("voting's page has no RPS chart line")
+			}
+			if doc.Find(`[data-testid=pods] [data-testid=row][data-name=voting-0]`).Length() != 1 {
+				return fmt.Errorf("voting's page does not list its pod")
+			}
+			return nil
+		})
+	})
+
+	t.Run("stat prints the golden metrics table", func(t *testing.T) {
+		eventually(t, 60*time.Second, "stat deploy", func() error {
+			var out, errOut bytes.Buffer
+			err := statCmd(context.Background(), []string{"deploy", "-n", "shop", "--prometheus-url", s.Prom.URL(), "--window", "10s"}, &out, &errOut)
+			if err != nil {
+				return fmt.Errorf("%v: %s", err, errOut.String())
+			}
+			lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+			if strings.Join(strings.Fields(lines[0]), " ") != "NAME MESHED SUCCESS RPS LATENCY_P50 LATENCY_P95 LATENCY_P99 TCP_CONN" {
+				return fmt.Errorf("header %q", lines[0])
+			}
+			for _, l := range lines[1:] {
+				if f := strings.Fields(l); f[0] == "voting" {
+					got, err := percent(f[2])
+					if err != nil || f[1] != "1/1" || got < votingSuccessRate-successTolerance || got > votingSuccessRate+successTolerance {
+						return fmt.Errorf("voting line %q", l)
+					}
+					return nil
+				}
+			}
+			return fmt.Errorf("no voting line in\n%s", out.String())
+		})
+	})
+
+	t.Run("Prometheus stopped: pages degrade, then recover", func(t *testing.T) {
+		s.Prom.Stop()
+		for _, path := range []string{"/namespaces", "/namespaces/shop", "/namespaces/shop/deployments/voting", "/namespaces/shop/pods/voting-0"} {
+			status, ct, body := getBody(t, dash+path)
+			if status != 200 || !strings.HasPrefix(ct, "text/html") {
+				t.Errorf("%s with Prometheus down: %d %s, want 200 html", path, status, ct)
+			}
+			doc := parseDoc(t, body)
+			if doc.Find(`[data-testid=nav]`).Length() != 1 {
+				t.Errorf("%s: no navigation", path)
+			}
+			if b := doc.Find(`[data-testid=backend-banner]`).Text(); !strings.Contains(b, s.Prom.URL()) || !strings.Contains(b, "connection refused") {
+				t.Errorf("%s: banner %q does not name the backend and its error", path, b)
+			}
+			if doc.Find(`[data-testid=panel-error]`).Length() == 0 {
+				t.Errorf("%s: no panel says what it could not get", path)
+			}
+		}
+		if status, _, body := getBody(t, dash+"/readyz"); status != 503 || !strings.Contains(body, s.Prom.URL()) {
+			t.Errorf("readyz with Prometheus down: %d %q", status, body)
+		}
+		s.Prom.Start()
+		eventually(t, 60*time.Second, "recovery", func() error {
+			if status, _, body := getBody(t, dash+"/readyz"); status != 200 {
+				return fmt.Errorf("readyz %d %s", status, body)
+			}
+			_, _, body := getBody(t, dash+"/namespaces/shop"+w)
+			doc := parseDoc(t, body)
+			if b := doc.Find(`[data-testid=backend-banner]`); b.Length() > 0 {
+				return fmt.Errorf("banner still shown: %s", b.Text())
+			}
+			if doc.Find(`[data-testid=deployments] [data-testid=row][data-name=voting]`).Length() != 1 {
+				return fmt.Errorf("voting not back on the page")
+			}
+			return nil
+		})
+	})
+}
