@@ -21,9 +21,13 @@ import (
 	"github.com/meshscope/meshscope/api/tap"
 )
 
-const tapUsage = `usage: web tap --proxy ADDR [filter flags] [-o wide|json]
+const tapUsage = `usage: web tap RESOURCE -n NAMESPACE [filter flags] [-o wide|json]
+       web tap --proxy ADDR [filter flags] [-o wide|json]
 
-Streams the requests one proxy carries, live, one line per event:
+Streams the requests of the proxies RESOURCE picks (deploy/NAME, po/NAME or
+ns/NAME; found among Prometheus' active targets of job meshscope-proxy and
+tapped at once, --max-rps split across them; proxy news on stderr), or of the
+one proxy whose admin address is --proxy, live, one line per event:
   req  when the request headers were read (method, authority, path)
   rsp  when the response headers were written (status, latency)
   end  when the response ended (gRPC status, duration, length, error)
@@ -31,7 +35,8 @@ Streams the requests one proxy carries, live, one line per event:
 Stop with Ctrl-C. Every flag has an environment twin MESHSCOPE_WEB_<FLAG>
 (e.g. MESHSCOPE_WEB_TAP_TOKEN); flags win.
 
-Example:
+Examples:
+  web tap deploy/web -n shop --status 5xx
   web tap --proxy 127.0.0.1:4191 --direction inbound --status 5xx
 
 Flags:
@@ -56,19 +61,29 @@ func tapCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	switch {
-	case lr.sel != (api.Selector{}):
-		return usageError{errors.New("tapping a RESOURCE is not built yet: tap one proxy with --proxy ADDR")}
-	case *proxy == "":
-		return usageError{errors.New("--proxy is required: the admin address of the proxy to tap, e.g. 127.0.0.1:4191")}
+	case lr.sel != (api.Selector{}) && *proxy != "":
+		return usageError{errors.New("give a RESOURCE or --proxy ADDR, not both")}
+	case lr.sel == (api.Selector{}) && *proxy == "":
+		return usageError{errors.New("what to tap: a RESOURCE such as deploy/web -n shop, or for one proxy --proxy is required: its admin address, e.g. 127.0.0.1:4191")}
 	case *output != "" && *output != "wide" && *output != "json":
 		return usageError{fmt.Errorf("-o %q: want wide or json", *output)}
 	case *timeout <= 0:
 		return usageError{fmt.Errorf("--timeout %v: must be positive", *timeout)}
 	}
-	if _, _, err := net.SplitHostPort(*proxy); err != nil {
-		return usageError{fmt.Errorf("--proxy %q: want host:port", *proxy)}
+	var events iter.Seq2[*tap.Event, error]
+	if *proxy == "" {
+		fanin, err := l.fanIn(stderr)
+		if err != nil {
+			return err
+		}
+		fanin.Client = tapClient(*timeout)
+		events = fanInEvents(ctx, fanin, lr, stderr)
+	} else {
+		if _, _, err := net.SplitHostPort(*proxy); err != nil {
+			return usageError{fmt.Errorf("--proxy %q: want host:port", *proxy)}
+		}
+		events = proxyEvents(ctx, tapClient(*timeout), *proxy, l.cfg.TapToken, lr.filter)
 	}
-	events := proxyEvents(ctx, tapClient(*timeout), *proxy, l.cfg.TapToken, lr.filter)
 	err = printEvents(stdout, *output, events)
 	if ctx.Err() != nil {
 		return nil // interrupted: the normal way to stop
