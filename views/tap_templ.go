@@ -210,12 +210,12 @@ func liveToolbar(tap bool) templ.Component {
 			templ_7745c5c3_Var8 = templ.NopComponent
 		}
 		ctx = templ.ClearChildren(ctx)
-		templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 9, "<div class=\"live-bar\"><span class=\"ws-state\" data-testid=\"ws-state\" data-ws-state=\"connecting\">connecting</span> <button type=\"button\" data-action=\"pause\" data-testid=\"pause\">Pause</button> ")
+		templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 9, "<div class=\"live-bar\"><span class=\"ws-state\" data-testid=\"ws-state\" data-ws-state=\"connecting\">connecting</span> <button type=\"button\" data-action=\"pause\" data-testid=\"live-pause\">Pause</button> ")
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
 		if tap {
-			templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 10, "<button type=\"button\" data-action=\"clear\" data-testid=\"clear\">Clear</button> ")
+			templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 10, "<button type=\"button\" data-action=\"clear\" data-testid=\"live-clear\">Clear</button> ")
 			if templ_7745c5c3_Err != nil {
 				return templ_7745c5c3_Err
 			}
