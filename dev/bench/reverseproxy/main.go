@@ -7,16 +7,17 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
+
+	"github.com/meshscope/meshscope/dev/bench/benchserver"
 )
 
 func main() {
@@ -32,38 +33,27 @@ func main() {
 }
 
 func run(ctx context.Context, listen, upstream string) error {
+	rp, err := newProxy(upstream)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return err
+	}
+	return benchserver.Serve(ctx, ln, rp)
+}
+
+func newProxy(upstream string) (*httputil.ReverseProxy, error) {
 	target, err := url.Parse("http://" + upstream)
-	if err != nil || target.Host == "" {
-		return fmt.Errorf("--upstream %q: want host:port", upstream)
+	if err != nil || target.Host == "" || target.Path != "" {
+		return nil, fmt.Errorf("--upstream %q: want host:port", upstream)
 	}
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.MaxIdleConnsPerHost = 1024
 	transport.MaxIdleConns = 1024
-	rp := &httputil.ReverseProxy{
+	return &httputil.ReverseProxy{
 		Rewrite:   func(r *httputil.ProxyRequest) { r.SetURL(target) },
 		Transport: transport,
-	}
-	var protocols http.Protocols
-	protocols.SetHTTP1(true)
-	protocols.SetUnencryptedHTTP2(true)
-	srv := &http.Server{
-		Addr:              listen,
-		Handler:           rp,
-		Protocols:         &protocols,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       5 * time.Minute,
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.ListenAndServe() }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		return err
-	}
-	return nil
+	}, nil
 }

@@ -5,15 +5,16 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
 	"syscall"
-	"time"
+
+	"github.com/meshscope/meshscope/dev/bench/benchserver"
 )
 
 func main() {
@@ -32,37 +33,25 @@ func run(ctx context.Context, listen string, size int) error {
 	if size < 0 {
 		return fmt.Errorf("--body-bytes %d: want 0 or more", size)
 	}
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return err
+	}
+	return benchserver.Serve(ctx, ln, handler(size))
+}
+
+// handler answers every request 200 with a text body of size bytes.
+func handler(size int) http.Handler {
 	body := make([]byte, size)
 	for i := range body {
 		body[i] = 'a' + byte(i%26)
 	}
-	length := strconv.Itoa(size)
-	var protocols http.Protocols
-	protocols.SetHTTP1(true)
-	protocols.SetUnencryptedHTTP2(true)
-	srv := &http.Server{
-		Addr: listen,
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-			h := w.Header()
-			h["Content-Type"] = []string{"text/plain"}
-			h["Content-Length"] = []string{length}
-			w.Write(body)
-		}),
-		Protocols:         &protocols,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       5 * time.Minute, // the benchmark holds idle connections
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.ListenAndServe() }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		return err
-	}
-	return nil
+	length := []string{strconv.Itoa(size)}
+	contentType := []string{"text/plain"}
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		h := w.Header()
+		h["Content-Type"] = contentType
+		h["Content-Length"] = length
+		w.Write(body)
+	})
 }
