@@ -1,6 +1,7 @@
 package balance_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -150,6 +151,39 @@ func TestPickSendsMoreRequestsToAnIdleSlowEndpointWhenTheFastOnesAreBusy(t *test
 	t.Logf("requests per endpoint: %v", f.counts)
 	if n := f.counts["10.0.0.3:80"]; n < 30 {
 		t.Errorf("the slower endpoint got %d requests under deep concurrency, want some: %v", n, f.counts)
+	}
+}
+
+func TestDoneRecordsTheLatencyOfFailuresButNotOfCancelledRequests(t *testing.T) {
+	tests := []struct {
+		name      string
+		err       error
+		wantShare func(float64) bool
+	}{
+		{"a request failing after 5s makes the endpoint look slow", errors.New("stream reset"),
+			func(share float64) bool { return share < 0.05 }},
+		{"a request cancelled by its client after 5s says nothing", context.Canceled,
+			func(share float64) bool { return share > 0.3 }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := newFakeClock()
+			d := loadWeb(t, clk, "10.0.0.1:80", "10.0.0.2:80")
+			f := &inflight{clk: clk, latency: func(string) time.Duration { return time.Millisecond }}
+			f.send(t, d, 4, 200)
+			var ep *balance.Endpoint
+			for ep == nil || ep.Addr != "10.0.0.1:80" {
+				ep, _ = d.Pick()
+			}
+			done := ep.Begin()
+			clk.Advance(5 * time.Second)
+			done(tt.err)
+			f.counts = nil
+			f.send(t, d, 4, 2000)
+			if share := float64(f.counts["10.0.0.1:80"]) / 2000; !tt.wantShare(share) {
+				t.Errorf("10.0.0.1 got %.1f%% of the next requests: %v", share*100, f.counts)
+			}
+		})
 	}
 }
 

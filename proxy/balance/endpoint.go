@@ -1,6 +1,7 @@
 package balance
 
 import (
+	"context"
 	"errors"
 	"math"
 	"math/rand/v2"
@@ -156,8 +157,9 @@ func backoff(failures int32) time.Duration {
 // done(err) with err nil records the latency since Begin into the peak-EWMA estimate and clears any
 // backoff. With an error that says the endpoint could not be reached (Unreachable: a dial error such as
 // connection refused), the endpoint is left out with exponential backoff (250ms doubling up to 30s) and
-// probed back in by one request after it expires; no latency is recorded. Any other error (the endpoint
-// answered, then the exchange failed) records the latency and leaves the backoff alone.
+// probed back in by one request after it expires; no latency is recorded. context.Canceled (the client
+// went away) records nothing. Any other error (a timeout, a reset, a broken stream) records the latency
+// and leaves the backoff alone.
 func (e *Endpoint) Begin() (done func(err error)) {
 	s := e.st
 	s.outstanding.Add(1)
@@ -165,9 +167,12 @@ func (e *Endpoint) Begin() (done func(err error)) {
 	return func(err error) {
 		now := s.clk.nanos()
 		s.outstanding.Add(-1)
-		if Unreachable(err) {
+		switch {
+		case Unreachable(err):
 			s.fail(now)
 			return
+		case errors.Is(err, context.Canceled):
+			return // the client gave up: the time so far says nothing of the endpoint's latency
 		}
 		s.observe(time.Duration(now-start), now)
 		if err == nil {
