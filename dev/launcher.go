@@ -35,7 +35,7 @@ const readyTimeout = 90 * time.Second
 type running struct {
 	DashboardURL, PrometheusURL string
 	Backend                     string
-	TapToken                    string
+	Mesh                        demo.Mesh
 }
 
 // run starts the whole demo and blocks until ctx ends or a component fails,
@@ -188,7 +188,7 @@ func run(ctx context.Context, cfg config, con *console, started func(running)) (
 	fmt.Fprintf(logw, "the demo is up (metrics backend: %s at %s)\n", backend, promURL)
 	fmt.Fprintf(logw, "open the dashboard: %s   (Ctrl-C stops everything)\n", dashURL)
 	if started != nil {
-		started(running{DashboardURL: dashURL, PrometheusURL: promURL, Backend: backend, TapToken: token})
+		started(running{DashboardURL: dashURL, PrometheusURL: promURL, Backend: backend, Mesh: m})
 	}
 	select {
 	case <-ctx.Done():

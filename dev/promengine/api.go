@@ -78,6 +78,9 @@ type apiResult struct {
 	data     any
 	warnings []string
 	infos    []string
+	// finalizer releases what data borrows (a query's pooled points); it runs
+	// after the response is written, as in Prometheus.
+	finalizer func()
 }
 
 type apiFunc func(*http.Request) (apiResult, *apiError)
@@ -103,6 +106,9 @@ func (e *Engine) newHandler() http.Handler {
 func (e *Engine) wrap(f apiFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		res, apiErr := f(r)
+		if res.finalizer != nil {
+			defer res.finalizer()
+		}
 		w.Header().Set("Content-Type", "application/json")
 		body := response{Status: "success", Data: res.data, Warnings: res.warnings, Infos: res.infos}
 		code := http.StatusOK
@@ -214,9 +220,9 @@ func withTimeout(r *http.Request) (context.Context, context.CancelFunc, *apiErro
 }
 
 func execute(ctx context.Context, q promql.Query, qs string) (apiResult, *apiError) {
-	defer q.Close()
 	res := q.Exec(ctx)
 	if res.Err != nil {
+		q.Close()
 		var (
 			timeout promql.ErrQueryTimeout
 			cancel  promql.ErrQueryCanceled
@@ -236,8 +242,9 @@ func execute(ctx context.Context, q promql.Query, qs string) (apiResult, *apiErr
 	warnings, infos := res.Warnings.AsStrings(qs, 10, 10)
 	return apiResult{
 		data:     queryData{ResultType: string(res.Value.Type()), Result: res.Value},
-		warnings: warnings,
-		infos:    infos,
+		warnings:  warnings,
+		infos:     infos,
+		finalizer: q.Close,
 	}, nil
 }
 

@@ -1,0 +1,354 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/api"
+	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
+	"github.com/prometheus/common/model"
+
+	"github.com/meshscope/meshscope/dev/demo"
+	"github.com/meshscope/meshscope/dev/grafana"
+)
+
+// demoRPS is the test's load: enough requests in the dashboard's one-minute
+// window that the success-rate bands below stay tight.
+const demoRPS = 40
+
+// startDemo runs the whole demo (run, as "go run ./dev" does) on free ports
+// with the given backend and returns once it is up; cleanup stops it and
+// checks that no proxy outlives it.
+func startDemo(t *testing.T, backend string, cfgDemo demo.Config) running {
+	t.Helper()
+	if backend == "prometheus" {
+		if _, err := exec.LookPath("prometheus"); err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("the real Prometheus is required in CI: %v", err)
+			}
+			t.Skipf("no prometheus binary (apt-get install prometheus): %v", err)
+		}
+	}
+	free := demo.FreePorts(host)
+	addr := func() string {
+		p, err := free()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprintf("%s:%d", host, p)
+	}
+	cfg := config{DashboardListen: addr(), PrometheusListen: addr(), Backend: backend, PrometheusBin: "prometheus", Demo: cfgDemo}
+	logPath := filepath.Join(t.TempDir(), "demo.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	started := make(chan running, 1)
+	errc := make(chan error, 1)
+	go func() { errc <- run(ctx, cfg, &console{out: logFile}, func(r running) { started <- r }) }()
+	var r running
+	var stopped bool
+	t.Cleanup(func() {
+		cancel()
+		if !stopped {
+			if err := <-errc; err != nil {
+				t.Errorf("demo stopped with: %v", err)
+			}
+		}
+		logFile.Close()
+		if t.Failed() {
+			tail(t, logPath)
+		}
+		for _, p := range r.Mesh.Pods {
+			if c, err := net.DialTimeout("tcp", p.Admin, time.Second); err == nil {
+				c.Close()
+				t.Errorf("proxy %s still answers on %s after the demo stopped", p.Name, p.Admin)
+			}
+		}
+	})
+	select {
+	case r = <-started:
+	case err := <-errc:
+		stopped = true
+		t.Fatalf("demo did not start: %v", err)
+	case <-time.After(5 * time.Minute):
+		t.Fatal("demo not up after 5 minutes")
+	}
+	return r
+}
+
+func tail(t *testing.T, path string) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Log(err)
+		return
+	}
+	lines := strings.Split(string(b), "\n")
+	t.Logf("last lines of the demo's log:\n%s", strings.Join(lines[max(0, len(lines)-60):], "\n"))
+}
+
+// eventually retries check until it passes or a generous deadline passes.
+func eventually(t *testing.T, what string, check func() error) {
+	t.Helper()
+	deadline := time.Now().Add(6 * time.Minute)
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(3 * time.Second)
+	}
+}
+
+// row is one table row of the dashboard's JSON API.
+type row struct {
+	Labels      map[string]string `json:"labels"`
+	SuccessRate *float64          `json:"success_rate"`
+	RPS         float64           `json:"rps"`
+	P50         *float64          `json:"latency_ms_p50"`
+	TCP         float64           `json:"tcp_connections"`
+}
+
+type table struct {
+	Rows []row `json:"rows"`
+}
+
+func getJSON(url string, v any) error {
+	client := &http.Client{Timeout: 30 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+		return fmt.Errorf("GET %s: %s (%s)", url, resp.Status, resp.Header.Get("Content-Type"))
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// expectation is what the dashboard must show for one deployment, derived
+// from the demo's configuration and the traffic mix.
+type expectation struct {
+	success  float64
+	p50Range [2]float64 // milliseconds
+}
+
+// expectations follows the demo's call graph: a failure anywhere on a
+// request's path fails it (checkout fails before calling payments, payments
+// before the ledger); web's traffic is 70% catalog reads, 20% cart writes
+// that call nothing, 10% checkouts. Latency bands are wide (×0.5 to ×2)
+// because histogram_quantile interpolates inside coarse buckets: leaves
+// (catalog, payments) around their own median, callers at least their own
+// median and at most twice everything on their slowest path.
+func expectations(c demo.Config) map[string]expectation {
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	payments := (1 - c.Payments.FailureRate) * (1 - c.Ledger.FailureRate)
+	checkout := (1 - c.Checkout.FailureRate) * payments
+	catalog := 1 - c.Catalog.FailureRate
+	web := (1 - c.Web.FailureRate) * (0.7*catalog + 0.2 + 0.1*checkout)
+	slowest := ms(c.Checkout.P50) + ms(c.Payments.P50) + ms(c.Ledger.P50)
+	return map[string]expectation{
+		"web":      {web, [2]float64{ms(c.Web.P50) / 2, 2 * (ms(c.Web.P50) + max(ms(c.Catalog.P50), slowest))}},
+		"catalog":  {catalog, [2]float64{ms(c.Catalog.P50) / 2, 2 * ms(c.Catalog.P50)}},
+		"checkout": {checkout, [2]float64{ms(c.Checkout.P50) / 2, 2 * slowest}},
+		"payments": {payments, [2]float64{ms(c.Payments.P50) / 2, 2 * (ms(c.Payments.P50) + ms(c.Ledger.P50))}},
+	}
+}
+
+// band is the allowed distance of an observed success rate from the
+// expected one: four binomial standard errors for the requests the one-minute
+// window holds, plus two points for the window's edges.
+func band(p, rps float64) float64 {
+	n := max(rps*60, 1)
+	return 4*math.Sqrt(p*(1-p)/n) + 0.02
+}
+
+// checkGoldenMetrics compares every deployment's row with its expectation.
+func checkGoldenMetrics(dash string, want map[string]expectation) error {
+	rows := map[string]row{}
+	for _, ns := range []string{"shop", "payments"} {
+		var page struct{ Deployments table }
+		if err := getJSON(dash+"api/v1/namespaces/"+ns, &page); err != nil {
+			return err
+		}
+		for _, r := range page.Deployments.Rows {
+			rows[r.Labels["deployment"]] = r
+		}
+	}
+	for dep, w := range want {
+		r, ok := rows[dep]
+		switch {
+		case !ok:
+			return fmt.Errorf("deployment %s missing", dep)
+		case r.SuccessRate == nil || r.P50 == nil:
+			return fmt.Errorf("%s: no success rate or latency yet", dep)
+		case math.Abs(*r.SuccessRate-w.success) > band(w.success, r.RPS):
+			return fmt.Errorf("%s: success rate %.3f, want %.3f ± %.3f", dep, *r.SuccessRate, w.success, band(w.success, r.RPS))
+		case *r.P50 < w.p50Range[0] || *r.P50 > w.p50Range[1]:
+			return fmt.Errorf("%s: p50 %.1f ms, want %.1f..%.1f ms", dep, *r.P50, w.p50Range[0], w.p50Range[1])
+		}
+	}
+	if r, ok := rows["ledger"]; !ok || r.TCP <= 0 {
+		return fmt.Errorf("ledger (opaque TCP): row %+v, want open TCP connections", r)
+	}
+	return nil
+}
+
+// checkEdges compares the deployments' outbound edges with the call graph.
+func checkEdges(dash string, m demo.Mesh) error {
+	for _, s := range m.Services {
+		var page struct{ Outbound, Inbound table }
+		if err := getJSON(dash+"api/v1/namespaces/"+s.Namespace+"/deployments/"+s.Deployment, &page); err != nil {
+			return err
+		}
+		var got []string
+		for _, r := range page.Outbound.Rows {
+			if d := r.Labels["dst_deployment"]; d != "" && (r.RPS > 0 || r.TCP > 0) {
+				got = append(got, d)
+			}
+		}
+		slices.Sort(got)
+		want := slices.Sorted(slices.Values(s.Calls))
+		if !slices.Equal(got, want) {
+			return fmt.Errorf("%s calls %v, want %v", s.Deployment, got, want)
+		}
+	}
+	return nil
+}
+
+// checkBalancing wants traffic on both catalog pods.
+func checkBalancing(dash string) error {
+	var page struct{ Pods table }
+	if err := getJSON(dash+"api/v1/namespaces/shop/deployments/catalog", &page); err != nil {
+		return err
+	}
+	busy := 0
+	for _, r := range page.Pods.Rows {
+		if r.RPS > 0 {
+			busy++
+		}
+	}
+	if busy != 2 {
+		return fmt.Errorf("catalog pods with traffic: %d of %+v, want 2", busy, page.Pods.Rows)
+	}
+	return nil
+}
+
+// checkTap reads the dashboard's live tap of web until it has seen a request
+// and its response.
+func checkTap(dash string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	wsURL := "ws" + strings.TrimPrefix(dash, "http") + "api/v1/tap/ws?namespace=shop&deployment=web&direction=inbound"
+	c, _, err := websocket.Dial(ctx, wsURL, &websocket.DialOptions{HTTPHeader: http.Header{"Origin": {strings.TrimSuffix(dash, "/")}}})
+	if err != nil {
+		return err
+	}
+	defer c.CloseNow()
+	seen := map[string]bool{}
+	for !seen["request"] || !seen["response"] {
+		_, msg, err := c.Read(ctx)
+		if err != nil {
+			return fmt.Errorf("tap saw %v before: %w", seen, err)
+		}
+		var frame struct {
+			Events []struct {
+				Proxy string
+				Event struct {
+					Type, Method, Path, Authority string
+					Status                        int
+				}
+			}
+		}
+		if err := json.Unmarshal(msg, &frame); err != nil {
+			return err
+		}
+		for _, e := range frame.Events {
+			switch {
+			case e.Event.Type == "request" && e.Event.Authority == "web.shop:8080" && strings.HasPrefix(e.Event.Path, "/"):
+				seen["request"] = true
+			case e.Event.Type == "response" && e.Event.Status >= 200:
+				seen["response"] = true
+			}
+		}
+	}
+	return c.Close(websocket.StatusNormalClosure, "")
+}
+
+// checkGrafana runs every shipped Grafana expression, variables substituted,
+// against the demo's backend: each must return data.
+func checkGrafana(promURL string) error {
+	client, err := api.NewClient(api.Config{Address: promURL})
+	if err != nil {
+		return err
+	}
+	prom := v1.NewAPI(client)
+	vars := map[string]string{"namespace": "shop", "deployment": "checkout", "pod": "checkout-84d9c6-0", "__rate_interval": "1m"}
+	var errs []error
+	for _, d := range grafana.Dashboards() {
+		for _, q := range d.Queries(vars) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			val, _, _, err := prom.Query(ctx, q, time.Now())
+			cancel()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %s: %w", d.UID, q, err))
+				continue
+			}
+			if vec, ok := val.(model.Vector); !ok || len(vec) == 0 {
+				errs = append(errs, fmt.Errorf("%s: %s: no data", d.UID, q))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func TestDemoShowsItsStoryThroughTheDashboard(t *testing.T) {
+	for _, backend := range []string{"prometheus", "embedded"} {
+		t.Run(backend, func(t *testing.T) {
+			cfg := demo.DefaultConfig()
+			cfg.RPS = demoRPS
+			r := startDemo(t, backend, cfg)
+			if r.Backend != backend {
+				t.Fatalf("backend %s, want %s", r.Backend, backend)
+			}
+			want := expectations(cfg)
+			eventually(t, "golden metrics within their bands", func() error { return checkGoldenMetrics(r.DashboardURL, want) })
+			eventually(t, "edges match the call graph", func() error { return checkEdges(r.DashboardURL, r.Mesh) })
+			eventually(t, "both catalog pods take traffic", func() error { return checkBalancing(r.DashboardURL) })
+			eventually(t, "tap shows calls", func() error { return checkTap(r.DashboardURL) })
+			eventually(t, "every Grafana expression returns data", func() error { return checkGrafana(r.PrometheusURL) })
+		})
+	}
+}
+
+func TestDemoRefusesATakenPortByName(t *testing.T) {
+	l, err := net.Listen("tcp", host+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var out, errOut bytes.Buffer
+	code := cli(context.Background(), []string{"--port-base=0", "--dashboard-listen=" + l.Addr().String()}, &out, &errOut)
+	if code != 1 || !strings.Contains(errOut.String(), l.Addr().String()+" (the dashboard) is already in use") ||
+		!strings.Contains(errOut.String(), "--dashboard-listen") {
+		t.Fatalf("exit %d, stderr %q: want 1 and a message naming the address and --dashboard-listen", code, errOut.String())
+	}
+}
