@@ -241,7 +241,7 @@ func execute(ctx context.Context, q promql.Query, qs string) (apiResult, *apiErr
 	}
 	warnings, infos := res.Warnings.AsStrings(qs, 10, 10)
 	return apiResult{
-		data:     queryData{ResultType: string(res.Value.Type()), Result: res.Value},
+		data:      queryData{ResultType: string(res.Value.Type()), Result: res.Value},
 		warnings:  warnings,
 		infos:     infos,
 		finalizer: q.Close,
