@@ -3,6 +3,8 @@ package balance_test
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -191,5 +193,65 @@ func TestReloadKeepsEndpointStateForAddressesThatStay(t *testing.T) {
 	a, _ := after.Pick(c)
 	if a.Outstanding() != 0 {
 		t.Errorf("the request begun before the reload did not end on the reloaded endpoint: %d outstanding", a.Outstanding())
+	}
+}
+
+func TestConcurrentPicksAndReloadsLoseNoOutstandingCount(t *testing.T) {
+	dir := t.TempDir()
+	path := writeFile(t, dir, serviceFile("10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"))
+	clk := newFakeClock()
+	r, err := balance.Load(path, nil, balance.WithClock(clk.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runResolver(t, r)
+	refused := refusedError(t)
+
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 2000 {
+				ep, err := r.Lookup("web.shop").Pick()
+				if errors.Is(err, balance.ErrNoEndpoints) {
+					clk.Advance(time.Second) // all backing off: let them be probed
+					continue
+				}
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				done := ep.Begin()
+				clk.Advance(time.Microsecond)
+				if i%100 == g {
+					done(refused) // now and then an endpoint backs off
+					continue
+				}
+				done(nil)
+			}
+		})
+	}
+	// Reload while they run: the same addresses, labels changing.
+	for i := range 5 {
+		replaceFile(t, path, serviceFile("10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80")+fmt.Sprintf("  # edit %d\n", i))
+		time.Sleep(20 * time.Millisecond)
+	}
+	wg.Wait()
+
+	eventually(t, "the last reload", func() bool {
+		data, _ := os.ReadFile(path)
+		return strings.Contains(string(data), "edit 4") && r.Lookup("web.shop") != nil
+	})
+	clk.Advance(time.Hour) // every backoff over: each endpoint can be picked (once, as a probe)
+	d := r.Lookup("web.shop")
+	var picked []*balance.Endpoint
+	for range 3 {
+		ep, err := d.Pick(picked...)
+		if err != nil {
+			t.Fatalf("after %v: %v", picked, err)
+		}
+		picked = append(picked, ep)
+		if n := ep.Outstanding(); n != 0 {
+			t.Errorf("%s has %d outstanding requests after all ended", ep.Addr, n)
+		}
 	}
 }
