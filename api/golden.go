@@ -105,14 +105,19 @@ func (q *Querier) Golden(ctx context.Context, sc Scope, meshed bool) Table {
 		wg   sync.WaitGroup
 		t    Table
 		rows = map[string]*Row{}
+		keys []string
 	)
-	row := func(labels map[string]string) *Row {
-		key := rowKey(sc.By, labels)
-		r := rows[key]
-		if r == nil {
-			r = &Row{Labels: labels}
-			rows[key] = r
+	// row finds or adds the row of m; buf is the caller's scratch space for
+	// the key, so that finding an existing row allocates nothing.
+	row := func(m model.Metric, buf *[]byte) *Row {
+		*buf = appendKey((*buf)[:0], sc.By, m)
+		if r := rows[string(*buf)]; r != nil {
+			return r
 		}
+		r := &Row{Labels: labelsOf(sc.By, m)}
+		key := string(*buf)
+		rows[key] = r
+		keys = append(keys, key)
 		return r
 	}
 	for _, p := range parts {
@@ -125,8 +130,9 @@ func (q *Querier) Golden(ctx context.Context, sc Scope, meshed bool) Table {
 				t.Failures = append(t.Failures, failure(p.metric, err))
 				return
 			}
+			var buf []byte
 			for _, s := range vec {
-				p.set(&row(labelsOf(sc.By, s.Metric)).Stats, float64(s.Value))
+				p.set(&row(s.Metric, &buf).Stats, float64(s.Value))
 			}
 		})
 	}
@@ -139,6 +145,7 @@ func (q *Querier) Golden(ctx context.Context, sc Scope, meshed bool) Table {
 				t.Failures = append(t.Failures, failure(MetricMeshed, err))
 				return
 			}
+			var buf []byte
 		target:
 			for _, tg := range targets {
 				for _, m := range sc.Match {
@@ -146,7 +153,7 @@ func (q *Querier) Golden(ctx context.Context, sc Scope, meshed bool) Table {
 						continue target
 					}
 				}
-				r := row(labelsOf(sc.By, model.Metric(tg.Labels)))
+				r := row(model.Metric(tg.Labels), &buf)
 				r.MeshedTotal++
 				if tg.Health == "up" {
 					r.MeshedUp++
@@ -155,13 +162,11 @@ func (q *Querier) Golden(ctx context.Context, sc Scope, meshed bool) Table {
 		})
 	}
 	wg.Wait()
-	t.Rows = make([]Row, 0, len(rows))
-	for _, r := range rows {
-		t.Rows = append(t.Rows, *r)
+	slices.Sort(keys)
+	t.Rows = make([]Row, 0, len(keys))
+	for _, k := range keys {
+		t.Rows = append(t.Rows, *rows[k])
 	}
-	slices.SortFunc(t.Rows, func(a, b Row) int {
-		return strings.Compare(rowKey(sc.By, a.Labels), rowKey(sc.By, b.Labels))
-	})
 	slices.SortFunc(t.Failures, func(a, b Failure) int { return strings.Compare(a.Metric, b.Metric) })
 	return t
 }
@@ -174,13 +179,14 @@ func labelsOf(by []string, m model.Metric) map[string]string {
 	return l
 }
 
-func rowKey(by []string, labels map[string]string) string {
-	var b strings.Builder
+// appendKey appends the values of the by labels of m, each ended by a NUL
+// (which no label value holds), so keys sort like the label tuples.
+func appendKey(b []byte, by []string, m model.Metric) []byte {
 	for _, name := range by {
-		b.WriteString(labels[name])
-		b.WriteByte(0)
+		b = append(b, m[model.LabelName(name)]...)
+		b = append(b, 0)
 	}
-	return b.String()
+	return b
 }
 
 // Point is one sample of a series.

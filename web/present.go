@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -22,52 +23,78 @@ const (
 	warnRate = 0.95
 )
 
-// sortKeys order rows by a column, in the order most useful in an incident:
-// worst success rate first, busiest and slowest first. A leading "-" reverses.
-var sortKeys = map[string]func(a, b api.Row) int{
-	"name":    nil, // by name only, below
-	"success": func(a, b api.Row) int { return cmpOptional(a.SuccessRate, b.SuccessRate) },
-	"rps":     func(a, b api.Row) int { return cmp.Compare(b.RPS, a.RPS) },
-	"p50":     func(a, b api.Row) int { return -cmpOptional(a.LatencyP50, b.LatencyP50) },
-	"p95":     func(a, b api.Row) int { return -cmpOptional(a.LatencyP95, b.LatencyP95) },
-	"p99":     func(a, b api.Row) int { return -cmpOptional(a.LatencyP99, b.LatencyP99) },
-	"tcp":     func(a, b api.Row) int { return cmp.Compare(b.TCPConnections, a.TCPConnections) },
+// sortKey is a sortable column: the value it reads (nil: no value, e.g. no
+// traffic) and whether its most useful order in an incident is descending.
+type sortKey struct {
+	value func(api.Row) *float64
+	desc  bool
 }
 
-// cmpOptional orders missing values (no traffic) after present ones.
-func cmpOptional(a, b *float64) int {
-	switch {
-	case a == nil && b == nil:
-		return 0
-	case a == nil:
-		return 1
-	case b == nil:
-		return -1
-	}
-	return cmp.Compare(*a, *b)
+func ptr(v float64) *float64 { return &v }
+
+// sortKeys order rows by a column: worst success rate first, busiest and
+// slowest first. A leading "-" reverses; rows without a value stay last.
+var sortKeys = map[string]sortKey{
+	"name":    {},
+	"success": {value: func(r api.Row) *float64 { return r.SuccessRate }},
+	"rps":     {value: func(r api.Row) *float64 { return ptr(r.RPS) }, desc: true},
+	"p50":     {value: func(r api.Row) *float64 { return r.LatencyP50 }, desc: true},
+	"p95":     {value: func(r api.Row) *float64 { return r.LatencyP95 }, desc: true},
+	"p99":     {value: func(r api.Row) *float64 { return r.LatencyP99 }, desc: true},
+	"tcp":     {value: func(r api.Row) *float64 { return ptr(r.TCPConnections) }, desc: true},
 }
 
 func trimDesc(sort string) string { return strings.TrimPrefix(sort, "-") }
 
+// sortRows orders rows by sort (default: worst success rate first), ties
+// and rows without a value broken by name.
 func sortRows(rows []api.Row, sort string, name func(api.Row) string) {
 	if sort == "" {
 		sort = "success"
 	}
-	by := sortKeys[trimDesc(sort)]
+	key := sortKeys[trimDesc(sort)]
 	reverse := strings.HasPrefix(sort, "-")
-	slices.SortStableFunc(rows, func(a, b api.Row) int {
-		c := 0
-		if by != nil {
-			c = by(a, b)
+	type item struct {
+		name  string
+		value *float64
+		row   api.Row
+	}
+	items := make([]item, len(rows))
+	for i, r := range rows {
+		items[i] = item{name: name(r), row: r}
+		if key.value != nil {
+			items[i].value = key.value(r)
 		}
-		if c == 0 {
-			c = strings.Compare(name(a), name(b))
+	}
+	slices.SortFunc(items, func(a, b item) int {
+		c := 0
+		switch {
+		case key.value == nil:
+		case a.value == nil && b.value == nil:
+		case a.value == nil:
+			return 1
+		case b.value == nil:
+			return -1
+		default:
+			c = cmp.Compare(*a.value, *b.value)
+			if key.desc {
+				c = -c
+			}
+		}
+		if c == 0 && key.value == nil {
+			c = strings.Compare(a.name, b.name)
 		}
 		if reverse {
-			return -c
+			c = -c
+		}
+		if c == 0 {
+			c = strings.Compare(a.name, b.name)
 		}
 		return c
 	})
+	for i := range items {
+		rows[i] = items[i].row
+	}
 }
 
 // windows is the window selector: the same page at every window.
@@ -198,13 +225,13 @@ func row(r api.Row, failed map[string]bool, meshed bool) views.Row {
 		P50:     pick(api.MetricP50, formatLatency(r.LatencyP50)),
 		P95:     pick(api.MetricP95, formatLatency(r.LatencyP95)),
 		P99:     pick(api.MetricP99, formatLatency(r.LatencyP99)),
-		TCP:     pick(api.MetricTCP, fmt.Sprintf("%.0f", r.TCPConnections)),
+		TCP:     pick(api.MetricTCP, strconv.FormatFloat(r.TCPConnections, 'f', 0, 64)),
 	}
 	if failed[api.MetricSuccess] {
 		vr.Success = views.Cell{Text: unknown, Class: "none"}
 	}
 	if meshed {
-		vr.Meshed = pick(api.MetricMeshed, fmt.Sprintf("%d/%d", r.MeshedUp, r.MeshedTotal))
+		vr.Meshed = pick(api.MetricMeshed, strconv.Itoa(r.MeshedUp)+"/"+strconv.Itoa(r.MeshedTotal))
 	}
 	return vr
 }
@@ -220,14 +247,14 @@ func successCell(rate *float64) views.Cell {
 	case *rate >= warnRate:
 		class = "warn"
 	}
-	return views.Cell{Text: fmt.Sprintf("%.2f%%", 100**rate), Class: class}
+	return views.Cell{Text: strconv.FormatFloat(100**rate, 'f', 2, 64) + "%", Class: class}
 }
 
 func formatRPS(v float64) string {
 	if v >= 100 {
-		return fmt.Sprintf("%.0f", v)
+		return strconv.FormatFloat(v, 'f', 0, 64)
 	}
-	return fmt.Sprintf("%.2f", v)
+	return strconv.FormatFloat(v, 'f', 2, 64)
 }
 
 func formatLatency(ms *float64) string {
@@ -235,11 +262,11 @@ func formatLatency(ms *float64) string {
 	case ms == nil:
 		return "—"
 	case *ms >= 1000:
-		return fmt.Sprintf("%.2f s", *ms/1000)
+		return strconv.FormatFloat(*ms/1000, 'f', 2, 64) + " s"
 	case *ms >= 10:
-		return fmt.Sprintf("%.0f ms", *ms)
+		return strconv.FormatFloat(*ms, 'f', 0, 64) + " ms"
 	}
-	return fmt.Sprintf("%.1f ms", *ms)
+	return strconv.FormatFloat(*ms, 'f', 1, 64) + " ms"
 }
 
 // panelError says which metrics a panel could not get, with the first cause.

@@ -1,0 +1,233 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
+	"github.com/prometheus/common/model"
+
+	"github.com/meshscope/meshscope/api"
+)
+
+// memProm answers the dashboard's queries from memory for a namespace "shop"
+// of n deployments with one pod each: deployment dep-i has success rate
+// (i%100)/100, except dep-0, which has no traffic. It counts the calls.
+type memProm struct {
+	n       int
+	calls   atomic.Int64
+	answers sync.Map // query -> model.Vector, built once
+}
+
+var byClause = regexp.MustCompile(`by \(([^)]*)\)`)
+
+func (m *memProm) Query(_ context.Context, q string, _ time.Time, _ ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
+	m.calls.Add(1)
+	if v, ok := m.answers.Load(q); ok {
+		return v.(model.Vector), nil, nil, nil
+	}
+	v := m.answer(q)
+	m.answers.Store(q, v)
+	return v, nil, nil, nil
+}
+
+func (m *memProm) answer(q string) model.Vector {
+	if q == "vector(1)" {
+		return model.Vector{{Value: 1}}
+	}
+	var by []string
+	if g := byClause.FindStringSubmatch(q); g != nil {
+		by = strings.Split(g[1], ", ")
+	}
+	vec := make(model.Vector, 0, m.n)
+	for i := 1; i < m.n; i++ {
+		metric := model.Metric{}
+		for _, l := range by {
+			switch l {
+			case "namespace", "dst_namespace":
+				metric[model.LabelName(l)] = "shop"
+			case "deployment", "dst_deployment":
+				metric[model.LabelName(l)] = model.LabelValue(fmt.Sprintf("dep-%d", i))
+			case "pod":
+				metric[model.LabelName(l)] = model.LabelValue(fmt.Sprintf("dep-%d-0", i))
+			}
+		}
+		var v float64
+		switch {
+		case strings.HasPrefix(q, "histogram_quantile"):
+			v = float64(i)
+		case strings.Contains(q, "response_total"):
+			v = float64(i%100) / 100
+		case strings.Contains(q, "request_total"):
+			v = 10
+		default:
+			v = 3
+		}
+		vec = append(vec, &model.Sample{Metric: metric, Value: model.SampleValue(v)})
+	}
+	return vec
+}
+
+func (m *memProm) QueryRange(_ context.Context, q string, r v1.Range, _ ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
+	m.calls.Add(1)
+	var values []model.SamplePair
+	for t := r.Start; !t.After(r.End); t = t.Add(r.Step) {
+		values = append(values, model.SamplePair{Timestamp: model.TimeFromUnixNano(t.UnixNano()), Value: 0.5})
+	}
+	return model.Matrix{{Metric: model.Metric{}, Values: values}}, nil, nil, nil
+}
+
+func (m *memProm) Targets(context.Context) (v1.TargetsResult, error) {
+	m.calls.Add(1)
+	if v, ok := m.answers.Load("targets"); ok {
+		return v.(v1.TargetsResult), nil
+	}
+	var res v1.TargetsResult
+	for i := range m.n {
+		res.Active = append(res.Active, v1.ActiveTarget{Health: v1.HealthGood, Labels: model.LabelSet{
+			"job": api.Job, "namespace": "shop",
+			"deployment": model.LabelValue(fmt.Sprintf("dep-%d", i)), "pod": model.LabelValue(fmt.Sprintf("dep-%d-0", i)),
+		}})
+	}
+	m.answers.Store("targets", res)
+	return res, nil
+}
+
+// memServer is the dashboard over a memProm of n deployments.
+func memServer(t testing.TB, n int, cfg config) (*memProm, http.Handler) {
+	t.Helper()
+	s, err := newServer(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &memProm{n: n}
+	s.prom = api.New(m, "memory")
+	return m, s.routes()
+}
+
+func request(h http.Handler, target string, header ...string) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(http.MethodGet, target, nil)
+	req.Host = "localhost:8084"
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec
+}
+
+func TestPagesAnswerWithStatusTypeAndContent(t *testing.T) {
+	_, h := memServer(t, 5, config{GrafanaURL: "https://grafana.example/"})
+	for _, tc := range []struct {
+		name, target string
+		header       []string
+		status       int
+		contentType  string
+		// selector must match at least one element, and text, when set, be in its text.
+		selector, text string
+	}{
+		{"namespaces list the namespace", "/namespaces", nil, 200, "text/html; charset=utf-8",
+			`[data-testid=namespaces] [data-testid=row][data-name=shop]`, "shop"},
+		{"namespace page lists deployments worst first", "/namespaces/shop", nil, 200, "text/html; charset=utf-8",
+			`[data-testid=deployments] [data-testid=row]:first-child [data-testid=name]`, "dep-1"},
+		{"no traffic is not zero success", "/namespaces/shop", nil, 200, "text/html; charset=utf-8",
+			`[data-testid=deployments] [data-testid=row][data-name=dep-0] [data-testid=success].none`, "no traffic"},
+		{"sorting by p99 puts the slowest first", "/namespaces/shop?sort=p99", nil, 200, "text/html; charset=utf-8",
+			`[data-testid=deployments] [data-testid=row]:first-child [data-testid=name]`, "dep-4"},
+		{"reversed sort puts the best success first", "/namespaces/shop?sort=-success", nil, 200, "text/html; charset=utf-8",
+			`[data-testid=deployments] [data-testid=row]:first-child [data-testid=name]`, "dep-4"},
+		{"deployment page has charts and callers", "/namespaces/shop/deployments/dep-2", nil, 200, "text/html; charset=utf-8",
+			`[data-testid=chart-success] [data-testid=chart-line]`, ""},
+		{"deployment links to its grafana dashboard", "/namespaces/shop/deployments/dep-2", nil, 200, "text/html; charset=utf-8",
+			`[data-testid=grafana-link][href="https://grafana.example/d/meshscope-deployment/deployment?var-namespace=shop&var-deployment=dep-2&from=now-1h&to=now"]`, ""},
+		{"pod page", "/namespaces/shop/pods/dep-2-0", nil, 200, "text/html; charset=utf-8",
+			`[data-testid=page-pod] [data-testid=summary-success]`, ""},
+		{"htmx refresh gets the fragment only", "/namespaces/shop?window=5m", []string{"HX-Request", "true"}, 200, "text/html; charset=utf-8",
+			`#data[hx-get="/namespaces/shop?window=5m"]`, ""},
+		{"window selector marks the window", "/namespaces?window=15m", nil, 200, "text/html; charset=utf-8",
+			`[data-testid=window-15m].active`, "15m"},
+		{"JSON twin", "/api/v1/namespaces/shop", nil, 200, "application/json", "", ""},
+		{"bad window is a 400 with the shell", "/namespaces?window=2m", nil, 400, "text/html; charset=utf-8",
+			`[data-testid=nav] + *, [data-testid=error-message]`, "want one of 10s, 1m, 5m, 15m, 1h"},
+		{"bad sort is a 400", "/namespaces?sort=evil", nil, 400, "text/html; charset=utf-8", `[data-testid=error-message]`, "sort"},
+		{"invalid namespace is a 404 naming the rule", "/namespaces/Not_Valid", nil, 404, "text/html; charset=utf-8",
+			`[data-testid=error-message]`, "lower-case"},
+		{"invalid name in the JSON twin is a JSON 404", "/api/v1/namespaces/shop/deployments/a%22b", nil, 404, "application/json", "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := request(h, tc.target, tc.header...)
+			if rec.Code != tc.status {
+				t.Fatalf("status %d, want %d: %s", rec.Code, tc.status, rec.Body)
+			}
+			if ct := rec.Header().Get("Content-Type"); ct != tc.contentType {
+				t.Errorf("content type %q, want %q", ct, tc.contentType)
+			}
+			if tc.selector == "" {
+				return
+			}
+			doc := parseDoc(t, rec.Body.String())
+			sel := doc.Find(tc.selector)
+			if sel.Length() == 0 {
+				t.Fatalf("no %s in\n%s", tc.selector, rec.Body)
+			}
+			if !strings.Contains(sel.Text(), tc.text) {
+				t.Errorf("%s text %q, want %q in it", tc.selector, sel.Text(), tc.text)
+			}
+			if len(tc.header) > 0 && doc.Find(`[data-testid=nav]`).Length() != 0 {
+				t.Error("htmx fragment carries the whole page")
+			}
+		})
+	}
+}
+
+func TestGrafanaLinksOnlyWithGrafanaURL(t *testing.T) {
+	_, h := memServer(t, 3, config{})
+	doc := parseDoc(t, request(h, "/namespaces/shop").Body.String())
+	if n := doc.Find(`[data-testid=grafana-link], [data-testid=row-grafana]`).Length(); n != 0 {
+		t.Errorf("%d Grafana links without --grafana-url", n)
+	}
+}
+
+// TestQueriesPerPageIndependentOfRows: one query per metric per table, never
+// one per row.
+func TestQueriesPerPageIndependentOfRows(t *testing.T) {
+	for _, page := range []string{"/namespaces", "/namespaces/shop", "/namespaces/shop/deployments/dep-1", "/namespaces/shop/pods/dep-1-0"} {
+		t.Run(page, func(t *testing.T) {
+			var counts []int64
+			for _, n := range []int{2, 50, 1000} {
+				m, h := memServer(t, n, config{})
+				if rec := request(h, page); rec.Code != 200 {
+					t.Fatalf("%d rows: status %d", n, rec.Code)
+				}
+				counts = append(counts, m.calls.Load())
+			}
+			if counts[0] != counts[1] || counts[1] != counts[2] {
+				t.Errorf("backend calls for 2, 50, 1000 rows: %v, want the same", counts)
+			}
+			t.Logf("%s: %d backend calls whatever the rows", page, counts[0])
+		})
+	}
+}
+
+// BenchmarkNamespacePage1000Deployments measures the server time of
+// /namespaces/{ns} with 1,000 deployments (and their 1,000 pods), the backend
+// answering from memory.
+func BenchmarkNamespacePage1000Deployments(b *testing.B) {
+	_, h := memServer(b, 1000, config{})
+	b.ReportAllocs()
+	for b.Loop() {
+		if rec := request(h, "/namespaces/shop"); rec.Code != 200 {
+			b.Fatalf("status %d", rec.Code)
+		}
+	}
+}
