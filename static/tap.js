@@ -121,7 +121,7 @@
     } else if (topSummary) {
       parts.push(topSummary);
     }
-    parts.push(streaming + " proxies streaming");
+    parts.push(streaming + (streaming === 1 ? " proxy" : " proxies") + " streaming");
     parts.push("dropped: " + dropped + " by the dashboard, " + proxyDropped + " by proxies");
     countsEl.textContent = parts.join(" · ");
     countsEl.dataset.dropped = String(dropped + proxyDropped);
@@ -159,7 +159,7 @@
       tr.dataset.shown = String(Date.now());
       tr.dataset.path = ev.path || "";
       tr.dataset.authority = ev.authority || "";
-      [ev.direction === "outbound" ? "out" : "in", who(ev.source), who(ev.destination), ev.method, ev.path, "…", "", ""]
+      [ev.direction === "outbound" ? "out" : "in", who(ev.source), who(ev.destination), ev.method, ev.path, "…", ""]
         .forEach(function (v, i) {
           var td = el("td", v);
           if (i === 4) { td.title = (ev.authority || "") + (ev.path || ""); td.className = "path"; }
@@ -223,7 +223,10 @@
 
   function showDetails(key) {
     var c = calls.get(key);
+    var prev = tbody.querySelector("tr.selected");
+    if (prev) { prev.classList.remove("selected"); }
     if (!c) { details.hidden = true; delete details.dataset.key; return; }
+    c.tr.classList.add("selected");
     var r = c.req;
     details.dataset.key = key;
     details.replaceChildren();
@@ -312,7 +315,7 @@
     });
     emptyEl.hidden = rows.length > 0;
     countsEl.dataset.requests = String(snap.requests);
-    topSummary = snap.requests + " requests · " + snap.keys + " rows" +
+    topSummary = snap.requests + " requests · " + snap.keys + (snap.keys === 1 ? " row" : " rows") +
       (snap.untracked ? " · " + snap.untracked + " requests beyond the row limit" : "");
   }
 

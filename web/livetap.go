@@ -11,10 +11,12 @@ import (
 	"github.com/meshscope/meshscope/views"
 )
 
-// Rows kept by the live views: the tap table in the browser, the top table sent by the server.
+// Rows kept by the live views: the tap table in the browser (the page, and the
+// panel of a deployment or pod page), the top table sent by the server.
 const (
-	liveTapRows = 200
-	liveTopRows = 100
+	liveTapRows   = 200
+	livePanelRows = 50
+	liveTopRows   = 100
 )
 
 // liveQuery encodes what a live socket taps as its query string.
@@ -55,7 +57,8 @@ func (s *server) liveCalls(sel api.Selector) views.LiveTap {
 		SocketURL:  s.url("/api/v1/tap/ws", nil),
 		StaticHref: s.url("/static/", nil),
 		FormAction: s.url("/tap", nil),
-		MaxRows:    liveTapRows,
+		MaxRows:    livePanelRows,
+		TapHref:    s.url("/tap", q),
 	}
 }
 
