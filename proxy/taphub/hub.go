@@ -20,9 +20,10 @@ import (
 )
 
 // DefaultBuffer is how many events a subscriber's buffer holds when
-// Options.Buffer is zero: two seconds of the busiest stream max_rps allows
-// (three events per request), enough to ride out a reader's hiccup.
-const DefaultBuffer = 8192
+// Options.Buffer is zero: over a second of a busy stream (2,000 requests per
+// second, three events each), enough to ride out a reader's hiccup, and at
+// most a few megabytes held for a reader that stalls.
+const DefaultBuffer = 4096
 
 // ErrClosed is Subscribe's error once the hub is closed (the proxy is
 // shutting down).
