@@ -19,9 +19,6 @@ import (
 	"github.com/meshscope/meshscope/api/tap"
 )
 
-// ProxyJob is the scrape job whose active targets are the tappable proxies (DESIGN "Tap").
-const ProxyJob = "meshscope-proxy"
-
 // TargetLister is the one call to the metrics backend the fan-in needs; the
 // dashboard's Querier has it.
 type TargetLister interface {
@@ -55,7 +52,7 @@ func (s Selector) matches(p Proxy) bool {
 		(s.Pod == "" || s.Pod == p.Pod)
 }
 
-// Proxy is one tappable proxy: an active target of ProxyJob.
+// Proxy is one tappable proxy: an active target of Job.
 type Proxy struct {
 	Namespace  string `json:"namespace,omitempty"`
 	Deployment string `json:"deployment,omitempty"`
@@ -72,13 +69,13 @@ func (p Proxy) Name() string {
 	return p.Admin
 }
 
-// ListProxies returns the active targets of ProxyJob that sel selects, sorted by
+// ListProxies returns the active targets of Job that sel selects, sorted by
 // namespace, deployment, pod and address. Targets that are down are listed too:
 // tapping them reports why they cannot be reached.
 func ListProxies(ctx context.Context, tl TargetLister, sel Selector) ([]Proxy, error) {
-	targets, err := tl.Targets(ctx, ProxyJob)
+	targets, err := tl.Targets(ctx, Job)
 	if err != nil {
-		return nil, fmt.Errorf("list proxies (job %s): %w", ProxyJob, err)
+		return nil, fmt.Errorf("list proxies (job %s): %w", Job, err)
 	}
 	seen := map[string]bool{}
 	var out []Proxy
@@ -261,7 +258,7 @@ func (f *FanIn) Run(ctx context.Context, sel Selector, filter tap.Filter, emit f
 			}()
 		}
 		if len(proxies) == 0 {
-			emit(TapItem{State: NoProxies, Err: "no proxy of job " + ProxyJob + " matches " + sel.String()})
+			emit(TapItem{State: NoProxies, Err: "no proxy of job " + Job + " matches " + sel.String()})
 		}
 	}
 	apply(proxies)

@@ -30,7 +30,7 @@ type targets struct {
 func (t *targets) Targets(_ context.Context, job string) ([]v1.ActiveTarget, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if job != ProxyJob {
+	if job != Job {
 		return nil, errors.New("unexpected job " + job)
 	}
 	return slices.Clone(t.ts), t.err
@@ -44,7 +44,7 @@ func (t *targets) set(ts ...v1.ActiveTarget) {
 
 func target(ns, deploy, pod, admin string) v1.ActiveTarget {
 	return v1.ActiveTarget{
-		Labels: model.LabelSet{"job": ProxyJob, "namespace": model.LabelValue(ns),
+		Labels: model.LabelSet{"job": Job, "namespace": model.LabelValue(ns),
 			"deployment": model.LabelValue(deploy), "pod": model.LabelValue(pod)},
 		ScrapeURL: "http://" + admin + "/metrics",
 	}
@@ -183,7 +183,7 @@ func TestListProxiesSelectsByTargetLabels(t *testing.T) {
 		target("shop", "web", "web-0", "10.0.0.2:4191"),
 		target("shop", "api", "api-0", "10.0.0.3:4191"),
 		target("ops", "web", "web-0", "10.0.0.4:4191"),
-		v1.ActiveTarget{Labels: model.LabelSet{"job": ProxyJob}, ScrapeURL: "::not a url"},
+		v1.ActiveTarget{Labels: model.LabelSet{"job": Job}, ScrapeURL: "::not a url"},
 	)
 	cases := []struct {
 		name string
@@ -215,7 +215,7 @@ func TestListProxiesSelectsByTargetLabels(t *testing.T) {
 
 func TestListProxiesNamesTheBackendError(t *testing.T) {
 	_, err := ListProxies(context.Background(), &targets{err: errors.New("connection refused")}, Selector{})
-	if err == nil || !strings.Contains(err.Error(), ProxyJob) || !strings.Contains(err.Error(), "connection refused") {
+	if err == nil || !strings.Contains(err.Error(), Job) || !strings.Contains(err.Error(), "connection refused") {
 		t.Errorf("err = %v, want the job and the cause", err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -42,7 +43,11 @@ type liveSockets struct {
 	// topRows is how many rows of top are sent (100).
 	topRows int
 	// readLimit caps one message from the client (4 KiB).
-	readLimit int64
+	readLimit int
+	// maxSockets caps the live sockets open at once (64): each taps every proxy it selects.
+	maxSockets int
+
+	open atomic.Int64
 }
 
 func (ls *liveSockets) durOr(d, def time.Duration) time.Duration {
@@ -182,10 +187,13 @@ func (ls *liveSockets) serve(w http.ResponseWriter, r *http.Request, top bool) {
 		c.Close(websocket.StatusPolicyViolation, closeReason("origin "+origin+" does not match host "+r.Host))
 		return
 	}
-	c.SetReadLimit(ls.readLimit)
-	if ls.readLimit <= 0 {
-		c.SetReadLimit(4 << 10)
+	if n := ls.open.Add(1); n > int64(ls.intOr(ls.maxSockets, 64)) {
+		ls.open.Add(-1)
+		c.Close(websocket.StatusTryAgainLater, "too many live views open at once; close some and retry")
+		return
 	}
+	defer ls.open.Add(-1)
+	c.SetReadLimit(int64(ls.intOr(ls.readLimit, 4<<10)))
 
 	lr, err := ls.request(r, c)
 	if err != nil {

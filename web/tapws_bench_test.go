@@ -79,7 +79,7 @@ func BenchmarkLiveTap10Proxies20kEventsPerSecond(b *testing.B) {
 	for i := range proxies {
 		srv := httptest.NewServer(ndjsonStream(perTick, tick))
 		b.Cleanup(srv.Close)
-		ts = append(ts, v1.ActiveTarget{Labels: model.LabelSet{"job": api.ProxyJob, "namespace": "bench",
+		ts = append(ts, v1.ActiveTarget{Labels: model.LabelSet{"job": api.Job, "namespace": "bench",
 			"pod": model.LabelValue("web-" + string(rune('a'+i)))}, ScrapeURL: srv.URL + "/metrics"})
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))

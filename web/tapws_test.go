@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -181,5 +183,31 @@ func TestLiveSinkHoldsAtMostItsBoundAndCountsTheRest(t *testing.T) {
 	s.add(api.TapItem{Proxy: p, Event: &tap.Event{V: tap.Version, Type: tap.TypeRequest, ID: 9}})
 	if b, _ := s.frame(nil, 10); !strings.Contains(string(b), `"dropped":2,`) {
 		t.Errorf("next frame %s lost the running drop count", b)
+	}
+}
+
+func TestLiveSocketsBeyondTheLimitAreAskedToRetryLater(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ls := &liveSockets{fanin: &api.FanIn{Targets: fixedTargets{}}, log: log, maxSockets: 1}
+	srv := httptest.NewServer(http.HandlerFunc(ls.serveTap))
+	t.Cleanup(srv.Close)
+	first, _, err := dialLive(t, srv, "/?namespace=shop", "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.CloseNow()
+	// The first socket is counted once it says that no proxy matches.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, msg, err := first.Read(ctx); err != nil || !strings.Contains(string(msg), `"state":"none"`) {
+		t.Fatalf("first socket: %s, %v; want the no-proxies status", msg, err)
+	}
+	second, _, err := dialLive(t, srv, "/?namespace=shop", "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.CloseNow()
+	if code, _ := closeStatus(t, second); code != websocket.StatusTryAgainLater {
+		t.Errorf("second socket closed with %d, want %d (try again later)", code, websocket.StatusTryAgainLater)
 	}
 }
