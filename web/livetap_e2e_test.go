@@ -368,8 +368,11 @@ type liveEvent struct {
 }
 
 func TestLiveSocketOnRealProxies(t *testing.T) {
+	// The proxies (child processes) take their tap token from the environment.
+	const token = "tap-s3cret"
+	t.Setenv("MESHSCOPE_PROXY_TAP_TOKEN", token)
 	sh := startShop(t)
-	dash := startDashboard(t, config{PrometheusURL: sh.Prom.URL()})
+	dash := startDashboard(t, config{PrometheusURL: sh.Prom.URL(), TapToken: token})
 	wsURL := "ws" + strings.TrimPrefix(dash, "http") + "/api/v1/tap/ws?namespace=shop"
 
 	// readUntil reads frames until ok says stop, or fails after a generous deadline.
@@ -396,6 +399,81 @@ func TestLiveSocketOnRealProxies(t *testing.T) {
 			return slices.ContainsFunc(f.Events, func(e liveEvent) bool { return e.Proxy == proxy })
 		}
 	}
+
+	t.Run("the dashboard taps with its token and never shows it", func(t *testing.T) {
+		c, _, err := websocket.Dial(context.Background(), wsURL, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.CloseNow()
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		defer cancel()
+		for seen := map[string]bool{}; !seen["web-0"] || !seen["voting-0"]; {
+			_, msg, err := c.Read(ctx)
+			if err != nil {
+				t.Fatalf("events of both proxies: %v", err)
+			}
+			if strings.Contains(string(msg), token) {
+				t.Fatalf("a frame carries the tap token: %s", msg)
+			}
+			var f liveFrame
+			json.Unmarshal(msg, &f)
+			for _, e := range f.Events {
+				seen[e.Proxy] = true
+			}
+		}
+		for _, page := range []string{"/tap?namespace=shop", "/top?namespace=shop", "/namespaces/shop/deployments/web"} {
+			if code, _, body := getBody(t, dash+page); code != http.StatusOK || strings.Contains(body, token) {
+				t.Errorf("%s: %d, token in page: %v", page, code, strings.Contains(body, token))
+			}
+		}
+	})
+
+	t.Run("a wrong token is reported per proxy, not fatal", func(t *testing.T) {
+		other := startDashboard(t, config{PrometheusURL: sh.Prom.URL(), TapToken: "wrong"})
+		c, _, err := websocket.Dial(context.Background(), "ws"+strings.TrimPrefix(other, "http")+"/api/v1/tap/ws?namespace=shop&deployment=web", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.CloseNow()
+		readUntil(t, c, "web-0 refused with 401", func(f liveFrame) bool {
+			return slices.ContainsFunc(f.Status, func(s proxyStatus) bool {
+				return s.Proxy == "web-0" && s.State == "failed" && strings.Contains(s.Error, "401")
+			})
+		})
+	})
+
+	t.Run("the terminal twins tap through the same fan-in", func(t *testing.T) {
+		for _, tc := range []struct {
+			name string
+			args []string
+			want string
+		}{
+			{"tap", []string{"tap", "deploy/voting", "-n", "shop", "--status", "5xx"}, ":status=500"},
+			{"top", []string{"top", "deploy/voting", "-n", "shop", "--interval", "500ms", "-o", "json"}, `"path":"/vote"`},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				ctx, cancel := context.WithCancel(context.Background())
+				var out, errOut syncBuffer
+				done := make(chan int, 1)
+				args := append(tc.args, "--prometheus-url", sh.Prom.URL(), "--tap-token", token)
+				go func() { done <- cli(ctx, args, &out, &errOut) }()
+				eventually(t, 90*time.Second, "web "+tc.name+" prints "+tc.want, func() error {
+					if !strings.Contains(out.String(), tc.want) {
+						return fmt.Errorf("stdout %q, stderr %q", tail(out.String()), errOut.String())
+					}
+					return nil
+				})
+				cancel()
+				if code := <-done; code != 0 {
+					t.Errorf("exit code %d after interrupt; stderr %s", code, errOut.String())
+				}
+				if !strings.Contains(errOut.String(), "proxy voting-0 streaming") {
+					t.Errorf("stderr %q does not report the proxy streaming", errOut.String())
+				}
+			})
+		}
+	})
 
 	t.Run("a disconnect leaves no goroutine behind", func(t *testing.T) {
 		for range 3 {
@@ -428,4 +506,12 @@ func TestLiveSocketOnRealProxies(t *testing.T) {
 		})
 		readUntil(t, c, "web-0 still streaming after the kill", hasEventsOf("web-0"))
 	})
+}
+
+// tail is the end of a long output, for messages.
+func tail(s string) string {
+	if len(s) > 500 {
+		return "…" + s[len(s)-500:]
+	}
+	return s
 }
