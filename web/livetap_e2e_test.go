@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"runtime"
@@ -472,6 +473,35 @@ func TestLiveSocketOnRealProxies(t *testing.T) {
 					t.Errorf("stderr %q does not report the proxy streaming", errOut.String())
 				}
 			})
+		}
+	})
+
+	t.Run("shutting the dashboard down closes live sockets with going away", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		addrc, errc := make(chan net.Addr, 1), make(chan error, 1)
+		cfg := config{Listen: "127.0.0.1:0", PrometheusURL: sh.Prom.URL(), TapToken: token}
+		go func() {
+			errc <- run(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), func(a net.Addr) { addrc <- a })
+		}()
+		var addr net.Addr
+		select {
+		case addr = <-addrc:
+		case err := <-errc:
+			t.Fatal(err)
+		}
+		c, _, err := websocket.Dial(context.Background(), "ws://"+addr.String()+"/api/v1/tap/ws?namespace=shop&deployment=web", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.CloseNow()
+		readUntil(t, c, "events of web-0", hasEventsOf("web-0"))
+		cancel()
+		if code, _ := closeStatus(t, c); code != websocket.StatusGoingAway {
+			t.Errorf("closed with %d, want %d (going away)", code, websocket.StatusGoingAway)
+		}
+		if err := <-errc; err != nil {
+			t.Errorf("run: %v", err)
 		}
 	})
 
