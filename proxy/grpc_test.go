@@ -333,4 +333,3 @@ func TestGRPCThroughAnOutboundRoute(t *testing.T) {
 	}
 	waitMetric(t, p.registry, "response_total", map[string]string{"direction": "outbound", "authority": addr, "grpc_status": "0", "classification": "success"}, 1)
 }
-
