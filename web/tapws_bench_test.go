@@ -70,10 +70,17 @@ func cpuTime() time.Duration {
 // of 2,000 events/s each through the fan-in and the websocket to one client;
 // each iteration is one second. It reports what the client received, what was
 // dropped (and counted), the heap after the first second and at the end, and
-// the CPU of the whole test process (dashboard, generators and client).
+// the CPU of the whole test process (dashboard, generators and client). The
+// slow client reads one frame every 500ms: the dashboard must drop and count,
+// its memory bounded.
 //
 //	go test -run XXX -bench LiveTap10Proxies -benchtime 10x ./web/
 func BenchmarkLiveTap10Proxies20kEventsPerSecond(b *testing.B) {
+	b.Run("client=fast", func(b *testing.B) { benchLiveTap(b, 0) })
+	b.Run("client=slow", func(b *testing.B) { benchLiveTap(b, 500*time.Millisecond) })
+}
+
+func benchLiveTap(b *testing.B, readPause time.Duration) {
 	const proxies, perTick, tick = 10, 20, 10 * time.Millisecond // 2,000 events/s per proxy
 	var ts fixedTargets
 	for i := range proxies {
@@ -104,6 +111,7 @@ func BenchmarkLiveTap10Proxies20kEventsPerSecond(b *testing.B) {
 			if err != nil {
 				return
 			}
+			time.Sleep(readPause)
 			frames.Add(1)
 			received.Add(uint64(bytes.Count(msg, []byte(`{"proxy":`))))
 			var d, pd uint64
