@@ -32,7 +32,7 @@ type liveSockets struct {
 	// stop ends with the process: open sockets close with "going away" (the
 	// HTTP server's shutdown does not wait for hijacked connections).
 	stop context.Context
-	// FlushEvery is how often batched tap events are sent (100ms).
+	// flushEvery is how often batched tap events are sent (100ms).
 	flushEvery time.Duration
 	// topEvery is how often the top table is sent (1s).
 	topEvery time.Duration
