@@ -141,6 +141,24 @@ func statusLine(it api.TapItem) string {
 	}
 }
 
+// statusPrinter writes the news of the proxies to w, one line each, leaving
+// out a line that repeats the last one about the same proxy (a dead proxy is
+// retried, and reported failed, every few seconds). Safe for concurrent use.
+func statusPrinter(w io.Writer) func(api.TapItem) {
+	var mu sync.Mutex
+	last := map[api.Proxy]string{}
+	return func(it api.TapItem) {
+		line := statusLine(it)
+		mu.Lock()
+		defer mu.Unlock()
+		if last[it.Proxy] == line {
+			return
+		}
+		last[it.Proxy] = line
+		fmt.Fprintln(w, line)
+	}
+}
+
 // fanInEvents taps every proxy lr selects through fanin and yields their
 // events, merged, until ctx ends, the first listing of proxies fails, or the
 // caller stops. News of the proxies (streaming, failed, gone) goes to stderr as
@@ -151,13 +169,12 @@ func fanInEvents(ctx context.Context, fanin *api.FanIn, lr liveRequest, stderr i
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		events := make(chan *tap.Event, 1024)
-		var mu sync.Mutex // guards stderr and dropped
+		var mu sync.Mutex // guards dropped
 		var dropped uint64
+		status := statusPrinter(stderr)
 		emit := func(it api.TapItem) {
 			if it.Event == nil {
-				mu.Lock()
-				fmt.Fprintln(stderr, statusLine(it))
-				mu.Unlock()
+				status(it)
 				return
 			}
 			select {

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -55,12 +54,10 @@ func topCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	var top api.Top
-	var mu sync.Mutex // serializes writes to stderr
+	status := statusPrinter(stderr)
 	emit := func(it api.TapItem) {
 		if it.Event == nil {
-			mu.Lock()
-			fmt.Fprintln(stderr, statusLine(it))
-			mu.Unlock()
+			status(it)
 			return
 		}
 		top.Add(it)
