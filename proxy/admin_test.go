@@ -1,0 +1,192 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func TestAdminEndpoints(t *testing.T) {
+	p := startProxy(t, testConfig("127.0.0.1:1"))
+	admin := p.url("--admin-listen")
+	c := h1Client()
+	tests := []struct {
+		name       string
+		method     string
+		path       string
+		body       string
+		wantStatus int
+		wantBody   string
+	}{
+		{"live", "GET", "/live", "", 200, "live\n"},
+		{"ready once listening", "GET", "/ready", "", 200, "ready\n"},
+		{"log level shows", "GET", "/log-level", "", 200, "debug\n"},
+		{"log level changes", "PUT", "/log-level", "warn", 200, "warn\n"},
+		{"log level shows the change", "GET", "/log-level", "", 200, "warn\n"},
+		{"bad log level is refused", "PUT", "/log-level", "chatty", 400, "bad level \"chatty\": want debug, info, warn or error\n"},
+		{"log level unchanged by a bad request", "GET", "/log-level", "", 200, "warn\n"},
+		{"log level cannot be posted", "POST", "/log-level", "info", 405, "Method Not Allowed\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, _ := http.NewRequest(tt.method, admin+tt.path, strings.NewReader(tt.body))
+			res, body := doBody(t, c, req)
+			if res.StatusCode != tt.wantStatus || body != tt.wantBody {
+				t.Fatalf("%d %q, want %d %q", res.StatusCode, body, tt.wantStatus, tt.wantBody)
+			}
+		})
+	}
+	if p.level.Level() != slog.LevelWarn {
+		t.Errorf("level %v after PUT warn", p.level.Level())
+	}
+}
+
+func TestMetricsExposition(t *testing.T) {
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/fail" {
+			w.WriteHeader(503)
+		}
+	}))
+	defer app.Close()
+	p := startProxy(t, testConfig(app.Listener.Addr().String()))
+	c := h1Client()
+	for _, path := range []string{"/ok", "/ok", "/fail"} {
+		get(t, c, p.url("--inbound-listen")+path)
+	}
+	waitMetric(t, p.registry, "response_total", nil, 3)
+	target := app.Listener.Addr().String()
+	authority := p.addr("--inbound-listen").String()
+	want := `
+# HELP request_total HTTP requests whose headers the proxy read.
+# TYPE request_total counter
+request_total{authority="` + authority + `",direction="inbound",dst_deployment="",dst_namespace="",dst_pod="",target_addr="` + target + `",tls="false"} 3
+# HELP response_total HTTP response streams that ended, classified as success or failure.
+# TYPE response_total counter
+response_total{authority="` + authority + `",classification="failure",direction="inbound",dst_deployment="",dst_namespace="",dst_pod="",error="",grpc_status="",status_code="503",target_addr="` + target + `",tls="false"} 1
+response_total{authority="` + authority + `",classification="success",direction="inbound",dst_deployment="",dst_namespace="",dst_pod="",error="",grpc_status="",status_code="200",target_addr="` + target + `",tls="false"} 2
+`
+	if err := testutil.GatherAndCompare(p.registry, strings.NewReader(want), "request_total", "response_total"); err != nil {
+		t.Error(err)
+	}
+	// The latency histogram has DESIGN's buckets.
+	mfs, _ := p.registry.Gather()
+	var buckets []float64
+	for _, mf := range mfs {
+		if mf.GetName() == "response_latency_ms" {
+			for _, b := range mf.GetMetric()[0].GetHistogram().GetBucket() {
+				buckets = append(buckets, b.GetUpperBound())
+			}
+		}
+	}
+	wantBuckets := []float64{1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500, 1000, 2000, 3000, 4000, 5000, 10000, 20000, 30000, 40000, 50000}
+	if len(buckets) != len(wantBuckets) {
+		t.Fatalf("buckets %v, want %v", buckets, wantBuckets)
+	}
+	for i := range buckets {
+		if buckets[i] != wantBuckets[i] {
+			t.Fatalf("buckets %v, want %v", buckets, wantBuckets)
+		}
+	}
+	// /metrics serves the same registry, with the Go and process collectors.
+	res, body := get(t, c, p.url("--admin-listen")+"/metrics")
+	if res.StatusCode != 200 || !strings.HasPrefix(res.Header.Get("Content-Type"), "text/plain") {
+		t.Fatalf("/metrics: %d %s", res.StatusCode, res.Header.Get("Content-Type"))
+	}
+	for _, want := range []string{"go_goroutines ", "process_resident_memory_bytes ", `response_latency_ms_bucket{authority="` + authority, "tcp_open_connections{"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	// (response_latency_ms and tcp_connection_duration_ms keep linkerd's names, which the linter dislikes.)
+	if problems, err := testutil.GatherAndLint(p.registry, "request_total", "response_total", "tcp_open_total", "tcp_read_bytes_total"); err != nil || len(problems) > 0 {
+		t.Errorf("lint: %v %v", problems, err)
+	}
+}
+
+func TestShutdownLetsInFlightRequestsFinish(t *testing.T) {
+	release := make(chan struct{})
+	started := make(chan struct{})
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(started)
+		<-release
+		io.WriteString(w, "finished")
+	}))
+	defer app.Close()
+	cfg := testConfig(app.Listener.Addr().String())
+	p, err := newProxy(cfg, slog.New(slog.NewTextHandler(testLog{t}, nil)), new(slog.LevelVar))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(ctx) }()
+	eventually(t, "ready", func() bool { return p.ready.Load() })
+	inbound := p.url("--inbound-listen")
+
+	result := make(chan string, 1)
+	go func() {
+		res, err := h1Client().Get(inbound)
+		if err != nil {
+			result <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		result <- string(b)
+	}()
+	<-started
+	cancel() // SIGTERM
+	eventually(t, "stop accepting", func() bool {
+		c, err := (&http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}).Get(inbound)
+		if err == nil {
+			c.Body.Close()
+		}
+		return err != nil
+	})
+	close(release)
+	if got := <-result; got != "finished" {
+		t.Errorf("in-flight request got %q, want finished", got)
+	}
+	if err := <-served; err != nil {
+		t.Errorf("Serve returned %v, want nil (exit 0)", err)
+	}
+}
+
+func TestShutdownCutsWhatOutlivesTheGrace(t *testing.T) {
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done() // a long poll that never answers
+	}))
+	defer app.Close()
+	cfg := testConfig(app.Listener.Addr().String())
+	cfg.ShutdownGrace = 100 * time.Millisecond
+	p, err := newProxy(cfg, slog.New(slog.NewTextHandler(testLog{t}, nil)), new(slog.LevelVar))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(ctx) }()
+	eventually(t, "ready", func() bool { return p.ready.Load() })
+	failed := make(chan error, 1)
+	go func() {
+		_, err := h1Client().Get(p.url("--inbound-listen"))
+		failed <- err
+	}()
+	eventually(t, "request in flight", func() bool {
+		return metricValue(t, p.registry, "request_total", nil) == 1
+	})
+	cancel()
+	if err := <-served; err != nil {
+		t.Errorf("Serve returned %v, want nil", err)
+	}
+	if err := <-failed; err == nil {
+		t.Error("the request outliving the grace succeeded; want it cut")
+	}
+}
