@@ -60,6 +60,10 @@
     sock.onopen = function () {
       // With no query string the server waits for the filter as a first message.
       if (!root.dataset.query) { sock.send("{}"); }
+      // A new socket reports every proxy afresh.
+      proxies = {};
+      notice = null;
+      problemsEl.replaceChildren();
       setState("open");
     };
     sock.onmessage = function (m) {
@@ -155,6 +159,7 @@
       if (isHidden(ev)) { hiddenCount++; return; }
       var tr = document.createElement("tr");
       tr.dataset.key = key;
+      tr.tabIndex = 0;
       tr.dataset.ts = ev.ts;
       tr.dataset.shown = String(Date.now());
       tr.dataset.path = ev.path || "";
@@ -349,6 +354,10 @@
   tbody.addEventListener("click", function (e) {
     var tr = e.target.closest("tr");
     if (tr && tr.dataset.key) { showDetails(tr.dataset.key); }
+  });
+  tbody.addEventListener("keydown", function (e) {
+    var tr = e.target.closest("tr");
+    if (e.key === "Enter" && tr && tr.dataset.key) { showDetails(tr.dataset.key); }
   });
   renderHidden();
   renderCounts();

@@ -62,11 +62,35 @@ func (s *server) liveCalls(sel api.Selector) views.LiveTap {
 	}
 }
 
+// canonical redirects to the page's canonical URL when r's differs (the form
+// submits every field, most of them empty), so the link to paste in an
+// incident channel names only the filters in force. It reports whether it did.
+func canonical(w http.ResponseWriter, r *http.Request, lr liveRequest) bool {
+	want := liveQuery(lr)
+	for _, p := range uiParams {
+		for _, v := range r.URL.Query()[p] {
+			if v != "" {
+				want.Add(p, v)
+			}
+		}
+	}
+	if want.Encode() == r.URL.RawQuery {
+		return false
+	}
+	u := *r.URL
+	u.RawQuery = want.Encode()
+	http.Redirect(w, r, u.RequestURI(), http.StatusFound)
+	return true
+}
+
 // tapPage is /tap. A filter that cannot be used is a 400 showing the form with
 // the error, so the user can fix it in place.
 func (s *server) tapPage(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
 	lr, err := parseLiveQuery(q)
+	if err == nil && canonical(w, r, lr) {
+		return nil
+	}
 	p := views.LiveTap{
 		Filter:     formFilter(q),
 		Query:      liveQuery(lr).Encode(),
@@ -85,6 +109,9 @@ func (s *server) tapPage(w http.ResponseWriter, r *http.Request) error {
 func (s *server) topPage(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
 	lr, err := parseLiveQuery(q)
+	if err == nil && canonical(w, r, lr) {
+		return nil
+	}
 	p := views.LiveTop{
 		Filter:     formFilter(q),
 		Query:      liveQuery(lr).Encode(),

@@ -2,6 +2,7 @@ package main
 
 import (
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 )
@@ -18,12 +19,12 @@ func TestLivePages(t *testing.T) {
 		field, value string
 		errorHas     string
 	}{
-		{name: "tap page carries its filter to the socket and the form", target: "/tap?namespace=shop&deployment=web&path=/api&max_rps=50&hide_path=/health",
+		{name: "tap page carries its filter to the socket and the form", target: "/tap?deployment=web&hide_path=%2Fhealth&max_rps=50&namespace=shop&path=%2Fapi",
 			status: http.StatusOK, section: "live-calls", socket: "/api/v1/tap/ws",
 			query: "deployment=web&max_rps=50&namespace=shop&path=%2Fapi", field: "filter-path", value: "/api"},
 		{name: "tap page without a filter taps everything", target: "/tap",
 			status: http.StatusOK, section: "live-calls", socket: "/api/v1/tap/ws", query: "", field: "filter-namespace", value: ""},
-		{name: "top page uses the top socket", target: "/top?namespace=shop&dst_deployment=voting",
+		{name: "top page uses the top socket", target: "/top?dst_deployment=voting&namespace=shop",
 			status: http.StatusOK, section: "live-top", socket: "/api/v1/top/ws",
 			query: "dst_deployment=voting&namespace=shop", field: "filter-dst_deployment", value: "voting"},
 		{name: "under a base path every URL has the prefix", basePath: "/mesh", target: "/mesh/tap?namespace=shop",
@@ -38,6 +39,12 @@ func TestLivePages(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			_, h := newTestServer(t, config{BasePath: tc.basePath})
+			if tc.status == http.StatusOK {
+				// The canonical URL is served as is: no redirect loop.
+				if rec := get(h, "localhost:8084", tc.target); rec.Code != http.StatusOK {
+					t.Fatalf("%s answered %d, Location %q", tc.target, rec.Code, rec.Header().Get("Location"))
+				}
+			}
 			rec := get(h, "localhost:8084", tc.target)
 			if rec.Code != tc.status || !strings.HasPrefix(rec.Header().Get("Content-Type"), "text/html") {
 				t.Fatalf("status %d, content type %q; want %d, text/html", rec.Code, rec.Header().Get("Content-Type"), tc.status)
@@ -74,9 +81,23 @@ func TestLivePages(t *testing.T) {
 	}
 }
 
+func TestLivePagesRedirectToTheirCanonicalURL(t *testing.T) {
+	_, h := newTestServer(t, config{BasePath: "/mesh"})
+	for target, want := range map[string]string{
+		"/mesh/tap?namespace=shop&pod=&method=&hide_path=/health&deployment=web&max_rps=": "/mesh/tap?deployment=web&hide_path=%2Fhealth&namespace=shop",
+		"/mesh/top?status=5xx&namespace=shop&direction=":                                  "/mesh/top?namespace=shop&status=5xx",
+		"/mesh/tap?method=get": "/mesh/tap?method=GET",
+	} {
+		rec := get(h, "localhost:8084", target)
+		if rec.Code != http.StatusFound || rec.Header().Get("Location") != want {
+			t.Errorf("%s: %d to %q, want 302 to %q", target, rec.Code, rec.Header().Get("Location"), want)
+		}
+	}
+}
+
 func TestLivePageEscapesTheFilter(t *testing.T) {
 	_, h := newTestServer(t, config{})
-	rec := get(h, "localhost:8084", `/tap?path=/"><script>alert(1)</script>`)
+	rec := get(h, "localhost:8084", "/tap?"+url.Values{"path": {`/"><script>alert(1)</script>`}}.Encode())
 	if rec.Code != http.StatusOK {
 		t.Fatalf("status %d", rec.Code)
 	}
