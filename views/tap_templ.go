@@ -289,19 +289,19 @@ func tapForm(action string, f TapFilter, tap bool, errMsg string) templ.Componen
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
-		templ_7745c5c3_Err = field("namespace", "Namespace", f.Namespace, "shop").Render(ctx, templ_7745c5c3_Buffer)
+		templ_7745c5c3_Err = field("namespace", "Namespace", f.Namespace, "all").Render(ctx, templ_7745c5c3_Buffer)
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
-		templ_7745c5c3_Err = field("deployment", "Deployment", f.Deployment, "web").Render(ctx, templ_7745c5c3_Buffer)
+		templ_7745c5c3_Err = field("deployment", "Deployment", f.Deployment, "all").Render(ctx, templ_7745c5c3_Buffer)
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
-		templ_7745c5c3_Err = field("pod", "Pod", f.Pod, "web-7d9f-0").Render(ctx, templ_7745c5c3_Buffer)
+		templ_7745c5c3_Err = field("pod", "Pod", f.Pod, "all").Render(ctx, templ_7745c5c3_Buffer)
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
-		templ_7745c5c3_Err = field("dst_deployment", "To deployment", f.DstDeployment, "api").Render(ctx, templ_7745c5c3_Buffer)
+		templ_7745c5c3_Err = field("dst_deployment", "To deployment", f.DstDeployment, "any").Render(ctx, templ_7745c5c3_Buffer)
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
@@ -339,19 +339,19 @@ func tapForm(action string, f TapFilter, tap bool, errMsg string) templ.Componen
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
-		templ_7745c5c3_Err = field("method", "Method", f.Method, "GET").Render(ctx, templ_7745c5c3_Buffer)
+		templ_7745c5c3_Err = field("method", "Method", f.Method, "any, e.g. GET").Render(ctx, templ_7745c5c3_Buffer)
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
-		templ_7745c5c3_Err = field("authority", "Authority", f.Authority, "web.shop:8080").Render(ctx, templ_7745c5c3_Buffer)
+		templ_7745c5c3_Err = field("authority", "Authority", f.Authority, "any, e.g. web.shop:8080").Render(ctx, templ_7745c5c3_Buffer)
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
-		templ_7745c5c3_Err = field("path", "Path prefix", f.Path, "/api").Render(ctx, templ_7745c5c3_Buffer)
+		templ_7745c5c3_Err = field("path", "Path prefix", f.Path, "any, e.g. /api").Render(ctx, templ_7745c5c3_Buffer)
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
-		templ_7745c5c3_Err = field("status", "Status", f.Status, "5xx").Render(ctx, templ_7745c5c3_Buffer)
+		templ_7745c5c3_Err = field("status", "Status", f.Status, "any, e.g. 5xx").Render(ctx, templ_7745c5c3_Buffer)
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
