@@ -62,7 +62,7 @@ func (p *proxy) url(listener string) string {
 
 // eventually polls cond for a generous while: metrics are counted as a stream ends, which may be just after
 // the client has read the last byte.
-func eventually(t *testing.T, what string, cond func() bool) {
+func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for !cond() {
