@@ -231,3 +231,56 @@ func BenchmarkNamespacePage1000Deployments(b *testing.B) {
 		}
 	}
 }
+
+func TestSlowOrEmptyBackendStillRendersEveryPage(t *testing.T) {
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body) // until the body is read, the server cannot see the client leave
+		<-r.Context().Done()        // never answers before the client gives up
+	}))
+	defer hang.Close()
+	empty := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if strings.HasSuffix(r.URL.Path, "/targets") {
+			fmt.Fprint(w, `{"status":"success","data":{"activeTargets":[],"droppedTargets":[]}}`)
+			return
+		}
+		if strings.HasSuffix(r.URL.Path, "/query_range") {
+			fmt.Fprint(w, `{"status":"success","data":{"resultType":"matrix","result":[]}}`)
+			return
+		}
+		fmt.Fprint(w, `{"status":"success","data":{"resultType":"vector","result":[]}}`)
+	}))
+	defer empty.Close()
+	for _, tc := range []struct {
+		name, backend string
+		// want is in the page's text; banner says whether a banner is expected.
+		want   string
+		banner bool
+	}{
+		{"slow backend times out into a banner", hang.URL, "context deadline exceeded", true},
+		{"empty backend says there is nothing, without a banner", empty.URL, "no deployments with proxies in namespace shop", false},
+	} {
+		for _, page := range []string{"/namespaces", "/namespaces/shop", "/namespaces/shop/deployments/web", "/namespaces/shop/pods/web-0"} {
+			t.Run(tc.name+" "+page, func(t *testing.T) {
+				_, h := newTestServer(t, config{PrometheusURL: tc.backend, QueryTimeout: 300 * time.Millisecond})
+				rec := request(h, page)
+				if rec.Code != 200 || rec.Header().Get("Content-Type") != "text/html; charset=utf-8" {
+					t.Fatalf("status %d %s, want a 200 page", rec.Code, rec.Header().Get("Content-Type"))
+				}
+				doc := parseDoc(t, rec.Body.String())
+				if doc.Find(`[data-testid=nav]`).Length() != 1 {
+					t.Error("no navigation")
+				}
+				if got := doc.Find(`[data-testid=backend-banner]`).Length() > 0; got != tc.banner {
+					t.Errorf("banner shown %v, want %v", got, tc.banner)
+				}
+				if page == "/namespaces/shop" && !strings.Contains(doc.Text(), tc.want) {
+					t.Errorf("page does not say %q", tc.want)
+				}
+				if tc.banner && !strings.Contains(doc.Find(`[data-testid=backend-banner]`).Text(), tc.backend) {
+					t.Errorf("banner does not name the backend %s", tc.backend)
+				}
+			})
+		}
+	}
+}
