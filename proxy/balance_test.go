@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 func writeDestinations(t *testing.T, content string) string {
@@ -132,4 +133,32 @@ func doBody(t *testing.T, c *http.Client, req *http.Request) (*http.Response, st
 	defer res.Body.Close()
 	b, _ := io.ReadAll(res.Body)
 	return res, string(b)
+}
+
+func TestOutboundShunsASlowEndpoint(t *testing.T) {
+	fast, fastCount := countingApp(t, "fast")
+	var slowCount atomic.Int64
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		slowCount.Add(1)
+		time.Sleep(100 * time.Millisecond)
+		io.WriteString(w, "slow")
+	}))
+	defer slow.Close()
+	cfg := testConfig(fast.Listener.Addr().String())
+	cfg.Destinations = writeDestinations(t, fmt.Sprintf("services:\n  - authority: web.shop:80\n    endpoints:\n      - addr: %s\n      - addr: %s\n",
+		fast.Listener.Addr(), slow.Listener.Addr()))
+	p := startProxy(t, cfg)
+	c := h1Client()
+	const n = 60
+	for range n {
+		req, _ := http.NewRequest("GET", p.url("--outbound-listen"), nil)
+		req.Host = "web.shop"
+		if res, _ := doBody(t, c, req); res.StatusCode != 200 {
+			t.Fatalf("status %d", res.StatusCode)
+		}
+	}
+	// Once the slow endpoint answered, its peak-EWMA latency keeps it out of most picks.
+	if slowCount.Load() > n/3 {
+		t.Errorf("slow endpoint served %d of %d requests (fast: %d), want it shunned", slowCount.Load(), n, fastCount.Load())
+	}
 }

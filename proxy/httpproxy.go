@@ -75,7 +75,7 @@ func (p *httpProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if p.route != "" {
 		ex.Authority = p.route
 	}
-	if ex.Authority == "" {
+	if ex.Authority == "" && p.forward == "" {
 		// HTTP/1.0 without Host on the outbound listener: nothing to route by.
 		http.Error(w, "missing Host header: the outbound proxy routes requests by their authority", http.StatusBadRequest)
 		return
