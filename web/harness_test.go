@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -297,8 +298,9 @@ func callingApp(outbound *string, authority string) http.Handler {
 // traffic sends GET requests to url at about rps until the test ends, and
 // counts what it sent.
 type traffic struct {
-	sent  atomic.Int64
 	start time.Time
+	mu    sync.Mutex
+	done  []time.Time // completion times of the requests sent
 }
 
 func sendTraffic(t *testing.T, url string, rps int) *traffic {
@@ -333,7 +335,9 @@ func sendTraffic(t *testing.T, url string, rps int) *traffic {
 				if resp, err := client.Do(req); err == nil {
 					io.Copy(io.Discard, resp.Body)
 					resp.Body.Close()
-					tr.sent.Add(1)
+					tr.mu.Lock()
+					tr.done = append(tr.done, time.Now())
+					tr.mu.Unlock()
 				}
 			}()
 		}
@@ -341,9 +345,13 @@ func sendTraffic(t *testing.T, url string, rps int) *traffic {
 	return tr
 }
 
-// rate is the achieved request rate since the traffic started.
-func (tr *traffic) rate() float64 {
-	return float64(tr.sent.Load()) / time.Since(tr.start).Seconds()
+// rateOver is the achieved request rate over the last w.
+func (tr *traffic) rateOver(w time.Duration) float64 {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	since := time.Now().Add(-w)
+	n := len(tr.done) - sort.Search(len(tr.done), func(i int) bool { return tr.done[i].After(since) })
+	return float64(n) / w.Seconds()
 }
 
 // shop is the test mesh: web (always succeeds, 5ms) calls voting (fails one
