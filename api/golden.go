@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"errors"
 	"math"
 	"slices"
 	"strings"
@@ -54,15 +53,6 @@ type Table struct {
 	Rows     []Row     `json:"rows"`
 	Warnings []string  `json:"warnings,omitempty"`
 	Failures []Failure `json:"failures,omitempty"`
-}
-
-// Err joins the failures, nil when every metric was got.
-func (t Table) Err() error {
-	var errs []error
-	for _, f := range t.Failures {
-		errs = append(errs, f.Err)
-	}
-	return errors.Join(errs...)
 }
 
 // Metric names, as failures report them.

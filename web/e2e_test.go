@@ -94,7 +94,7 @@ func TestEndToEndWithRealPrometheusAndProxies(t *testing.T) {
 			if err := getJSON(t, dash+"/api/v1/namespaces/shop"+w, &d); err != nil {
 				return err
 			}
-			if err := d.Deployments.Err(); err != nil || len(d.Deployments.Failures) > 0 {
+			if len(d.Deployments.Failures) > 0 {
 				return fmt.Errorf("failures: %v", d.Deployments.Failures)
 			}
 			voting, err := rowFor(t, d.Deployments.Rows, map[string]string{"deployment": "voting"})

@@ -105,20 +105,21 @@ Examples:
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
+	failed := len(t.Failures) > 0
 	if output == "json" {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(rows); err != nil {
 			return err
 		}
-	} else {
+	} else if len(rows) > 0 || !failed {
 		printStat(stdout, rows, kind != "namespace" && all)
 	}
 	for _, w := range t.Warnings {
 		fmt.Fprintf(stderr, "warning: prometheus: %s\n", w)
 	}
-	if err := t.Err(); err != nil {
-		return fmt.Errorf("prometheus at %s: %w", q.Backend, err)
+	if failed {
+		return fmt.Errorf("prometheus at %s: %s", q.Backend, panelError(t.Failures))
 	}
 	return nil
 }
