@@ -125,7 +125,13 @@ func LatencyQuery(sc Scope, q float64) string {
 		sumBy(append([]string{"le"}, sc.By...), sc.rate("response_latency_ms_bucket")) + ")"
 }
 
-// TCPQuery is the number of open TCP connections.
+// TCPQuery is the number of open TCP connections: from clients (peer src)
+// for inbound, to destinations (peer dst) for outbound edges. Without the
+// peer matcher each proxied connection would count twice, once per side.
 func TCPQuery(sc Scope) string {
-	return sumBy(sc.By, sc.selector("tcp_open_connections"))
+	peer := "src"
+	if sc.Direction == "outbound" {
+		peer = "dst"
+	}
+	return sumBy(sc.By, sc.selector("tcp_open_connections", Match{"peer", peer}))
 }

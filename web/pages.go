@@ -117,7 +117,7 @@ func (s *server) namespacesPage(w http.ResponseWriter, r *http.Request) error {
 		return s.writeJSON(w, r, d)
 	}
 	here := func(q url.Values) string { return s.url("/namespaces", q) }
-	t := s.table(here, v, "Namespaces", "namespaces", "Namespace", d.Namespaces, api.LabelNamespace,
+	t := s.table(here, v, "Golden metrics per namespace", "namespaces", "Namespace", d.Namespaces, api.LabelNamespace,
 		"no namespaces: Prometheus has no proxies of job "+api.Job,
 		func(row api.Row) (string, string) {
 			ns := row.Labels[api.LabelNamespace]

@@ -420,6 +420,10 @@ func chart(c api.Chart, title, testID string, label func(float64) string, fixedM
 				cmd = "M"
 			}
 			fmt.Fprintf(&b, "%s%.1f,%.1f ", cmd, x(p.T), y(p.V))
+			if cmd == "M" {
+				// A zero-length segment with round caps draws a lone sample as a dot.
+				b.WriteString("l0,0 ")
+			}
 		}
 		vc.Lines = append(vc.Lines, views.ChartLine{Name: s.Name, Class: fmt.Sprintf("s%d", i%3), Path: strings.TrimSpace(b.String())})
 	}
