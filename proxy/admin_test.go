@@ -4,9 +4,11 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -113,11 +115,21 @@ response_total{authority="` + authority + `",classification="success",direction=
 func TestShutdownLetsInFlightRequestsFinish(t *testing.T) {
 	release := make(chan struct{})
 	started := make(chan struct{})
-	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	var open atomic.Int32
+	app := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		close(started)
 		<-release
 		io.WriteString(w, "finished")
 	}))
+	app.Config.ConnState = func(c net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			open.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			open.Add(-1)
+		}
+	}
+	app.Start()
 	defer app.Close()
 	cfg := testConfig(app.Listener.Addr().String())
 	p, err := newProxy(cfg, slog.New(slog.NewTextHandler(testLog{t}, nil)), new(slog.LevelVar))
@@ -157,6 +169,8 @@ func TestShutdownLetsInFlightRequestsFinish(t *testing.T) {
 	if err := <-served; err != nil {
 		t.Errorf("Serve returned %v, want nil (exit 0)", err)
 	}
+	// Nothing is left open upstream either.
+	eventually(t, "upstream connections closed", func() bool { return open.Load() == 0 })
 }
 
 func TestShutdownCutsWhatOutlivesTheGrace(t *testing.T) {

@@ -124,6 +124,22 @@ func (c *h1Upstream) put(pc *h1Conn) {
 	}
 }
 
+// CloseIdleConnections closes every idle upstream connection.
+func (c *h1Upstream) CloseIdleConnections() {
+	c.mu.Lock()
+	idle := c.idle
+	c.idle = make(map[string][]*h1Conn)
+	c.mu.Unlock()
+	for _, list := range idle {
+		for _, pc := range list {
+			pc.Conn.Close()
+		}
+	}
+	if f, ok := c.fallback.(idleCloser); ok {
+		f.CloseIdleConnections()
+	}
+}
+
 // h1Conn is one upstream connection; it carries one request at a time.
 type h1Conn struct {
 	net.Conn

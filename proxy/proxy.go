@@ -45,8 +45,11 @@ type proxy struct {
 	admin     *http.Server
 	adminLn   net.Listener
 	ready     atomic.Bool
-	conns     tracker // opaque and upgraded connections
+	conns     tracker      // opaque and upgraded connections
+	upstreams []idleCloser // the upstream clients, whose idle connections close on shutdown
 }
+
+type idleCloser interface{ CloseIdleConnections() }
 
 // listener is one data-path listener and the HTTP server that its detected HTTP connections go to.
 type listener struct {
@@ -89,6 +92,7 @@ func newProxy(cfg Config, log *slog.Logger, level *slog.LevelVar) (_ *proxy, err
 	outDialer := &dialer{direction: Outbound, net: net.Dialer{Timeout: dialTimeout}, metrics: p.metrics}
 	inH1, inH2 := newTransports(inDialer.dial)
 	outH1, outH2 := newTransports(outDialer.dial)
+	p.upstreams = []idleCloser{inH1, inH2, outH1, outH2}
 
 	if cfg.InboundListen != "" {
 		hp := &httpProxy{direction: Inbound, forward: cfg.InboundForward, h1: inH1, h2: inH2, dialer: inDialer}
@@ -264,6 +268,9 @@ func (p *proxy) Serve(ctx context.Context) error {
 	sg.Wait()
 	p.conns.closeAll()
 	wg.Wait()
+	for _, u := range p.upstreams {
+		u.CloseIdleConnections()
+	}
 
 	actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 	defer acancel()
