@@ -12,8 +12,8 @@ import (
 )
 
 // Encoder writes events as NDJSON to a buffered writer. It appends JSON by
-// hand into one reused buffer, so encoding allocates nothing per event
-// beyond sorting the keys of header and label maps.
+// hand into one reused buffer, so encoding an event allocates nothing (but
+// for sorting the names of more than 32 headers).
 //
 // An Encoder is not safe for concurrent use.
 type Encoder struct {
@@ -81,7 +81,8 @@ func AppendJSON(b []byte, ev *Event) ([]byte, error) {
 	b = appendField(b, `,"path":`, ev.Path)
 	if len(ev.Headers) > 0 {
 		b = append(b, `,"headers":{`...)
-		for i, name := range sortedKeys(ev.Headers) {
+		var buf [32]string
+		for i, name := range sortedKeys(ev.Headers, buf[:0]) {
 			if i > 0 {
 				b = append(b, ',')
 			}
@@ -129,7 +130,8 @@ func appendEndpoint(b []byte, key string, ep Endpoint) []byte {
 	b = appendString(b, ep.Addr)
 	if len(ep.Labels) > 0 {
 		b = append(b, `,"labels":{`...)
-		for i, k := range sortedKeys(ep.Labels) {
+		var buf [8]string
+		for i, k := range sortedKeys(ep.Labels, buf[:0]) {
 			if i > 0 {
 				b = append(b, ',')
 			}
@@ -172,8 +174,9 @@ func validTime(t time.Time) bool {
 
 func finite(f float64) bool { return !math.IsNaN(f) && !math.IsInf(f, 0) }
 
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
+// sortedKeys appends the keys of m to keys (pass a stack array's slice to
+// spare an allocation) and sorts them.
+func sortedKeys[V any](m map[string]V, keys []string) []string {
 	for k := range m {
 		keys = append(keys, k)
 	}

@@ -155,6 +155,22 @@ func equalFoldASCII(a, lowerB string) bool {
 	return true
 }
 
+// commonLower maps the canonical form of common header names to their lower
+// case, sparing Headers an allocation per name. Read-only.
+var commonLower = func() map[string]string {
+	m := map[string]string{}
+	for _, name := range []string{
+		"Accept", "Accept-Encoding", "Accept-Language", "Authorization", "Cache-Control", "Connection",
+		"Content-Encoding", "Content-Length", "Content-Type", "Cookie", "Date", "Etag", "Grpc-Accept-Encoding",
+		"Grpc-Encoding", "Grpc-Message", "Grpc-Status", "Grpc-Timeout", "Host", "Last-Modified", "Location",
+		"Origin", "Proxy-Authorization", "Referer", "Server", "Set-Cookie", "Te", "Trailer", "Transfer-Encoding",
+		"User-Agent", "Vary", "X-Forwarded-For", "X-Request-Id",
+	} {
+		m[name] = strings.ToLower(name)
+	}
+	return m
+}()
+
 // Headers returns a copy of h fit for an event: names in lower case (as in
 // HTTP/2), values of sensitive headers replaced by [RedactedValue]. It
 // returns nil for an empty h. The value slices of other headers are shared
@@ -165,7 +181,10 @@ func Headers(h map[string][]string) map[string][]string {
 	}
 	out := make(map[string][]string, len(h))
 	for name, values := range h {
-		lower := strings.ToLower(name)
+		lower, ok := commonLower[name]
+		if !ok {
+			lower = strings.ToLower(name)
+		}
 		if IsSensitiveHeader(lower) {
 			redacted := make([]string, len(values))
 			for i := range redacted {

@@ -89,7 +89,7 @@ func (e *FilterError) Error() string {
 // value, or max_rps outside 1..MaxMaxRPS.
 func ParseFilter(q url.Values) (Filter, error) {
 	var f Filter
-	for _, name := range sortedKeys(q) {
+	for _, name := range sortedKeys(q, nil) {
 		if !slices.Contains(Params, name) {
 			return Filter{}, &FilterError{name, "unknown parameter; known: " + strings.Join(Params, ", ")}
 		}

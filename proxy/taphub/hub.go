@@ -243,16 +243,21 @@ type RequestInfo struct {
 // before Response), from one goroutine at a time.
 type Span struct {
 	hub   *Hub
-	id    uint64
 	start time.Time
 	dir   string
 	src   tap.Endpoint
 	dst   tap.Endpoint
-	req   *tap.Event // kept for subscribers waiting on the status
+	// events are the request, response and end events, built in place so a
+	// tapped request costs one allocation for all three; each is read-only
+	// once delivered. grpcStatus is what the end event's GRPCStatus points to.
+	events     [3]tap.Event
+	grpcStatus int
 	// sending are the subscribers this request is reported to; waiting
-	// those whose status filter the response decides.
+	// those whose status filter the response decides. buf backs both for
+	// the usual few subscribers.
 	sending []*subscriber
 	waiting []*subscriber
+	buf     [4]*subscriber
 }
 
 // Request starts the span of one request and reports its request event to
@@ -274,8 +279,10 @@ func (h *Hub) Request(info *RequestInfo) *Span {
 		start = now
 	}
 	s := &Span{hub: h, start: start, dir: info.Direction}
+	s.sending, s.waiting = s.buf[:0:2], s.buf[2:2:4]
 	s.src, s.dst = h.endpoints(info.Direction, info.Source, info.Destination, info.DstLabels)
-	ev := &tap.Event{
+	ev := &s.events[0]
+	*ev = tap.Event{
 		V: tap.Version, Type: tap.TypeRequest, TS: start,
 		Direction: s.dir, Source: s.src, Destination: s.dst,
 		Method: info.Method, Authority: info.Authority, Path: info.Path,
@@ -290,13 +297,11 @@ func (h *Hub) Request(info *RequestInfo) *Span {
 			s.sending = append(s.sending, sub)
 		}
 	}
-	if s.sending == nil && s.waiting == nil {
+	if len(s.sending) == 0 && len(s.waiting) == 0 {
 		return nil
 	}
-	s.id = h.nextID.Add(1)
-	ev.ID = s.id
+	ev.ID = h.nextID.Add(1)
 	ev.Headers = tap.Headers(info.Header)
-	s.req = ev
 	for _, sub := range s.sending {
 		sub.deliver(ev)
 	}
@@ -318,18 +323,17 @@ func (s *Span) Response(status int, header http.Header) {
 	if s == nil {
 		return
 	}
-	if s.waiting != nil {
+	if len(s.waiting) > 0 {
 		mono := s.hub.mono(s.hub.now())
 		for _, sub := range s.waiting {
 			if sub.filter.MatchStatus(status) && sub.limit.allow(mono) {
-				sub.deliver(s.req)
+				sub.deliver(&s.events[0])
 				s.sending = append(s.sending, sub)
 			}
 		}
 		s.waiting = nil
 	}
-	s.req = nil
-	if s.sending == nil {
+	if len(s.sending) == 0 {
 		return
 	}
 	ev := s.event(tap.TypeResponse)
@@ -347,13 +351,13 @@ func (s *Span) Response(status int, header http.Header) {
 // A request that ends without a response is not reported to subscribers
 // filtering by status.
 func (s *Span) End(grpcStatus int, bytes int64, errText string) {
-	if s == nil || s.sending == nil {
+	if s == nil || len(s.sending) == 0 {
 		return
 	}
 	ev := s.event(tap.TypeEnd)
 	if grpcStatus >= 0 {
-		code := grpcStatus // a copy, so the heap holds it only here
-		ev.GRPCStatus = &code
+		s.grpcStatus = grpcStatus
+		ev.GRPCStatus = &s.grpcStatus
 	}
 	ev.DurationMS = millis(ev.TS.Sub(s.start))
 	ev.Bytes = bytes
@@ -364,11 +368,17 @@ func (s *Span) End(grpcStatus int, bytes int64, errText string) {
 	s.sending = nil
 }
 
+// event builds the span's event of type t (response or end) in place.
 func (s *Span) event(t tap.Type) *tap.Event {
-	return &tap.Event{
-		V: tap.Version, Type: t, ID: s.id, TS: s.hub.now(),
+	ev := &s.events[1]
+	if t == tap.TypeEnd {
+		ev = &s.events[2]
+	}
+	*ev = tap.Event{
+		V: tap.Version, Type: t, ID: s.events[0].ID, TS: s.hub.now(),
 		Direction: s.dir, Source: s.src, Destination: s.dst,
 	}
+	return ev
 }
 
 // endpoints returns a request's source and destination: this workload's
