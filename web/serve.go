@@ -109,13 +109,22 @@ func backendFlags(fs *flag.FlagSet, c *config) {
 // parseFlags fills fs from args, then from MESHSCOPE_WEB_<FLAG> environment
 // variables for the flags not given on the command line.
 func parseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) error {
-	if err := fs.Parse(args); err != nil {
+	if err := parseArgs(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
 	return applyEnv(fs, getenv)
+}
+
+// parseArgs parses the command line; its errors are usage errors.
+func parseArgs(fs *flag.FlagSet, args []string) error {
+	err := fs.Parse(args)
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
+		return usageError{err}
+	}
+	return err
 }
 
 // applyEnv sets the flags of fs not given on the command line from their
@@ -149,6 +158,9 @@ func (f regexpFlag) String() string {
 }
 
 func (f regexpFlag) Set(s string) error {
+	if _, err := regexp.Compile(s); err != nil {
+		return err
+	}
 	// Anchor so that "example.com" cannot be satisfied by "example.com.evil.net".
 	re, err := regexp.Compile("^(?:" + s + ")$")
 	if err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"io"
 	"log/slog"
 	"net/http"
@@ -154,5 +155,60 @@ func TestMetricsServesOwnRegistry(t *testing.T) {
 	rec := get(h, "localhost", "/metrics")
 	if !regexp.MustCompile(`meshscope_web_http_requests_total\{code="200",route="/healthz"\} 1`).MatchString(rec.Body.String()) {
 		t.Errorf("metrics lack the healthz request:\n%s", rec.Body)
+	}
+}
+
+func TestFlagsAndTheirEnvironmentTwins(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		wantURL string
+		wantWin string
+		wantErr string
+	}{
+		{"defaults", nil, nil, "http://127.0.0.1:9090", "1m0s", ""},
+		{"environment twin applies", nil, map[string]string{"MESHSCOPE_WEB_PROMETHEUS_URL": "http://prom:9090", "MESHSCOPE_WEB_WINDOW": "5m"}, "http://prom:9090", "5m0s", ""},
+		{"flag wins over its twin", []string{"--prometheus-url", "http://flag:9090"}, map[string]string{"MESHSCOPE_WEB_PROMETHEUS_URL": "http://env:9090"}, "http://flag:9090", "1m0s", ""},
+		{"bad twin names itself", nil, map[string]string{"MESHSCOPE_WEB_QUERY_TIMEOUT": "soon"}, "", "", "MESHSCOPE_WEB_QUERY_TIMEOUT"},
+		{"stray argument is refused", []string{"extra"}, nil, "", "", "unexpected argument"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var cfg config
+			fs := flag.NewFlagSet("t", flag.ContinueOnError)
+			fs.SetOutput(io.Discard)
+			backendFlags(fs, &cfg)
+			err := parseFlags(fs, tc.args, func(k string) string { return tc.env[k] })
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want it to contain %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.PrometheusURL != tc.wantURL || cfg.Window.String() != tc.wantWin {
+				t.Errorf("got %s %s, want %s %s", cfg.PrometheusURL, cfg.Window, tc.wantURL, tc.wantWin)
+			}
+		})
+	}
+}
+
+func TestServeRefusesBadConfigurationInOneLine(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--base-path", "mesh/"}, "--base-path"},
+		{[]string{"--window", "2m"}, "--window"},
+		{[]string{"--prometheus-url", "ftp://x"}, "--prometheus-url"},
+		{[]string{"--enforced-host", "("}, "enforced-host"},
+	} {
+		var stdout, stderr strings.Builder
+		code := cli(context.Background(), append([]string{"serve"}, tc.args...), &stdout, &stderr)
+		if code != 2 || !strings.Contains(stderr.String(), tc.want) {
+			t.Errorf("serve %v: exit %d, stderr %q; want 2 naming %s", tc.args, code, stderr.String(), tc.want)
+		}
 	}
 }

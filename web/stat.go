@@ -72,7 +72,7 @@ Examples:
 	if len(rest) > 0 && rest[0] != "" && rest[0][0] != '-' {
 		name, rest = rest[0], rest[1:]
 	}
-	if err := fs.Parse(rest); err != nil {
+	if err := parseArgs(fs, rest); err != nil {
 		return err
 	}
 	if fs.NArg() == 1 && name == "" {
