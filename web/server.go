@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -282,10 +283,19 @@ func (s *server) isAPI(r *http.Request) bool {
 func (s *server) render(w http.ResponseWriter, r *http.Request, shell views.Shell, page, fragment templ.Component) error {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Vary", "HX-Request")
+	// templ writes many small pieces; one buffer turns them into few writes.
+	bw := bufio.NewWriterSize(w, 32<<10)
+	var err error
 	if fragment != nil && r.Header.Get("HX-Request") == "true" {
-		return fragment.Render(r.Context(), w)
+		err = fragment.Render(r.Context(), bw)
+	} else {
+		err = views.Layout(shell).Render(templ.WithChildren(r.Context(), page), bw)
 	}
-	return views.Layout(shell).Render(templ.WithChildren(r.Context(), page), w)
+	if err != nil {
+		return err
+	}
+	return bw.Flush()
 }
 
 // url is the one builder of the dashboard's own URLs: it prefixes
