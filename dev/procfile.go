@@ -18,16 +18,24 @@ const (
 // with the real Prometheus, for foreman, honcho or overmind. The files it
 // names (procfileDestinations, procfileTargets) are committed, generated
 // from the same layout.
+//
+// Every line execs its program (after a cached go build, not go run) so that
+// the runner's SIGTERM reaches the program itself: foreman signals only the
+// processes it started, and go run does not pass SIGTERM on to its child.
 func procfile(m demo.Mesh, dashboard, prometheus string) string {
 	var b strings.Builder
 	b.WriteString("# Meshscope demo for foreman, honcho or overmind: see README.md, \"Demo\".\n")
 	b.WriteString("# Generated with its files by: go test ./dev -run TestProcfile -update\n")
-	fmt.Fprintf(&b, "prometheus: prometheus --config.file=dev/prometheus.yml --web.listen-address=%s"+
-		" --storage.tsdb.path=${TMPDIR:-/tmp}/meshscope-prometheus --storage.tsdb.retention.time=6h --log.level=warn\n", prometheus)
-	fmt.Fprintf(&b, "dashboard: go run ./web --listen=%s --prometheus-url=http://%s\n", dashboard, prometheus)
-	b.WriteString("apps: go run ./dev apps\n")
+	fmt.Fprintf(&b, "prometheus: exec prometheus --config.file=dev/prometheus.yml --web.listen-address=%s"+
+		" --storage.tsdb.path=${TMPDIR:-/tmp}/meshscope-procfile/prometheus --storage.tsdb.retention.time=6h --log.level=warn\n", prometheus)
+	line := func(name, pkg, args string) {
+		bin := "${TMPDIR:-/tmp}/meshscope-procfile/" + name
+		fmt.Fprintf(&b, "%s: go build -o %s %s && exec %s %s\n", name, bin, pkg, bin, args)
+	}
+	line("dashboard", "./web", fmt.Sprintf("--listen=%s --prometheus-url=http://%s", dashboard, prometheus))
+	line("apps", "./dev", "apps")
 	for _, p := range m.Pods {
-		fmt.Fprintf(&b, "proxy-%s: go run ./proxy %s\n", p.Name, strings.Join(m.ProxyArgs(p, procfileDestinations), " "))
+		line("proxy-"+p.Name, "./proxy", strings.Join(m.ProxyArgs(p, procfileDestinations), " "))
 	}
 	return b.String()
 }

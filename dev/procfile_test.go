@@ -56,7 +56,7 @@ func TestProcfileMatchesTheDefaultLayout(t *testing.T) {
 	t.Run("every pod has a proxy line and the prometheus config finds the targets", func(t *testing.T) {
 		pf := files["Procfile"]
 		for _, p := range m.Pods {
-			if !strings.Contains(pf, "\nproxy-"+p.Name+": go run ./proxy ") {
+			if !strings.Contains(pf, "\nproxy-"+p.Name+": go build -o ") {
 				t.Errorf("no proxy line for %s", p.Name)
 			}
 		}
