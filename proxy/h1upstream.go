@@ -42,7 +42,8 @@ func (c *h1Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	addr := req.URL.Host
 	for attempt := 0; ; attempt++ {
-		pc, reused, err := c.get(req.Context(), addr)
+		// The retry dials afresh: when an upstream restarts, every pooled connection to it is stale.
+		pc, reused, err := c.get(req.Context(), addr, attempt == 0)
 		if err != nil {
 			return nil, err
 		}
@@ -68,12 +69,12 @@ func idempotent(method string) bool {
 	return false
 }
 
-// get returns an idle connection to addr, or dials one.
-func (c *h1Upstream) get(ctx context.Context, addr string) (pc *h1Conn, reused bool, err error) {
+// get returns an idle connection to addr when pooled is set and there is one, or dials one.
+func (c *h1Upstream) get(ctx context.Context, addr string, pooled bool) (pc *h1Conn, reused bool, err error) {
 	now := time.Now()
 	c.mu.Lock()
 	list := c.idle[addr]
-	for len(list) > 0 {
+	for pooled && len(list) > 0 {
 		pc = list[len(list)-1]
 		list[len(list)-1] = nil
 		list = list[:len(list)-1]

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 )
@@ -99,6 +100,19 @@ func TestHTTP1UpstreamRetriesAConnectionTheServerClosedWhileIdle(t *testing.T) {
 	defer app.Close()
 	p := startProxy(t, testConfig(app.Listener.Addr().String()))
 	c := h1Client()
+	// Several pooled connections, all of which the app then drops: one retry must not take another.
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			if res, err := c.Get(p.url("--inbound-listen")); err == nil {
+				io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+			}
+		})
+	}
+	wg.Wait()
+	served.Store(0)
+	app.CloseClientConnections()
 	for i := range 3 {
 		if res, body := get(t, c, p.url("--inbound-listen")); res.StatusCode != 200 || body != "ok" {
 			t.Fatalf("request %d: %d %q", i, res.StatusCode, body)
