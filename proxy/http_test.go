@@ -35,6 +35,10 @@ func TestHTTPRequestsReachTheAppWithTheirContent(t *testing.T) {
 		w.Header().Set("X-Seen-Keep-Alive", r.Header.Get("Keep-Alive"))
 		w.Header().Set("X-Seen-End-To-End", r.Header.Get("X-End-To-End"))
 		w.Header().Set("Trailer", "X-Checksum")
+		if r.ProtoMajor == 1 {
+			w.Header().Set("Connection", "X-Resp-Hop")
+			w.Header().Set("X-Resp-Hop", "must not pass")
+		}
 		fmt.Fprintf(w, "%s %s %s body=%q", r.Method, r.Host, r.URL.RequestURI(), body)
 		w.Header().Set("X-Checksum", "abc123")
 	}))
@@ -77,6 +81,7 @@ func TestHTTPRequestsReachTheAppWithTheirContent(t *testing.T) {
 				"X-Seen-Connection-Option": "",
 				"X-Seen-Keep-Alive":        "",
 				"X-Seen-End-To-End":        "passes",
+				"X-Resp-Hop":               "",
 			}
 			for k, want := range checks {
 				if got := res.Header.Get(k); got != want {
