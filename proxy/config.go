@@ -80,15 +80,17 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer) 
 		cfg.OpaquePorts = ports
 		return err
 	})
-	fs.DurationVar(&cfg.DetectTimeout, "detect-timeout", 10*time.Second, "how long a client may stay silent before its connection is proxied as opaque TCP (server-speaks-first protocols)")
+	cfg.DetectTimeout, cfg.ShutdownGrace = 10*time.Second, 10*time.Second
+	fs.Var(durationValue{&cfg.DetectTimeout}, "detect-timeout", "how long (a `duration`) a client may stay silent before its connection is proxied as opaque TCP (server-speaks-first protocols)")
 	fs.StringVar(&cfg.TapToken, "tap-token", "", "bearer `token` that /tap clients must present; without one, only loopback clients may tap")
 	fs.TextVar(&cfg.LogLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error (changeable at run time with PUT /log-level)")
-	fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM, how long in-flight requests and connections may take to finish")
-	fs.Usage = func() { usage(fs, usageOut) }
-
+	fs.Var(durationValue{&cfg.ShutdownGrace}, "shutdown-grace", "on SIGTERM, how long (a `duration`) in-flight requests and connections may take to finish")
+	// Only --help prints the usage; a mistake gets one line naming it.
+	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return cfg, err // fs.Parse printed the usage
+			usage(fs, usageOut)
+			return cfg, err
 		}
 		return cfg, oneLine(err)
 	}
@@ -113,6 +115,26 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer) 
 		return cfg, envErr
 	}
 	return cfg, cfg.validate()
+}
+
+// durationValue is a duration flag whose error says what is wrong with the value (flag's own says only
+// "parse error").
+type durationValue struct{ d *time.Duration }
+
+func (v durationValue) String() string {
+	if v.d == nil {
+		return ""
+	}
+	return v.d.String()
+}
+
+func (v durationValue) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return errors.New(strings.TrimPrefix(err.Error(), "time: "))
+	}
+	*v.d = d
+	return nil
 }
 
 func envName(flagName string) string {

@@ -316,7 +316,7 @@ func (p *proxy) serveConn(ctx context.Context, l *listener, c net.Conn) {
 		src.Close()
 		return
 	}
-	p.log.Debug("connection accepted", "listener", l.name, "peer", c.RemoteAddr().String(), "protocol", proto.String())
+	p.log.Debug("connection accepted", "listener", l.name, "peer", c.RemoteAddr().String(), "target", l.srcTarget, "protocol", proto.String())
 	if proto == detect.Opaque {
 		p.proxyTCP(ctx, l, conn)
 		return

@@ -88,7 +88,9 @@ func TestPeekReplaysEveryByteInOrder(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			client, server := tcpPair(t)
 			sent := strings.Join(tt.chunks, "")
+			written := make(chan struct{})
 			go func() {
+				defer close(written)
 				for _, c := range tt.chunks {
 					client.Write([]byte(c))
 				}
@@ -108,6 +110,7 @@ func TestPeekReplaysEveryByteInOrder(t *testing.T) {
 				t.Fatalf("protocol = %v, want %v", p, tt.want)
 			}
 			// Everything the client sent, then a marker written after detection, arrives in order.
+			<-written
 			client.Write([]byte("|after"))
 			client.(*net.TCPConn).CloseWrite()
 			got, _ := io.ReadAll(conn)

@@ -1,0 +1,76 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// TestMain lets tests run the real binary: the test executable re-runs itself as the proxy when asked.
+func TestMain(m *testing.M) {
+	if os.Getenv("MESHSCOPE_PROXY_TEST_RUN_MAIN") == "1" {
+		os.Args = append([]string{"proxy"}, strings.Fields(os.Getenv("MESHSCOPE_PROXY_TEST_ARGS"))...)
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func proxyCommand(t *testing.T, args ...string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "MESHSCOPE_PROXY_TEST_RUN_MAIN=1", "MESHSCOPE_PROXY_TEST_ARGS="+strings.Join(args, " "))
+	return cmd
+}
+
+func TestBinaryExitsWithOneLineOnBadConfiguration(t *testing.T) {
+	tests := []struct {
+		name     string
+		args     []string
+		wantCode int
+		wantLine string
+	}{
+		{"bad flag", []string{"--inbound-forward", "127.0.0.1:1", "--detect-timeout", "soon"}, 2, `proxy: invalid value "soon" for flag -detect-timeout: invalid duration "soon"`},
+		{"unknown flag", []string{"--inbound-forwrad", "127.0.0.1:1"}, 2, "proxy: flag provided but not defined: -inbound-forwrad"},
+		{"missing destinations file", []string{"--inbound-forward", "127.0.0.1:1", "--inbound-listen", "127.0.0.1:0", "--outbound-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--destinations", "/nonexistent.yaml"}, 1,
+			"proxy: --destinations: read destinations file: open /nonexistent.yaml: no such file or directory"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, err := proxyCommand(t, tt.args...).CombinedOutput()
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) || exit.ExitCode() != tt.wantCode {
+				t.Fatalf("exit %v, want code %d; output %q", err, tt.wantCode, out)
+			}
+			if got := strings.TrimSuffix(string(out), "\n"); got != tt.wantLine {
+				t.Fatalf("output %q, want the one line %q", got, tt.wantLine)
+			}
+		})
+	}
+}
+
+func TestBinaryExitsZeroOnSIGTERM(t *testing.T) {
+	cmd := proxyCommand(t, "--inbound-forward", "127.0.0.1:1", "--inbound-listen", "127.0.0.1:0", "--outbound-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until it serves: its log names the admin address.
+	sc := bufio.NewScanner(stderr)
+	for sc.Scan() && !strings.Contains(sc.Text(), "admin listening") {
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	go func() {
+		for sc.Scan() {
+		}
+	}()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("after SIGTERM: %v, want exit 0", err)
+	}
+}
