@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/PuerkitoBio/goquery"
+	"github.com/chromedp/chromedp"
 
 	"github.com/meshscope/meshscope/api"
 )
@@ -242,6 +243,10 @@ func TestEndToEndWithRealPrometheusAndProxies(t *testing.T) {
 				t.Errorf("%s: no panel says what it could not get", path)
 			}
 		}
+		b := newBrowser(t)
+		b.do(t, "open a page with Prometheus down", chromedp.Navigate(dash+"/namespaces/shop/deployments/voting"),
+			chromedp.WaitVisible(`[data-testid=backend-banner]`), chromedp.WaitVisible(`[data-testid=nav]`))
+		b.screenshot(t, artifactsDir(t), "deployment-prometheus-down")
 		if status, _, body := getBody(t, dash+"/readyz"); status != 503 || !strings.Contains(body, s.Prom.URL()) {
 			t.Errorf("readyz with Prometheus down: %d %q", status, body)
 		}
