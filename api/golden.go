@@ -53,6 +53,8 @@ type Table struct {
 	Rows     []Row     `json:"rows"`
 	Warnings []string  `json:"warnings,omitempty"`
 	Failures []Failure `json:"failures,omitempty"`
+	// Metrics is how many metrics the table asked for.
+	Metrics int `json:"-"`
 }
 
 // Metric names, as failures report them.
@@ -152,6 +154,10 @@ func (q *Querier) Golden(ctx context.Context, sc Scope, meshed bool) Table {
 		})
 	}
 	wg.Wait()
+	t.Metrics = len(parts)
+	if meshed {
+		t.Metrics++
+	}
 	slices.Sort(keys)
 	t.Rows = make([]Row, 0, len(keys))
 	for _, k := range keys {

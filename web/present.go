@@ -149,7 +149,7 @@ func (s *server) columns(here func(url.Values) string, v viewState, nameLabel st
 func (s *server) table(here func(url.Values) string, v viewState, title, testID, nameLabel string, t api.Table, label, empty string,
 	link func(api.Row) (string, string)) views.Table {
 	name := func(r api.Row) string { return r.Labels[label] }
-	vt := views.Table{Title: title, TestID: testID, Columns: s.columns(here, v, nameLabel), Empty: empty, Error: panelError(t.Failures)}
+	vt := views.Table{Title: title, TestID: testID, Columns: s.columns(here, v, nameLabel), Empty: empty, Error: panelError(t)}
 	rows := slices.Clone(t.Rows)
 	sortRows(rows, v.sort, name)
 	failed := failedMetrics(t.Failures)
@@ -183,7 +183,7 @@ func (s *server) edgeTable(here func(url.Values) string, v viewState, title, tes
 	if callee {
 		empty = "no calls to other services in this window"
 	}
-	vt := views.Table{Title: title, TestID: testID, Columns: s.columns(here, v, nameLabel), Empty: empty, Error: panelError(t.Failures)}
+	vt := views.Table{Title: title, TestID: testID, Columns: s.columns(here, v, nameLabel), Empty: empty, Error: panelError(t)}
 	rows := slices.Clone(t.Rows)
 	sortRows(rows, v.sort, name)
 	failed := failedMetrics(t.Failures)
@@ -270,15 +270,18 @@ func formatLatency(ms *float64) string {
 }
 
 // panelError says which metrics a panel could not get, with the first cause.
-func panelError(fs []api.Failure) string {
-	if len(fs) == 0 {
+func panelError(t api.Table) string {
+	if len(t.Failures) == 0 {
 		return ""
 	}
+	if len(t.Failures) == t.Metrics {
+		return "could not get any metric: " + cause(t.Failures[0])
+	}
 	var names []string
-	for _, f := range fs {
+	for _, f := range t.Failures {
 		names = append(names, f.Metric)
 	}
-	return "could not get " + strings.Join(names, ", ") + ": " + cause(fs[0])
+	return "could not get " + strings.Join(names, ", ") + ": " + cause(t.Failures[0])
 }
 
 // cause is a failure's error without the query text it is wrapped in: the
@@ -308,7 +311,7 @@ func summary(t api.Table) *views.Summary {
 			{Label: "TCP connections", Value: views.Cell{Text: vr.TCP}, TestID: "summary-tcp"},
 			{Label: "Meshed", Value: views.Cell{Text: vr.Meshed}, TestID: "summary-meshed"},
 		},
-		Error: panelError(t.Failures),
+		Error: panelError(t),
 	}
 }
 

@@ -119,7 +119,7 @@ Examples:
 		fmt.Fprintf(stderr, "warning: prometheus: %s\n", w)
 	}
 	if failed {
-		return fmt.Errorf("prometheus at %s: %s", q.Backend, panelError(t.Failures))
+		return fmt.Errorf("prometheus at %s: %s", q.Backend, panelError(t))
 	}
 	return nil
 }
