@@ -16,7 +16,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/meshscope/meshscope/api/tap"
+	"github.com/meshscope/meshscope/proxy/metrics"
+	"github.com/meshscope/meshscope/proxy/taphub"
 )
 
 // tapReader reads one /tap stream of a proxy.
@@ -499,5 +503,31 @@ func TestTapStreamEndsWhenTheProxyShutsDown(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Errorf("Serve: %v", err)
+	}
+}
+
+// exchangeLifecycle runs one request's observations, as the data path does,
+// with hub as the proxy's tap.
+func exchangeLifecycle(m *metrics.Metrics, hub *taphub.Hub, header http.Header) {
+	ex := Exchange{
+		Direction: Inbound, Method: "GET", Authority: "web.shop:8080", Path: "/api", Header: header,
+		Source: "10.0.0.7:40000", Destination: "127.0.0.1:8080", Start: time.Now(),
+		GRPCStatus: metrics.NoGRPCStatus, hub: hub,
+	}
+	ex.requestHeaders(m)
+	ex.responseHeaders(200, header)
+	ex.Bytes = 5
+	ex.end()
+}
+
+func TestIdleTapAddsNoAllocationPerRequest(t *testing.T) {
+	m := metrics.New(prometheus.NewRegistry())
+	header := http.Header{"Accept": {"*/*"}, "User-Agent": {"test"}}
+	allocs := func(hub *taphub.Hub) float64 {
+		return testing.AllocsPerRun(1000, func() { exchangeLifecycle(m, hub, header) })
+	}
+	idle, none := allocs(taphub.New(taphub.Options{})), allocs(nil)
+	if idle != none {
+		t.Errorf("%v allocations per request with an idle tap, %v without tap", idle, none)
 	}
 }
