@@ -5,6 +5,7 @@ import (
 	"context"
 
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"sync"
@@ -28,6 +29,8 @@ type h1Upstream struct {
 const (
 	// h1MaxIdlePerAddr bounds the idle connections kept per upstream address.
 	h1MaxIdlePerAddr = 1024
+	// h1MaxResponseHeaderBytes bounds a response head, so that an upstream cannot exhaust the proxy's memory.
+	h1MaxResponseHeaderBytes = 1 << 20
 	// h1IdleTimeout closes upstream connections unused for that long (net/http's default too).
 	h1IdleTimeout = 90 * time.Second
 )
@@ -52,9 +55,10 @@ func (c *h1Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 			return res, nil
 		}
 		pc.Conn.Close()
-		// A pooled connection may have been closed by the server while idle: try once more on a new one
-		// when the request is safe to repeat or never left (RFC 9110 section 9.2.2).
-		if reused && attempt == 0 && req.Context().Err() == nil && (!wrote || idempotent(req.Method)) {
+		// A pooled connection may have been closed by the server while idle (no byte of an answer came
+		// back): try once more on a new one when the request is safe to repeat or never left (RFC 9110
+		// section 9.2.2).
+		if reused && attempt == 0 && !pc.received && req.Context().Err() == nil && (!wrote || idempotent(req.Method)) {
 			continue
 		}
 		return nil, err
@@ -94,7 +98,8 @@ func (c *h1Upstream) get(ctx context.Context, addr string, pooled bool) (pc *h1C
 		return nil, false, err
 	}
 	pc = &h1Conn{Conn: conn, addr: addr, client: c}
-	pc.br = bufio.NewReaderSize(conn, 4096)
+	pc.lr = io.LimitedReader{R: conn, N: math.MaxInt64}
+	pc.br = bufio.NewReaderSize(&pc.lr, 4096)
 	pc.bw = bufio.NewWriterSize(conn, 4096)
 	pc.body.pc = pc
 	return pc, false, nil
@@ -146,6 +151,8 @@ type h1Conn struct {
 	net.Conn
 	addr      string
 	client    *h1Upstream
+	lr        io.LimitedReader // bounds a response head, as net/http's own clients do
+	received  bool             // whether the last response head read got any byte
 	br        *bufio.Reader
 	bw        *bufio.Writer
 	idleSince time.Time
@@ -154,6 +161,7 @@ type h1Conn struct {
 
 // roundTrip writes req and reads its response head. wrote tells whether any of the request was sent.
 func (pc *h1Conn) roundTrip(req *http.Request) (res *http.Response, wrote bool, err error) {
+	pc.received = false
 	// The request's context ends it: a client that goes away must not leave the upstream request behind.
 	stop := context.AfterFunc(req.Context(), func() { pc.Conn.SetDeadline(aLongTimeAgo) })
 	if err := pc.writeRequest(req); err != nil {
@@ -161,7 +169,10 @@ func (pc *h1Conn) roundTrip(req *http.Request) (res *http.Response, wrote bool, 
 		return nil, pc.bw.Buffered() == 0, err
 	}
 	for {
+		pc.lr.N = h1MaxResponseHeaderBytes
 		res, err = http.ReadResponse(pc.br, req)
+		pc.received = pc.lr.N < h1MaxResponseHeaderBytes || pc.br.Buffered() > 0
+		pc.lr.N = math.MaxInt64
 		if err != nil {
 			stop()
 			return nil, true, err

@@ -26,6 +26,8 @@ func TestHTTP1UpstreamEdgeCases(t *testing.T) {
 			io.WriteString(w, "closing")
 		case "/no-content":
 			w.WriteHeader(http.StatusNoContent)
+		case "/huge-header":
+			w.Header().Set("X-Huge", strings.Repeat("h", 2<<20))
 		case "/big":
 			io.WriteString(w, strings.Repeat("0123456789", 10000))
 		default:
@@ -57,6 +59,7 @@ func TestHTTP1UpstreamEdgeCases(t *testing.T) {
 		{"connection close is honoured", "GET", "/close", "x", 200, "closing"},
 		{"no content", "GET", "/no-content", "x", 204, ""},
 		{"large body", "GET", "/big", "x", 200, strings.Repeat("0123456789", 10000)},
+		{"an endless response head is cut", "GET", "/huge-header", "x", 502, "upstream-error\n"},
 		{"after all that the pool still works", "GET", "/again", "x", 200, `GET /again ua="x" cl=""`},
 	}
 	// Raw requests: exactly what the client sends, nothing added by a client library.
@@ -84,9 +87,9 @@ func TestHTTP1UpstreamEdgeCases(t *testing.T) {
 			}
 		})
 	}
-	// One connection for everything but the one the server closed.
-	if n := conns.Load(); n != 2 {
-		t.Errorf("upstream connections: %d, want 2", n)
+	// One connection for everything but the one the server closed and the one cut.
+	if n := conns.Load(); n != 3 {
+		t.Errorf("upstream connections: %d, want 3", n)
 	}
 
 }
