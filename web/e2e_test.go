@@ -267,3 +267,47 @@ func TestEndToEndWithRealPrometheusAndProxies(t *testing.T) {
 		})
 	})
 }
+
+// TestEndToEndZeroSuccessIsNotNoTraffic: a deployment failing every request
+// shows 0% success, one without requests shows no traffic, on a real
+// Prometheus scraping real proxies.
+func TestEndToEndZeroSuccessIsNotNoTraffic(t *testing.T) {
+	requireTool(t, "/usr/bin/prometheus")
+	bin := buildProxy(t)
+	broken := startWorkload(t, bin, "bank", "broken", "broken-0", failingApp(1, 0), "")
+	idle := startWorkload(t, bin, "bank", "idle", "idle-0", failingApp(0, 0), "")
+	prom := startPrometheus(t, broken, idle)
+	tr := sendTraffic(t, "http://"+broken.Inbound+"/", 10)
+	dash := startDashboard(t, config{PrometheusURL: prom.URL()})
+	eventually(t, 90*time.Second, "broken at 0%, idle without traffic", func() error {
+		if time.Since(tr.start) < 2*window {
+			return fmt.Errorf("traffic has run less than two windows")
+		}
+		var d namespaceData
+		if err := getJSON(t, dash+"/api/v1/namespaces/bank?window=10s", &d); err != nil {
+			return err
+		}
+		b, err := rowFor(t, d.Deployments.Rows, map[string]string{"deployment": "broken"})
+		if err != nil {
+			return err
+		}
+		i, err := rowFor(t, d.Deployments.Rows, map[string]string{"deployment": "idle"})
+		if err != nil {
+			return err
+		}
+		if b.SuccessRate == nil || *b.SuccessRate != 0 || b.RPS == 0 {
+			return fmt.Errorf("broken: success %s rps %.2f, want 0%% with traffic", successCell(b.SuccessRate).Text, b.RPS)
+		}
+		if i.SuccessRate != nil || i.MeshedTotal != 1 {
+			return fmt.Errorf("idle: success %s meshed %d/%d, want no traffic and 1/1", successCell(i.SuccessRate).Text, i.MeshedUp, i.MeshedTotal)
+		}
+		_, _, body := getBody(t, dash+"/namespaces/bank?window=10s")
+		doc := parseDoc(t, body)
+		for name, want := range map[string]string{"broken": "0.00%", "idle": "no traffic"} {
+			if got := doc.Find(`[data-testid=deployments] [data-testid=row][data-name=` + name + `] [data-testid=success]`).Text(); got != want {
+				return fmt.Errorf("%s success cell %q, want %q", name, got, want)
+			}
+		}
+		return nil
+	})
+}
