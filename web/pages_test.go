@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/PuerkitoBio/goquery"
 	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
 	"github.com/prometheus/common/model"
 
@@ -308,4 +309,28 @@ func FuzzPageURL(f *testing.F) {
 			t.Fatalf("GET %s: %d injected script elements or handlers", target, n)
 		}
 	})
+}
+
+func TestEveryLinkHonoursBasePath(t *testing.T) {
+	_, h := memServer(t, 3, config{BasePath: "/mesh"})
+	rec := request(h, "/mesh/namespaces/shop/deployments/dep-1")
+	if rec.Code != 200 {
+		t.Fatalf("status %d", rec.Code)
+	}
+	doc := parseDoc(t, rec.Body.String())
+	n := 0
+	for _, attr := range []string{"href", "src", "hx-get"} {
+		doc.Find("[" + attr + "]").Each(func(_ int, el *goquery.Selection) {
+			v, _ := el.Attr(attr)
+			if strings.HasPrefix(v, "/") {
+				n++
+				if !strings.HasPrefix(v, "/mesh/") {
+					t.Errorf("%s=%q escapes the base path", attr, v)
+				}
+			}
+		})
+	}
+	if n < 10 {
+		t.Errorf("only %d same-origin URLs checked", n)
+	}
 }
