@@ -206,6 +206,8 @@ type Chart struct {
 	Series []Series      `json:"series"`
 	// Failure is set when a line of the chart could not be got.
 	Failure *Failure `json:"failure,omitempty"`
+	// Warnings are the backend's warnings about the chart's queries.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // History fetches success rate, RPS and latency percentiles of the whole
@@ -229,11 +231,12 @@ func (q *Querier) History(ctx context.Context, sc Scope, span, step time.Duratio
 	}
 	results := make([]Series, len(lines))
 	errs := make([]error, len(lines))
+	warnings := make([][]string, len(lines))
 	var wg sync.WaitGroup
 	for i, l := range lines {
 		wg.Go(func() {
-			m, _, err := q.Matrix(ctx, l.query, end, span, step)
-			errs[i] = err
+			m, ws, err := q.Matrix(ctx, l.query, end, span, step)
+			errs[i], warnings[i] = err, ws
 			results[i].Name = l.name
 			for _, s := range m {
 				for _, p := range s.Values {
@@ -246,6 +249,7 @@ func (q *Querier) History(ctx context.Context, sc Scope, span, step time.Duratio
 	}
 	wg.Wait()
 	for i, l := range lines {
+		l.chart.Warnings = append(l.chart.Warnings, warnings[i]...)
 		if errs[i] != nil {
 			if l.chart.Failure == nil {
 				f := failure(l.chart.Metric, errs[i])

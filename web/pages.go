@@ -269,7 +269,8 @@ func (s *server) deploymentPage(w http.ResponseWriter, r *http.Request) error {
 		Live:    views.LiveCalls(s.liveCalls(api.Selector{Namespace: ns, Deployment: name})),
 	}
 	fs, ws := problems(d.Summary, d.Inbound, d.Outbound, *d.Pods)
-	p.Data = s.data(r, here(s.query(v)), summary(d.Summary), charts(d.History), tables, append(fs, d.History.failures()...), ws)
+	hf, hw := d.History.problems()
+	p.Data = s.data(r, here(s.query(v)), summary(d.Summary), charts(d.History), tables, append(fs, hf...), append(ws, hw...))
 	return s.render(w, r, s.shell(r, "Deployment "+ns+"/"+name, nil), views.ResourcePage(p), views.DataFragment(p.Data))
 }
 
@@ -316,7 +317,8 @@ func (s *server) podPage(w http.ResponseWriter, r *http.Request) error {
 		Live:    views.LiveCalls(s.liveCalls(api.Selector{Namespace: ns, Pod: pod})),
 	}
 	fs, ws := problems(d.Summary, d.Inbound, d.Outbound)
-	p.Data = s.data(r, here(s.query(v)), summary(d.Summary), charts(d.History), tables, append(fs, d.History.failures()...), ws)
+	hf, hw := d.History.problems()
+	p.Data = s.data(r, here(s.query(v)), summary(d.Summary), charts(d.History), tables, append(fs, hf...), append(ws, hw...))
 	return s.render(w, r, s.shell(r, "Pod "+ns+"/"+pod, nil), views.ResourcePage(p), views.DataFragment(p.Data))
 }
 

@@ -440,12 +440,15 @@ func chart(c api.Chart, title, testID string, label func(float64) string, fixedM
 	return vc
 }
 
-func (h history) failures() []api.Failure {
+// problems are the failures and warnings of the charts.
+func (h history) problems() ([]api.Failure, []string) {
 	var fs []api.Failure
+	var ws []string
 	for _, c := range []api.Chart{h.Success, h.RPS, h.Latency} {
 		if c.Failure != nil {
 			fs = append(fs, *c.Failure)
 		}
+		ws = append(ws, c.Warnings...)
 	}
-	return fs
+	return fs, ws
 }
