@@ -134,3 +134,18 @@ func TestOpaqueTCPThroughAnOutboundRouteIsBalanced(t *testing.T) {
 	}
 	waitMetric(t, p.registry, "tcp_open_total", map[string]string{"direction": "outbound", "peer": "dst", "dst_deployment": "smtp", "dst_pod": "smtp-0"}, 5)
 }
+
+func TestOpaqueConnectionWithoutADestinationIsClosed(t *testing.T) {
+	p := startProxy(t, testConfig("127.0.0.1:1"))
+	c, err := net.Dial("tcp", p.addr("--outbound-listen").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "\x00\x01 not http\n")
+	// The outbound listener routes HTTP by authority; an opaque stream has none: the proxy hangs up.
+	if b, err := io.ReadAll(c); err != nil || len(b) != 0 {
+		t.Fatalf("read %q, %v; want the proxy to close the connection", b, err)
+	}
+	waitMetric(t, p.registry, "tcp_close_total", map[string]string{"direction": "outbound", "peer": "src"}, 1)
+}
