@@ -192,6 +192,20 @@ func TestPagesAnswerWithStatusTypeAndContent(t *testing.T) {
 	}
 }
 
+func TestBackendWarningsAreShown(t *testing.T) {
+	warn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"status":"success","warnings":["results truncated"],"data":{"resultType":"vector","result":[]}}`)
+	}))
+	defer warn.Close()
+	_, h := newTestServer(t, config{PrometheusURL: warn.URL})
+	rec := request(h, "/namespaces")
+	doc := parseDoc(t, rec.Body.String())
+	if got := doc.Find(`[data-testid=backend-warning]`).Text(); rec.Code != 200 || !strings.Contains(got, "results truncated") {
+		t.Errorf("status %d, warning %q; want the backend's warning on the page", rec.Code, got)
+	}
+}
+
 func TestGrafanaLinksOnlyWithGrafanaURL(t *testing.T) {
 	_, h := memServer(t, 3, config{})
 	doc := parseDoc(t, request(h, "/namespaces/shop").Body.String())
