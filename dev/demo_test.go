@@ -51,24 +51,48 @@ func startDemo(t *testing.T, backend string, cfgDemo demo.Config) running {
 		}
 		return fmt.Sprintf("%s:%d", host, p)
 	}
-	cfg := config{DashboardListen: addr(), PrometheusListen: addr(), Backend: backend, PrometheusBin: "prometheus", Demo: cfgDemo}
 	logPath := filepath.Join(t.TempDir(), "demo.log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	started := make(chan running, 1)
-	errc := make(chan error, 1)
-	go func() { errc <- run(ctx, cfg, &console{out: logFile}, func(r running) { started <- r }) }()
-	var r running
-	var stopped bool
+	var (
+		r      running
+		cancel context.CancelFunc
+		errc   chan error
+	)
+	// Free ports are chosen before use; a test running at the same time may
+	// take one in between, which the launcher reports by name: try again.
+	for attempt := 1; ; attempt++ {
+		cfg := config{DashboardListen: addr(), PrometheusListen: addr(), Backend: backend, PrometheusBin: "prometheus", Demo: cfgDemo}
+		var ctx context.Context
+		ctx, cancel = context.WithCancel(context.Background())
+		errc = make(chan error, 1)
+		go func() { errc <- run(ctx, cfg, &console{out: logFile}, func(r running) { started <- r }) }()
+		select {
+		case r = <-started:
+		case err := <-errc:
+			cancel()
+			if strings.Contains(err.Error(), "already in use") && attempt < 3 {
+				continue
+			}
+			logFile.Close()
+			tail(t, logPath)
+			t.Fatalf("demo did not start: %v", err)
+		case <-time.After(5 * time.Minute):
+			cancel()
+			<-errc
+			logFile.Close()
+			tail(t, logPath)
+			t.Fatal("demo not up after 5 minutes")
+		}
+		break
+	}
 	t.Cleanup(func() {
 		cancel()
-		if !stopped {
-			if err := <-errc; err != nil {
-				t.Errorf("demo stopped with: %v", err)
-			}
+		if err := <-errc; err != nil {
+			t.Errorf("demo stopped with: %v", err)
 		}
 		logFile.Close()
 		if t.Failed() {
@@ -81,14 +105,6 @@ func startDemo(t *testing.T, backend string, cfgDemo demo.Config) running {
 			}
 		}
 	})
-	select {
-	case r = <-started:
-	case err := <-errc:
-		stopped = true
-		t.Fatalf("demo did not start: %v", err)
-	case <-time.After(5 * time.Minute):
-		t.Fatal("demo not up after 5 minutes")
-	}
 	return r
 }
 

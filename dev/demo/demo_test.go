@@ -176,6 +176,16 @@ func startWired(t *testing.T, cfg Config) Mesh {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The apps listen on kernel-chosen ports, so that tests running at the
+	// same time cannot take them between choice and use.
+	listeners := make([]net.Listener, len(m.Pods))
+	for i := range m.Pods {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		listeners[i], m.Pods[i].App = l, l.Addr().String()
+	}
 	app := func(dep string) string { return m.PodsOf(dep)[0].App }
 	for i := range m.Pods {
 		p := &m.Pods[i]
@@ -190,12 +200,8 @@ func startWired(t *testing.T, cfg Config) Mesh {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, len(m.Pods))
-	for _, p := range m.Pods {
-		l, err := net.Listen("tcp", p.App)
-		if err != nil {
-			t.Fatal(err)
-		}
-		go func() { done <- runPod(ctx, m, p, cfg, l, discard()) }()
+	for i, p := range m.Pods {
+		go func() { done <- runPod(ctx, m, p, cfg, listeners[i], discard()) }()
 	}
 	t.Cleanup(func() {
 		cancel()
