@@ -127,7 +127,7 @@ func run(ctx context.Context, cfg config, con *console, started func(running)) (
 		}
 		goWatch("embedded metrics engine", func() error { return eng.Run(ctx) })
 		defer func() {
-			if err := eng.Close(true); err != nil {
+			if err := eng.Close(); err != nil {
 				log.Warn("close embedded engine", "err", err)
 			}
 		}()

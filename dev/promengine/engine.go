@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -54,9 +55,18 @@ type Engine struct {
 	discovery *discovery.Manager
 	scrape    *scrape.Manager
 	handler   http.Handler
-	cancel    context.CancelFunc
-	done      chan struct{}
+	// stop ends discovery and Run; done closes when Run has returned.
+	stop   context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu      sync.Mutex
+	running bool // Run has started
+	closed  bool // Close has been called
 }
+
+// ErrClosed is Run's answer after Close or a first Run.
+var ErrClosed = errors.New("promengine: closed")
 
 // New opens the tsdb and prepares discovery, scraping and the API. Call Run
 // to start scraping and Close to release everything.
@@ -98,7 +108,7 @@ func New(opts Options) (*Engine, error) {
 		return nil, fmt.Errorf("discovery metrics: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	e.cancel = cancel
+	e.stop, e.cancel = ctx, cancel
 	e.discovery = discovery.NewManager(ctx, logger.With("component", "discovery"), reg, sdMetrics,
 		discovery.Name("scrape"), discovery.Updatert(time.Second))
 	if e.discovery == nil {
@@ -133,6 +143,13 @@ func New(opts Options) (*Engine, error) {
 
 // Run discovers and scrapes targets until ctx ends or Close is called.
 func (e *Engine) Run(ctx context.Context) error {
+	e.mu.Lock()
+	if e.closed || e.running {
+		e.mu.Unlock()
+		return ErrClosed // also a second Run: an engine runs once
+	}
+	e.running = true
+	e.mu.Unlock()
 	defer close(e.done)
 	discoveryDone := make(chan error, 1)
 	go func() { discoveryDone <- e.discovery.Run() }()
@@ -140,6 +157,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	go func() { scrapeDone <- e.scrape.Run(e.discovery.SyncCh()) }()
 	select {
 	case <-ctx.Done():
+	case <-e.stop.Done():
 	case err := <-discoveryDone:
 		e.logger.Error("discovery stopped", "err", err)
 	case err := <-scrapeDone:
@@ -153,11 +171,15 @@ func (e *Engine) Run(ctx context.Context) error {
 // Handler serves /-/ready, /-/healthy and the API subset.
 func (e *Engine) Handler() http.Handler { return e.handler }
 
-// Close stops scraping (when Run was started, it waits for it), closes the
-// tsdb and removes a temporary data directory.
-func (e *Engine) Close(runStarted bool) error {
+// Close stops Run and waits for it, closes the tsdb and removes a
+// temporary data directory.
+func (e *Engine) Close() error {
+	e.mu.Lock()
+	e.closed = true
+	running := e.running
+	e.mu.Unlock()
 	e.cancel()
-	if runStarted {
+	if running {
 		<-e.done
 	}
 	return e.closeDB()

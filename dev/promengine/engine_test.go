@@ -55,7 +55,7 @@ func startEngine(t *testing.T) (v1.API, string) {
 	t.Cleanup(func() {
 		srv.Close()
 		cancel()
-		if err := e.Close(true); err != nil {
+		if err := e.Close(); err != nil {
 			t.Error(err)
 		}
 	})
@@ -204,7 +204,7 @@ func TestEngineHandlerServesOnlyTheDashboardSubset(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() {
-		if err := e.Close(false); err != nil {
+		if err := e.Close(); err != nil {
 			t.Error(err)
 		}
 	}()
@@ -216,6 +216,39 @@ func TestEngineHandlerServesOnlyTheDashboardSubset(t *testing.T) {
 				t.Fatalf("status %d, want %d", rec.Code, tt.want)
 			}
 		})
+	}
+}
+
+func TestCloseStopsRunAndAnEngineRunsOnce(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "prometheus.yml")
+	if err := os.WriteFile(cfg, []byte("scrape_configs: []\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e, err := New(Options{ConfigFile: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran := make(chan error, 1)
+	go func() { ran <- e.Run(context.Background()) }()
+	eventually(t, "Run started", func() error {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		if !e.running {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	if err := e.Run(context.Background()); !errors.Is(err, ErrClosed) {
+		t.Fatalf("second Run: %v, want ErrClosed", err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-ran; err != nil {
+		t.Fatalf("Run after Close: %v", err)
+	}
+	if err := e.Run(context.Background()); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Run after Close: %v, want ErrClosed", err)
 	}
 }
 
