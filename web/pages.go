@@ -117,11 +117,12 @@ func (s *server) namespacesPage(w http.ResponseWriter, r *http.Request) error {
 		return s.writeJSON(w, r, d)
 	}
 	here := func(q url.Values) string { return s.url("/namespaces", q) }
+	q := s.query(v)
 	t := s.table(here, v, "Golden metrics per namespace", "namespaces", "Namespace", d.Namespaces, api.LabelNamespace,
 		"no namespaces: Prometheus has no proxies of job "+api.Job,
 		func(row api.Row) (string, string) {
 			ns := row.Labels[api.LabelNamespace]
-			return s.url("/namespaces/{ns}", s.query(v), ns), s.grafana("meshscope-namespace", "namespace", ns, "", "")
+			return s.url("/namespaces/{ns}", q, ns), s.grafana("meshscope-namespace", "namespace", ns, "", "")
 		})
 	p := views.Resource{
 		Heading: "Namespaces",
@@ -160,11 +161,12 @@ func (s *server) namespacePage(w http.ResponseWriter, r *http.Request) error {
 		return s.writeJSON(w, r, d)
 	}
 	here := func(q url.Values) string { return s.url("/namespaces/{ns}", q, ns) }
+	q := s.query(v)
 	deps := s.table(here, v, "Deployments", "deployments", "Deployment", d.Deployments, api.LabelDeployment,
 		"no deployments with proxies in namespace "+ns,
 		func(row api.Row) (string, string) {
 			dep := row.Labels[api.LabelDeployment]
-			return s.url("/namespaces/{ns}/deployments/{name}", s.query(v), ns, dep),
+			return s.url("/namespaces/{ns}/deployments/{name}", q, ns, dep),
 				s.grafana("meshscope-deployment", "deployment", ns, dep, "")
 		})
 	pods := s.table(here, v, "Pods", "pods", "Pod", d.Pods, api.LabelPod,
@@ -182,9 +184,10 @@ func (s *server) namespacePage(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *server) podLinks(v viewState, ns string) func(api.Row) (string, string) {
+	q := s.query(v)
 	return func(row api.Row) (string, string) {
 		pod := row.Labels[api.LabelPod]
-		return s.url("/namespaces/{ns}/pods/{pod}", s.query(v), ns, pod), s.grafana("meshscope-pod", "pod", ns, "", pod)
+		return s.url("/namespaces/{ns}/pods/{pod}", q, ns, pod), s.grafana("meshscope-pod", "pod", ns, "", pod)
 	}
 }
 

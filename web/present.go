@@ -57,11 +57,11 @@ func sortRows(rows []api.Row, sort string, name func(api.Row) string) {
 	type item struct {
 		name  string
 		value *float64
-		row   api.Row
+		index int
 	}
 	items := make([]item, len(rows))
 	for i, r := range rows {
-		items[i] = item{name: name(r), row: r}
+		items[i] = item{name: name(r), index: i}
 		if key.value != nil {
 			items[i].value = key.value(r)
 		}
@@ -92,9 +92,11 @@ func sortRows(rows []api.Row, sort string, name func(api.Row) string) {
 		}
 		return c
 	})
-	for i := range items {
-		rows[i] = items[i].row
+	sorted := make([]api.Row, len(rows))
+	for i, it := range items {
+		sorted[i] = rows[it.index]
 	}
+	copy(rows, sorted)
 }
 
 // windows is the window selector: the same page at every window.
@@ -187,12 +189,13 @@ func (s *server) edgeTable(here func(url.Values) string, v viewState, title, tes
 	rows := slices.Clone(t.Rows)
 	sortRows(rows, v.sort, name)
 	failed := failedMetrics(t.Failures)
+	q := s.query(v)
 	for _, r := range rows {
 		vr := row(r, failed, false)
 		vr.Name = name(r)
 		ns, dep := r.Labels[nsLabel], r.Labels[depLabel]
 		if api.ValidNamespace(ns) == nil && api.ValidName("deployment", dep) == nil {
-			vr.Href = s.url("/namespaces/{ns}/deployments/{name}", s.query(v), ns, dep)
+			vr.Href = s.url("/namespaces/{ns}/deployments/{name}", q, ns, dep)
 			vr.Grafana = s.grafana("meshscope-deployment", "deployment", ns, dep, "")
 		}
 		vt.Rows = append(vt.Rows, vr)
