@@ -63,7 +63,8 @@ func TestEveryExpressionParsesWithPrometheusParser(t *testing.T) {
 }
 
 // TestShippedJSONIsWhatGrafanaNeeds reads the files themselves: the variables
-// the links set exist, the datasource is a variable, not an export input.
+// the links set exist, the datasource is a variable, not an export input, and
+// every panel's expression parses.
 func TestShippedJSONIsWhatGrafanaNeeds(t *testing.T) {
 	for _, d := range Dashboards() {
 		t.Run(d.UID, func(t *testing.T) {
@@ -100,9 +101,21 @@ func TestShippedJSONIsWhatGrafanaNeeds(t *testing.T) {
 			if _, ok := vars["namespace"]; !ok {
 				t.Fatalf("variables %v: want namespace", vars)
 			}
-			for _, p := range model.Panels {
-				if p.Datasource.UID != "${datasource}" || len(p.Targets) == 0 {
-					t.Fatalf("panel datasource %q with %d targets: want ${datasource} and at least one query", p.Datasource.UID, len(p.Targets))
+			// The file's own expressions, variables substituted as Grafana does.
+			var pairs []string
+			for k, v := range sample {
+				pairs = append(pairs, "$"+k, v)
+			}
+			substitute := strings.NewReplacer(pairs...)
+			p := promparser.NewParser(promparser.Options{})
+			for _, panel := range model.Panels {
+				if panel.Datasource.UID != "${datasource}" || len(panel.Targets) == 0 {
+					t.Fatalf("panel datasource %q with %d targets: want ${datasource} and at least one query", panel.Datasource.UID, len(panel.Targets))
+				}
+				for _, target := range panel.Targets {
+					if _, err := p.ParseExpr(substitute.Replace(target.Expr)); err != nil {
+						t.Errorf("%s: %v", target.Expr, err)
+					}
 				}
 			}
 		})
