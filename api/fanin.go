@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"sort"
@@ -155,6 +153,8 @@ type FanIn struct {
 	// MaxLine caps one NDJSON line from a proxy (tap.DefaultMaxLine); a longer line breaks that stream.
 	MaxLine int
 	Logger  *slog.Logger
+
+	clientOnce sync.Once
 }
 
 func (f *FanIn) relist() time.Duration { return orDefault(f.Relist, 10*time.Second) }
@@ -174,30 +174,13 @@ func orDefault(d, def time.Duration) time.Duration {
 	return def
 }
 
-// NewTapClient returns the HTTP client the fan-in uses by default: a connection
-// must open within connect and answer headers within header, then the body may
-// stream for as long as it lasts.
-func NewTapClient(connect, header time.Duration) *http.Client {
-	return &http.Client{
-		Transport: &http.Transport{
-			DialContext:           (&net.Dialer{Timeout: connect, KeepAlive: 15 * time.Second}).DialContext,
-			ResponseHeaderTimeout: header,
-			MaxIdleConnsPerHost:   1,
-			IdleConnTimeout:       30 * time.Second,
-			DisableCompression:    true,
-		},
-		// A redirect from a proxy's admin port would carry the token elsewhere.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
-}
-
-var defaultTapClient = NewTapClient(5*time.Second, 10*time.Second)
-
 func (f *FanIn) client() *http.Client {
-	if f.Client != nil {
-		return f.Client
-	}
-	return defaultTapClient
+	f.clientOnce.Do(func() {
+		if f.Client == nil {
+			f.Client = NewTapClient(5*time.Second, 10*time.Second)
+		}
+	})
+	return f.Client
 }
 
 // ShareRPS splits a total rate across n proxies, at least 1 each.
@@ -308,39 +291,17 @@ func (f *FanIn) tapProxy(ctx context.Context, p Proxy, filter tap.Filter, emit f
 
 // stream makes one tap request to p and delivers its events until the stream or ctx ends.
 func (f *FanIn) stream(ctx context.Context, p Proxy, filter tap.Filter, emit func(TapItem)) error {
-	u := url.URL{Scheme: "http", Host: p.Admin, Path: "/tap", RawQuery: filter.Values().Encode()}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	s, err := OpenTap(ctx, f.client(), p.Admin, f.Token, filter, f.MaxLine)
 	if err != nil {
 		return err
 	}
-	if f.Token != "" {
-		req.Header.Set("Authorization", "Bearer "+f.Token)
-	}
-	resp, err := f.client().Do(req)
-	if err != nil {
-		// The URL carries no secret, but keep the message short: the cause is what matters.
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return fmt.Errorf("tap %s: %w", p.Admin, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return fmt.Errorf("tap %s: %s: %s", p.Admin, resp.Status, strings.TrimSpace(string(msg)))
-	}
+	defer s.Close()
 	emit(TapItem{Proxy: p, State: ProxyStreaming})
-	dec := tap.NewDecoder(resp.Body, f.MaxLine)
 	for {
-		ev := new(tap.Event)
-		if err := dec.Decode(ev); err != nil {
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			return fmt.Errorf("tap %s: %w", p.Admin, err)
+		ev, err := s.Next()
+		if err != nil {
+			return err
 		}
 		emit(TapItem{Proxy: p, Event: ev})
 	}
-	return fmt.Errorf("tap %s: stream ended", p.Admin)
 }

@@ -9,9 +9,7 @@ import (
 	"iter"
 	"net"
 	"net/http"
-	"net/url"
 	"strconv"
-	"strings"
 	"time"
 	"unicode"
 
@@ -76,33 +74,19 @@ func tapCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		if err != nil {
 			return err
 		}
-		fanin.Client = tapClient(*timeout)
+		fanin.Client = api.NewTapClient(*timeout, *timeout)
 		events = fanInEvents(ctx, fanin, lr, stderr)
 	} else {
 		if _, _, err := net.SplitHostPort(*proxy); err != nil {
 			return usageError{fmt.Errorf("--proxy %q: want host:port", *proxy)}
 		}
-		events = proxyEvents(ctx, tapClient(*timeout), *proxy, l.cfg.TapToken, lr.filter)
+		events = proxyEvents(ctx, api.NewTapClient(*timeout, *timeout), *proxy, l.cfg.TapToken, lr.filter)
 	}
 	err = printEvents(stdout, *output, events)
 	if ctx.Err() != nil {
 		return nil // interrupted: the normal way to stop
 	}
 	return err
-}
-
-// tapClient connects within timeout and wants the answer's headers within
-// timeout; the stream itself may last for ever.
-func tapClient(timeout time.Duration) *http.Client {
-	return &http.Client{
-		Transport: &http.Transport{
-			DialContext:           (&net.Dialer{Timeout: timeout}).DialContext,
-			ResponseHeaderTimeout: timeout,
-			DisableCompression:    true,
-		},
-		// A redirect would carry the token somewhere else.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
 }
 
 // errTapTokenRejected is the proxy's 401 in the user's terms.
@@ -113,53 +97,18 @@ var errTapTokenRejected = errors.New("tap token rejected (set --tap-token or MES
 // the caller stops. A refusal is yielded as an error in the user's terms.
 func proxyEvents(ctx context.Context, client *http.Client, admin, token string, f tap.Filter) iter.Seq2[*tap.Event, error] {
 	return func(yield func(*tap.Event, error) bool) {
-		u := url.URL{Scheme: "http", Host: admin, Path: "/tap", RawQuery: f.Values().Encode()}
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+		s, err := api.OpenTap(ctx, client, admin, token, f, 0)
+		if errors.Is(err, api.ErrTapTokenRejected) {
+			err = errTapTokenRejected
+		}
 		if err != nil {
 			yield(nil, err)
 			return
 		}
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		res, err := client.Do(req)
-		if err != nil {
-			var ue *url.Error
-			if errors.As(err, &ue) {
-				err = ue.Err
-			}
-			yield(nil, fmt.Errorf("tap %s: %w", admin, err))
-			return
-		}
-		defer res.Body.Close()
-		if res.StatusCode != http.StatusOK {
-			msg, _ := io.ReadAll(io.LimitReader(res.Body, 1024))
-			switch res.StatusCode {
-			case http.StatusUnauthorized:
-				err = errTapTokenRejected
-			default:
-				err = fmt.Errorf("tap %s: %s: %s", admin, res.Status, strings.TrimSpace(string(msg)))
-			}
-			yield(nil, err)
-			return
-		}
-		if ct := res.Header.Get("Content-Type"); ct != tap.ContentType {
-			yield(nil, fmt.Errorf("tap %s: answered %q, not a tap stream: is this a proxy's admin address?", admin, ct))
-			return
-		}
-		dec := tap.NewDecoder(res.Body, 0)
+		defer s.Close()
 		for {
-			ev := new(tap.Event)
-			err := dec.Decode(ev)
-			if errors.Is(err, io.EOF) {
-				yield(nil, fmt.Errorf("tap %s: stream ended (proxy shut down)", admin))
-				return
-			}
-			if err != nil {
-				yield(nil, fmt.Errorf("tap %s: %w", admin, err))
-				return
-			}
-			if !yield(ev, nil) {
+			ev, err := s.Next()
+			if !yield(ev, err) || err != nil {
 				return
 			}
 		}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshscope/meshscope/api"
 	"github.com/meshscope/meshscope/api/tap"
 	// The real tap endpoint of the proxy, so the client is tested against what
 	// it will talk to (a test-only dependency: the web binary does not link it).
@@ -234,7 +235,7 @@ func TestProxyRefusalShowsTheProxysMessage(t *testing.T) {
 	_, addr := tapProxy(t, "")
 	// A filter this client would never send, as from a newer client: the
 	// proxy's 400 explains it.
-	events := proxyEvents(t.Context(), tapClient(5*time.Second), addr, "", tap.Filter{MaxRPS: 20000})
+	events := proxyEvents(t.Context(), api.NewTapClient(5*time.Second, 5*time.Second), addr, "", tap.Filter{MaxRPS: 20000})
 	err := printEvents(&bytes.Buffer{}, "", events)
 	if err == nil || !strings.Contains(err.Error(), `400 Bad Request: tap filter "max_rps"`) {
 		t.Errorf("error %v, want the proxy's 400 message", err)
