@@ -311,6 +311,11 @@ func TestMalformedHTTPGets400AndTheProxyKeepsServing(t *testing.T) {
 		{"bad content length", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -5\r\n\r\n", 0},
 		{"conflicting content lengths", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 0},
 		{"bad chunked encoding", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 0},
+		{"two host fields", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 0},
+		{"host with a space", "GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 0},
+		{"control character in a field", "GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n", 0},
+		{"bad request line", "GET /\x01 HTTP/1.1\r\nHost: a\r\n\r\n", 0},
+		{"unknown expectation", "GET / HTTP/1.1\r\nHost: a\r\nExpect: tea\r\n\r\n", http.StatusExpectationFailed},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -57,10 +57,13 @@ type httpProxy struct {
 	hijacks *tracker
 }
 
-// ServeHTTP proxies one request. It writes the response itself rather than through
-// httputil.ReverseProxy: no header clones, no per-request closures, a pooled copy buffer, and the metrics
-// and tap observations at the exact points DESIGN names.
-func (p *httpProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+// ServeHTTP proxies one request that net/http's server read.
+func (p *httpProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) { p.serve(r.Context(), w, r) }
+
+// serve proxies one request; ctx ends when its client goes away. It writes the response itself rather
+// than through httputil.ReverseProxy: no header clones, no per-request closures, a pooled copy buffer, and
+// the metrics and tap observations at the exact points DESIGN names.
+func (p *httpProxy) serve(ctx context.Context, w http.ResponseWriter, r *http.Request) {
 	ex := Exchange{
 		Direction:  p.direction,
 		Method:     r.Method,
@@ -110,7 +113,7 @@ func (p *httpProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ex.requestHeaders(p.metrics)
 
-	out := r.WithContext(r.Context()) // a shallow copy; only the fields set below differ
+	out := r.WithContext(ctx) // a shallow copy; only the fields set below differ
 	u := *r.URL
 	out.URL = &u
 	out.URL.Scheme = "http"
@@ -161,7 +164,7 @@ func (p *httpProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if done != nil {
 			done(err)
 		}
-		if r.Context().Err() != nil {
+		if ctx.Err() != nil {
 			ex.Error = errCancelled
 			ex.end()
 			return
@@ -212,7 +215,7 @@ func (p *httpProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	grpc := isGRPC(res.Header)
 	if err := p.copyResponse(w, res, &ex); err != nil {
 		ex.Error = errStream
-		if r.Context().Err() != nil {
+		if ctx.Err() != nil {
 			ex.Error = errCancelled
 		}
 		ex.end()

@@ -45,7 +45,8 @@ type proxy struct {
 	admin     *http.Server
 	adminLn   net.Listener
 	ready     atomic.Bool
-	conns     tracker      // opaque and upgraded connections
+	conns     tracker      // opaque, upgraded and fast-path HTTP/1.1 connections
+	h1conns   h1Conns      // fast-path HTTP/1.1 connections, for closing the idle ones at shutdown
 	upstreams []idleCloser // the upstream clients, whose idle connections close on shutdown
 }
 
@@ -65,6 +66,7 @@ type listener struct {
 	dialer    *dialer
 	conns     *connListener
 	server    *http.Server
+	hp        *httpProxy
 }
 
 // newProxy validates what can only be checked by trying (the destinations file, binding every address)
@@ -149,6 +151,7 @@ func (p *proxy) addListener(name, addr string, hp *httpProxy, tcpTarget, srcTarg
 		srcTarget: srcTarget,
 		dialer:    hp.dialer,
 		conns:     newConnListener(ln.Addr()),
+		hp:        hp,
 	}
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
@@ -253,6 +256,7 @@ func (p *proxy) Serve(ctx context.Context) error {
 	for _, l := range p.listeners {
 		l.ln.Close()
 	}
+	p.h1conns.drain()
 	grace, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.ShutdownGrace)
 	defer cancel()
 	var sg sync.WaitGroup
@@ -317,11 +321,14 @@ func (p *proxy) serveConn(ctx context.Context, l *listener, c net.Conn) {
 		return
 	}
 	p.log.Debug("connection accepted", "listener", l.name, "peer", c.RemoteAddr().String(), "target", l.srcTarget, "protocol", proto.String())
-	if proto == detect.Opaque {
+	switch proto {
+	case detect.Opaque:
 		p.proxyTCP(ctx, l, conn)
-		return
+	case detect.HTTP1:
+		p.serveHTTP1(l, conn)
+	default:
+		l.conns.push(conn)
 	}
-	l.conns.push(conn)
 }
 
 // connListener is the net.Listener an http.Server serves: it yields the connections found to speak HTTP.

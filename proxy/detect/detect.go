@@ -144,23 +144,25 @@ func Peek(c net.Conn, timeout time.Duration) (Protocol, net.Conn, error) {
 		n, err := c.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
 		if p := Classify(buf); p != Unknown {
-			return p, wrap(c, buf), nil
+			return p, Replay(c, buf), nil
 		}
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
-				return Opaque, wrap(c, buf), nil
+				return Opaque, Replay(c, buf), nil
 			}
 			if len(buf) > 0 || errors.Is(err, io.EOF) {
 				// The client half-closed before we could tell: whatever it sent (perhaps nothing, for a
 				// server-speaks-first protocol) is still proxied as TCP.
-				return Opaque, wrap(c, buf), nil
+				return Opaque, Replay(c, buf), nil
 			}
 			return Opaque, c, err
 		}
 	}
 }
 
-func wrap(c net.Conn, peeked []byte) net.Conn {
+// Replay returns a connection that yields peeked before the rest of c's stream: the bytes a reader took
+// from c and is handing back, with the connection, to another reader.
+func Replay(c net.Conn, peeked []byte) net.Conn {
 	if len(peeked) == 0 {
 		return c
 	}

@@ -1,0 +1,509 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+
+	"github.com/meshscope/meshscope/proxy/detect"
+)
+
+// The HTTP/1.1 fast path. net/http's server costs a sidecar more than the proxying itself: per request it
+// starts a goroutine to watch the connection, allocates a response, a chunk writer, a context and their
+// buffers. A connection detected as HTTP/1.1 is served here instead, by two goroutines for its lifetime:
+// a reader, which reads request heads ahead and so notices at once a client that goes away (its requests'
+// context ends, as net/http's does), and the connection's own goroutine, which proxies one request at a
+// time and writes the responses in order (pipelining). Only plain HTTP/1.1 requests without a body are
+// served here; the first request that is anything else (a body, Expect, Upgrade, HTTP/1.0, CONNECT, a head
+// larger than the read buffer, anything net/http would refuse) is handed, with every byte of the
+// connection not yet answered, to net/http's server, which then serves the connection to its end.
+
+const (
+	// h1BufferSize is the size of a client connection's read and write buffers: a request head that does
+	// not fit goes to net/http's server, which accepts heads up to http.DefaultMaxHeaderBytes.
+	h1BufferSize = 4096
+	// h1HoldBack is how much of a response body without Content-Length is held back, as net/http does,
+	// hoping it is all: then it gets a Content-Length rather than chunked encoding.
+	h1HoldBack = 2048
+)
+
+var (
+	h1ReaderPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, h1BufferSize) }}
+	h1WriterPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, h1BufferSize) }}
+	errHandOff   = errors.New("request for net/http's server")
+)
+
+// h1Conns are the client connections the fast path serves, so that shutdown closes the idle ones at once
+// and the busy ones after their response.
+type h1Conns struct {
+	mu       sync.Mutex
+	conns    map[*clientConn]struct{}
+	draining atomic.Bool
+}
+
+// add registers c; it reports false once shutdown began.
+func (s *h1Conns) add(c *clientConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining.Load() {
+		return false
+	}
+	if s.conns == nil {
+		s.conns = make(map[*clientConn]struct{})
+	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+func (s *h1Conns) remove(c *clientConn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// drain begins shutdown: idle connections are closed now, busy ones once their response is written.
+func (s *h1Conns) drain() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.draining.Store(true)
+	for c := range s.conns {
+		if !c.busy.Load() {
+			c.conn.Close()
+		}
+	}
+}
+
+// clientConn is one HTTP/1.1 client connection on the fast path.
+type clientConn struct {
+	conn   net.Conn
+	remote string
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	ctx    context.Context // ends when the client goes away
+	cancel context.CancelFunc
+	reqs   chan *http.Request // from the reader, one at a time
+	ready  chan struct{}      // a token the reader takes before reading a head: the previous response is out
+	busy   atomic.Bool        // a request is being read or answered
+	// draining is the proxy's h1Conns.draining: set, responses say "Connection: close".
+	draining *atomic.Bool
+	hr       bytes.Reader // the head being parsed
+	held     []byte       // response body held back (h1HoldBack)
+}
+
+// serveHTTP1 serves c, detected as HTTP/1.1, on the fast path until it closes or is handed to l's server.
+func (p *proxy) serveHTTP1(l *listener, conn net.Conn) {
+	c := &clientConn{
+		conn:     conn,
+		remote:   conn.RemoteAddr().String(),
+		reqs:     make(chan *http.Request),
+		ready:    make(chan struct{}, 1),
+		draining: &p.h1conns.draining,
+	}
+	if !p.h1conns.add(c) {
+		conn.Close()
+		return
+	}
+	release := p.conns.add(conn) // shutdown waits for it, then closes it
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.br = h1ReaderPool.Get().(*bufio.Reader)
+	c.br.Reset(conn)
+	c.bw = h1WriterPool.Get().(*bufio.Writer)
+	c.bw.Reset(conn)
+	c.ready <- struct{}{}
+	conn.SetReadDeadline(time.Now().Add(readHeaderTimeout))
+
+	handOff := make(chan net.Conn, 1)
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		c.readRequests(&p.h1conns, handOff)
+	}()
+	closed := false
+	for req := range c.reqs {
+		if !c.serveRequest(l.hp, req) || p.h1conns.draining.Load() {
+			conn.Close()
+			closed = true
+			break
+		}
+		// Idle: wait for the next request at most idleTimeout. This follows the reader clearing its
+		// header deadline, so it is the deadline of the read ahead.
+		conn.SetReadDeadline(time.Now().Add(idleTimeout))
+		c.busy.Store(false)
+		if p.h1conns.draining.Load() {
+			conn.Close()
+			closed = true
+			break
+		}
+		c.ready <- struct{}{}
+	}
+	close(c.ready) // a reader waiting to read a pipelined request ends
+	<-readerDone
+	c.cancel()
+	p.h1conns.remove(c)
+	release()
+	c.br.Reset(nil)
+	h1ReaderPool.Put(c.br)
+	c.bw.Reset(nil)
+	h1WriterPool.Put(c.bw)
+	select {
+	case hc := <-handOff:
+		l.conns.push(hc)
+	default:
+		if !closed {
+			conn.Close()
+		}
+	}
+}
+
+// readRequests reads request heads and passes those the fast path serves to the connection's goroutine.
+// It ends, closing c.reqs, when the client goes away or misbehaves (the request in flight, if any, is
+// cancelled) or with a request for net/http's server: then the connection, replaying the bytes read but
+// not served, is sent on handOff.
+func (c *clientConn) readRequests(conns *h1Conns, handOff chan<- net.Conn) {
+	defer close(c.reqs)
+	for {
+		// The first byte of the next request, or the client's end, even while a response is on its way.
+		if _, err := c.br.Peek(1); err != nil {
+			c.cancel()
+			return
+		}
+		if _, ok := <-c.ready; !ok {
+			return
+		}
+		c.busy.Store(true)
+		if conns.draining.Load() {
+			return
+		}
+		c.conn.SetReadDeadline(time.Now().Add(readHeaderTimeout))
+		req, n, err := c.readRequest()
+		if errors.Is(err, errHandOff) {
+			c.conn.SetReadDeadline(time.Time{})
+			rest, _ := c.br.Peek(c.br.Buffered())
+			handOff <- detect.Replay(c.conn, bytes.Clone(rest))
+			return
+		}
+		if err != nil {
+			c.cancel()
+			return
+		}
+		c.br.Discard(n)
+		c.conn.SetReadDeadline(time.Time{})
+		c.reqs <- req
+	}
+}
+
+// readRequest parses the request head at the front of c.br without consuming it, and returns the request
+// and the head's length, or errHandOff when net/http's server must serve it.
+func (c *clientConn) readRequest() (*http.Request, int, error) {
+	head, err := c.peekHead()
+	if err != nil {
+		return nil, 0, err
+	}
+	c.hr.Reset(head)
+	pr := h1ReaderPool.Get().(*bufio.Reader)
+	pr.Reset(&c.hr)
+	req, err := http.ReadRequest(pr)
+	pr.Reset(nil)
+	h1ReaderPool.Put(pr)
+	if err != nil || !fastPathRequest(req, head) {
+		return nil, 0, errHandOff
+	}
+	req.RemoteAddr = c.remote
+	return req, len(head), nil
+}
+
+// peekHead returns the buffered request head up to and including its empty line, reading more as needed;
+// errHandOff when it does not fit the buffer.
+func (c *clientConn) peekHead() ([]byte, error) {
+	from := 0
+	for {
+		buf, _ := c.br.Peek(c.br.Buffered())
+		for i := from; i < len(buf); i++ {
+			if buf[i] != '\n' {
+				continue
+			}
+			// A line ends at LF (RFC 9112 section 2.2 lets a recipient accept a bare LF); an empty one ends the head.
+			if i+1 < len(buf) && buf[i+1] == '\n' {
+				return buf[:i+2], nil
+			}
+			if i+2 < len(buf) && buf[i+1] == '\r' && buf[i+2] == '\n' {
+				return buf[:i+3], nil
+			}
+		}
+		if len(buf) >= c.br.Size() {
+			return nil, errHandOff
+		}
+		from = max(len(buf)-2, 0)
+		if _, err := c.br.Peek(len(buf) + 1); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// fastPathRequest reports whether req, parsed from head, is one the fast path serves exactly as net/http's
+// server would: HTTP/1.1 without a body, without Expect or Upgrade, with one valid Host field and valid
+// fields throughout (net/http answers 400 to the rest, and that answer is left to it).
+func fastPathRequest(req *http.Request, head []byte) bool {
+	if req.ProtoMajor != 1 || req.ProtoMinor != 1 || req.Body != http.NoBody || req.Method == "CONNECT" ||
+		req.RequestURI == "*" || req.URL.Host != "" || req.Host == "" || !httpguts.ValidHostHeader(req.Host) {
+		return false
+	}
+	if req.Header["Expect"] != nil || req.Header["Upgrade"] != nil {
+		return false
+	}
+	for k, vv := range req.Header {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return false
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return false
+			}
+		}
+	}
+	// http.ReadRequest drops the Host field: count it in the head (net/http refuses more than one).
+	hosts := 0
+	for line := range bytes.Lines(head) {
+		if len(line) > 5 && line[4] == ':' && strings.EqualFold(string(line[:4]), "host") {
+			hosts++
+		}
+	}
+	return hosts == 1
+}
+
+// serveRequest proxies req and writes its response; it reports whether the connection may serve another.
+func (c *clientConn) serveRequest(hp *httpProxy, req *http.Request) (keep bool) {
+	w := &h1Response{c: c, req: req, header: make(http.Header), contentLength: -1, closeAfter: req.Close}
+	defer func() {
+		if v := recover(); v != nil {
+			if v != http.ErrAbortHandler {
+				hp.log.Error("panic serving a request", "peer", c.remote, "panic", v)
+			}
+			keep = false
+		}
+	}()
+	hp.serve(c.ctx, w, req)
+	return w.finish() == nil && !w.closeAfter
+}
+
+// h1Response is the http.ResponseWriter of the fast path. It frames the response as net/http's server
+// does: the Content-Length the handler set, else one it counts when the whole body came before any Flush,
+// else chunked encoding with trailers; Date and a sniffed Content-Type when missing; "Connection: close"
+// when the client asked for it or the proxy is shutting down.
+type h1Response struct {
+	c             *clientConn
+	req           *http.Request
+	header        http.Header
+	status        int
+	contentLength int64 // declared by the handler; -1 for none
+	written       int64
+	wroteHeader   bool // WriteHeader was called
+	committed     bool // the head is in the write buffer
+	chunked       bool
+	closeAfter    bool
+}
+
+func (w *h1Response) Header() http.Header { return w.header }
+
+func (w *h1Response) WriteHeader(code int) {
+	if w.wroteHeader || code < 100 || code > 999 {
+		return
+	}
+	// Informational responses are forwarded by net/http's client itself, never through here.
+	w.wroteHeader, w.status = true, code
+	if cl := w.header["Content-Length"]; len(cl) > 0 {
+		if n, err := strconv.ParseInt(cl[0], 10, 64); err == nil && n >= 0 && len(cl) == 1 {
+			w.contentLength = n
+		} else {
+			delete(w.header, "Content-Length")
+		}
+	}
+}
+
+func (w *h1Response) bodyAllowed() bool {
+	return w.status >= 200 && w.status != http.StatusNoContent && w.status != http.StatusNotModified
+}
+
+func (w *h1Response) Write(p []byte) (int, error) {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.bodyAllowed() {
+		return 0, http.ErrBodyNotAllowed
+	}
+	if w.req.Method == "HEAD" {
+		return len(p), nil
+	}
+	if w.contentLength >= 0 && w.written+int64(len(p)) > w.contentLength {
+		return 0, http.ErrContentLength
+	}
+	w.written += int64(len(p))
+	if !w.committed {
+		if w.contentLength < 0 && len(w.c.held)+len(p) <= h1HoldBack {
+			w.c.held = append(w.c.held, p...)
+			return len(p), nil
+		}
+		w.commit(false)
+	}
+	return len(p), w.writeBody(p)
+}
+
+// Flush sends the head and the body so far to the client.
+func (w *h1Response) Flush() {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.committed {
+		w.commit(false)
+	}
+	w.c.bw.Flush()
+}
+
+func (w *h1Response) writeBody(p []byte) error {
+	bw := w.c.bw
+	if w.chunked && len(p) > 0 {
+		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(len(p)), 16))
+		bw.WriteString("\r\n")
+		bw.Write(p)
+		_, err := bw.WriteString("\r\n")
+		return err
+	}
+	_, err := bw.Write(p)
+	return err
+}
+
+// finish ends the response: the head if not yet sent, the held-back body, the last chunk and trailers.
+func (w *h1Response) finish() error {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.committed {
+		w.commit(true)
+	}
+	bw := w.c.bw
+	if w.chunked {
+		bw.WriteString("0\r\n")
+		w.writeTrailers()
+		bw.WriteString("\r\n")
+	}
+	if w.contentLength >= 0 && w.written < w.contentLength && w.req.Method != "HEAD" && w.bodyAllowed() {
+		// The body is shorter than announced: the client must not read the next response into it.
+		w.closeAfter = true
+	}
+	return bw.Flush()
+}
+
+// commit writes the head and the held-back body; done tells whether the handler has returned, so that the
+// held-back body is all of it.
+func (w *h1Response) commit(done bool) {
+	w.committed = true
+	h, bw := w.header, w.c.bw
+	held := w.c.held
+	w.c.held = w.c.held[:0]
+	_, trailers := h["Trailer"]
+	for k := range h {
+		if strings.HasPrefix(k, http.TrailerPrefix) {
+			trailers = true
+		}
+	}
+	switch {
+	case !w.bodyAllowed():
+		delete(h, "Transfer-Encoding")
+		delete(h, "Content-Length")
+		if w.status == http.StatusNotModified {
+			delete(h, "Content-Type")
+		}
+	case w.req.Method == "HEAD":
+		delete(h, "Transfer-Encoding")
+	case w.contentLength >= 0:
+		delete(h, "Transfer-Encoding")
+	case done && !trailers:
+		w.contentLength = int64(len(held))
+		h["Content-Length"] = []string{strconv.Itoa(len(held))}
+	default:
+		w.chunked = true
+		h["Transfer-Encoding"] = chunkedValue
+		delete(h, "Content-Length")
+	}
+	if w.bodyAllowed() && len(held) > 0 && h["Content-Type"] == nil && h.Get("Content-Encoding") == "" {
+		h["Content-Type"] = []string{http.DetectContentType(held)}
+	}
+	if w.closeAfter || w.c.draining.Load() || headerHasToken(h, "Connection", "close") {
+		w.closeAfter = true
+		h["Connection"] = closeValue
+	}
+
+	bw.WriteString("HTTP/1.1 ")
+	bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(w.status), 10))
+	bw.WriteByte(' ')
+	if text := http.StatusText(w.status); text != "" {
+		bw.WriteString(text)
+	} else {
+		bw.WriteString("status code ")
+		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(w.status), 10))
+	}
+	bw.WriteString("\r\n")
+	if h["Date"] == nil {
+		bw.WriteString("Date: ")
+		bw.Write(time.Now().UTC().AppendFormat(bw.AvailableBuffer(), http.TimeFormat))
+		bw.WriteString("\r\n")
+	}
+	for k, vv := range h {
+		if strings.HasPrefix(k, http.TrailerPrefix) {
+			continue
+		}
+		writeField(bw, k, vv)
+	}
+	bw.WriteString("\r\n")
+	if len(held) > 0 && w.req.Method != "HEAD" {
+		w.writeBody(held)
+	}
+}
+
+// writeTrailers writes the trailers: the fields the head announced in Trailer and those set with
+// http.TrailerPrefix, as net/http's server does.
+func (w *h1Response) writeTrailers() {
+	h, bw := w.header, w.c.bw
+	for k, vv := range h {
+		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
+			writeField(bw, http.CanonicalHeaderKey(name), vv)
+		}
+	}
+	for _, v := range h["Trailer"] {
+		for name := range strings.SplitSeq(v, ",") {
+			name = http.CanonicalHeaderKey(strings.TrimSpace(name))
+			if _, dup := h[http.TrailerPrefix+name]; !dup && name != "" {
+				writeField(bw, name, h[name])
+			}
+		}
+	}
+}
+
+// writeField writes one field line per value; a value holding CR or LF (only the proxy's own could) has
+// them replaced by spaces, as net/http does.
+func writeField(bw *bufio.Writer, k string, vv []string) {
+	for _, v := range vv {
+		if strings.ContainsAny(v, "\r\n") {
+			v = strings.NewReplacer("\r", " ", "\n", " ").Replace(v)
+		}
+		bw.WriteString(k)
+		bw.WriteString(": ")
+		bw.WriteString(strings.TrimSpace(v))
+		bw.WriteString("\r\n")
+	}
+}
+
+var (
+	chunkedValue = []string{"chunked"}
+	closeValue   = []string{"close"}
+)
