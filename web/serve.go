@@ -264,6 +264,15 @@ func run(ctx context.Context, cfg config, log *slog.Logger, ready func(net.Addr)
 		srv.Close()
 		return fmt.Errorf("shutdown: %w", err)
 	}
+	// The live websockets saw ctx end too and are closing with "going away";
+	// let their handshakes finish within the same grace.
+	socketsClosed := make(chan struct{})
+	go func() { s.hijacked.Wait(); close(socketsClosed) }()
+	select {
+	case <-socketsClosed:
+	case <-shutdownCtx.Done():
+		log.Warn("live sockets still open after the shutdown grace")
+	}
 	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}

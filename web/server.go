@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/a-h/templ"
@@ -31,9 +32,12 @@ type server struct {
 	// stop ends with the process: long-lived streams (the live tap websocket)
 	// select on it, because http.Server.Shutdown does not wait for hijacked
 	// connections.
-	stop    context.Context
-	reg     *prometheus.Registry
-	metrics *serverMetrics
+	stop context.Context
+	// hijacked counts the live websockets still open, so that run can wait for
+	// their closing handshakes after Shutdown, which does not.
+	hijacked sync.WaitGroup
+	reg      *prometheus.Registry
+	metrics  *serverMetrics
 	// prom is the one way to the metrics backend.
 	prom *api.Querier
 }

@@ -14,6 +14,7 @@ func (s *server) liveRoutes(r chi.Router) {
 		fanin: &api.FanIn{Targets: s.prom, Token: s.cfg.TapToken, Logger: s.log},
 		log:   s.log,
 		stop:  s.stop,
+		open:  &s.hijacked,
 	}
 	r.Get("/tap", s.handle(s.tapPage))
 	r.Get("/top", s.handle(s.topPage))

@@ -47,7 +47,10 @@ type liveSockets struct {
 	// maxSockets caps the live sockets open at once (64): each taps every proxy it selects.
 	maxSockets int
 
-	open atomic.Int64
+	// open, when set, counts the sockets being served (the server waits for it on shutdown).
+	open *sync.WaitGroup
+
+	count atomic.Int64
 }
 
 func (ls *liveSockets) durOr(d, def time.Duration) time.Duration {
@@ -176,6 +179,12 @@ func (ls *liveSockets) serve(w http.ResponseWriter, r *http.Request, top bool) {
 	// rather than a bare 403 it cannot read: the socket is closed before anything
 	// is read from or sent to it, so a cross-site page learns nothing.
 	ok, origin := sameOrigin(r)
+	if ls.open != nil {
+		// Before Accept: until the connection is hijacked, Shutdown still
+		// waits for this handler, so this Add happens before the server's Wait.
+		ls.open.Add(1)
+		defer ls.open.Done()
+	}
 	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
 	if err != nil {
 		ls.log.Info("live socket: handshake failed", "err", err)
@@ -187,12 +196,12 @@ func (ls *liveSockets) serve(w http.ResponseWriter, r *http.Request, top bool) {
 		c.Close(websocket.StatusPolicyViolation, closeReason("origin "+origin+" does not match host "+r.Host))
 		return
 	}
-	if n := ls.open.Add(1); n > int64(ls.intOr(ls.maxSockets, 64)) {
-		ls.open.Add(-1)
+	if n := ls.count.Add(1); n > int64(ls.intOr(ls.maxSockets, 64)) {
+		ls.count.Add(-1)
 		c.Close(websocket.StatusTryAgainLater, "too many live views open at once; close some and retry")
 		return
 	}
-	defer ls.open.Add(-1)
+	defer ls.count.Add(-1)
 	c.SetReadLimit(int64(ls.intOr(ls.readLimit, 4<<10)))
 
 	lr, err := ls.request(r, c)
@@ -263,7 +272,10 @@ func (ls *liveSockets) request(r *http.Request, c *websocket.Conn) (liveRequest,
 }
 
 // writeLoop is the socket's one writer: it sends a frame every flush interval
-// (tap) or top interval (top) and pings the client. It returns errClientGone
+// (tap) or top interval (top) and pings the client. A write or ping is bounded
+// by its own timeout, not by ctx: the library closes the connection outright
+// when a call's context ends mid-call, which would cut a shutting-down socket
+// before its "going away" close frame. It returns errClientGone
 // when ctx ends or a write or ping fails, errRunEnded when runDone closes.
 func (ls *liveSockets) writeLoop(ctx context.Context, c *websocket.Conn, sink *liveSink, top bool, runDone <-chan struct{}) error {
 	every := ls.durOr(ls.flushEvery, 100*time.Millisecond)
@@ -283,7 +295,7 @@ func (ls *liveSockets) writeLoop(ctx context.Context, c *websocket.Conn, sink *l
 		case <-runDone:
 			return errRunEnded
 		case <-ping.C:
-			pctx, cancel := context.WithTimeout(ctx, pingEvery)
+			pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pingEvery)
 			err := c.Ping(pctx)
 			cancel()
 			if err != nil {
@@ -295,7 +307,7 @@ func (ls *liveSockets) writeLoop(ctx context.Context, c *websocket.Conn, sink *l
 			if !ok {
 				continue
 			}
-			wctx, cancel := context.WithTimeout(ctx, writeTimeout)
+			wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), writeTimeout)
 			err := c.Write(wctx, websocket.MessageText, buf)
 			cancel()
 			if err != nil {
