@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,13 +21,14 @@ import (
 
 // The HTTP/1.1 fast path. net/http's server costs a sidecar more than the proxying itself: per request it
 // starts a goroutine to watch the connection, allocates a response, a chunk writer, a context and their
-// buffers. A connection detected as HTTP/1.1 is served here instead, by two goroutines for its lifetime:
-// a reader, which reads request heads ahead and so notices at once a client that goes away (its requests'
-// context ends, as net/http's does), and the connection's own goroutine, which proxies one request at a
-// time and writes the responses in order (pipelining). Only plain HTTP/1.1 requests without a body are
-// served here; the first request that is anything else (a body, Expect, Upgrade, HTTP/1.0, CONNECT, a head
-// larger than the read buffer, anything net/http would refuse) is handed, with every byte of the
-// connection not yet answered, to net/http's server, which then serves the connection to its end.
+// buffers. A connection detected as HTTP/1.1 is served here instead, by one goroutine that reads a request,
+// proxies it and writes its response, in order (pipelined requests are answered in turn). A request still
+// upstream after h1WatchDelay gets a watcher reading ahead on its connection, so that a client going away
+// cancels it (net/http watches every request from its start; a request answered sooner needs no watcher).
+// Only plain HTTP/1.1 requests without a body are served here; the first request that is anything else (a
+// body, Expect, Upgrade, HTTP/1.0, CONNECT, a head larger than the read buffer, anything net/http would
+// refuse) is handed, with every byte of the connection not yet answered, to net/http's server, which then
+// serves the connection to its end.
 
 const (
 	// h1BufferSize is the size of a client connection's read and write buffers: a request head that does
@@ -35,6 +37,9 @@ const (
 	// h1HoldBack is how much of a response body without Content-Length is held back, as net/http does,
 	// hoping it is all: then it gets a Content-Length rather than chunked encoding.
 	h1HoldBack = 2048
+	// h1WatchDelay is how long a request may be in flight before its client's connection is watched for
+	// the client going away (long polls, slow upstreams).
+	h1WatchDelay = 20 * time.Millisecond
 )
 
 var (
@@ -91,63 +96,40 @@ type clientConn struct {
 	bw     *bufio.Writer
 	ctx    context.Context // ends when the client goes away
 	cancel context.CancelFunc
-	reqs   chan *http.Request // from the reader, one at a time
-	ready  chan struct{}      // a token the reader takes before reading a head: the previous response is out
-	busy   atomic.Bool        // a request is being read or answered
-	// draining is the proxy's h1Conns.draining: set, responses say "Connection: close".
+	busy   atomic.Bool // a request is being read or answered
+	// draining is the proxy's h1Conns.draining: set, responses say "Connection: close" and end the connection.
 	draining *atomic.Bool
 	hr       bytes.Reader // the head being parsed
+	res      h1Response   // the response being written
 	held     []byte       // response body held back (h1HoldBack)
+
+	// The watcher of a request in flight: started by watchTimer, it reads ahead on the connection.
+	watchTimer *time.Timer
+	watchDone  chan struct{} // the watcher ended
+	mu         sync.Mutex
+	armed      bool // a request is in flight: the watcher may start
+	watching   bool // the watcher started; the connection is its to read until it ends
+	aborting   bool // the watcher is being stopped: its read's timeout is ours
 }
 
-// serveHTTP1 serves c, detected as HTTP/1.1, on the fast path until it closes or is handed to l's server.
+// serveHTTP1 serves conn, detected as HTTP/1.1, on the fast path until it closes or is handed to l's server.
 func (p *proxy) serveHTTP1(l *listener, conn net.Conn) {
-	c := &clientConn{
-		conn:     conn,
-		remote:   conn.RemoteAddr().String(),
-		reqs:     make(chan *http.Request),
-		ready:    make(chan struct{}, 1),
-		draining: &p.h1conns.draining,
-	}
+	c := &clientConn{conn: conn, remote: conn.RemoteAddr().String(), draining: &p.h1conns.draining, watchDone: make(chan struct{}, 1)}
 	if !p.h1conns.add(c) {
 		conn.Close()
 		return
 	}
 	release := p.conns.add(conn) // shutdown waits for it, then closes it
 	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.watchTimer = time.AfterFunc(time.Hour, c.watch)
+	c.watchTimer.Stop()
 	c.br = h1ReaderPool.Get().(*bufio.Reader)
 	c.br.Reset(conn)
 	c.bw = h1WriterPool.Get().(*bufio.Writer)
 	c.bw.Reset(conn)
-	c.ready <- struct{}{}
-	conn.SetReadDeadline(time.Now().Add(readHeaderTimeout))
 
-	handOff := make(chan net.Conn, 1)
-	readerDone := make(chan struct{})
-	go func() {
-		defer close(readerDone)
-		c.readRequests(&p.h1conns, handOff)
-	}()
-	closed := false
-	for req := range c.reqs {
-		if !c.serveRequest(l.hp, req) || p.h1conns.draining.Load() {
-			conn.Close()
-			closed = true
-			break
-		}
-		// Idle: wait for the next request at most idleTimeout. This follows the reader clearing its
-		// header deadline, so it is the deadline of the read ahead.
-		conn.SetReadDeadline(time.Now().Add(idleTimeout))
-		c.busy.Store(false)
-		if p.h1conns.draining.Load() {
-			conn.Close()
-			closed = true
-			break
-		}
-		c.ready <- struct{}{}
-	}
-	close(c.ready) // a reader waiting to read a pipelined request ends
-	<-readerDone
+	handOff := c.serve(l.hp)
+
 	c.cancel()
 	p.h1conns.remove(c)
 	release()
@@ -155,50 +137,44 @@ func (p *proxy) serveHTTP1(l *listener, conn net.Conn) {
 	h1ReaderPool.Put(c.br)
 	c.bw.Reset(nil)
 	h1WriterPool.Put(c.bw)
-	select {
-	case hc := <-handOff:
-		l.conns.push(hc)
-	default:
-		if !closed {
-			conn.Close()
-		}
+	if handOff != nil {
+		l.conns.push(handOff)
+		return
 	}
+	conn.Close()
 }
 
-// readRequests reads request heads and passes those the fast path serves to the connection's goroutine.
-// It ends, closing c.reqs, when the client goes away or misbehaves (the request in flight, if any, is
-// cancelled) or with a request for net/http's server: then the connection, replaying the bytes read but
-// not served, is sent on handOff.
-func (c *clientConn) readRequests(conns *h1Conns, handOff chan<- net.Conn) {
-	defer close(c.reqs)
+// serve answers the connection's requests until it ends (nil) or one is for net/http's server: then it
+// returns the connection, replaying the bytes read but not answered.
+func (c *clientConn) serve(hp *httpProxy) net.Conn {
+	c.conn.SetReadDeadline(time.Now().Add(readHeaderTimeout))
 	for {
-		// The first byte of the next request, or the client's end, even while a response is on its way.
 		if _, err := c.br.Peek(1); err != nil {
-			c.cancel()
-			return
-		}
-		if _, ok := <-c.ready; !ok {
-			return
+			return nil
 		}
 		c.busy.Store(true)
-		if conns.draining.Load() {
-			return
+		if c.draining.Load() {
+			return nil
 		}
-		c.conn.SetReadDeadline(time.Now().Add(readHeaderTimeout))
 		req, n, err := c.readRequest()
 		if errors.Is(err, errHandOff) {
 			c.conn.SetReadDeadline(time.Time{})
 			rest, _ := c.br.Peek(c.br.Buffered())
-			handOff <- detect.Replay(c.conn, bytes.Clone(rest))
-			return
+			return detect.Replay(c.conn, bytes.Clone(rest))
 		}
 		if err != nil {
-			c.cancel()
-			return
+			return nil
 		}
 		c.br.Discard(n)
-		c.conn.SetReadDeadline(time.Time{})
-		c.reqs <- req
+		if !c.serveRequest(hp, req) || c.ctx.Err() != nil || c.draining.Load() {
+			return nil
+		}
+		// Idle: the next request may take idleTimeout to begin.
+		c.conn.SetReadDeadline(time.Now().Add(idleTimeout))
+		c.busy.Store(false)
+		if c.draining.Load() {
+			return nil
+		}
 	}
 }
 
@@ -222,8 +198,8 @@ func (c *clientConn) readRequest() (*http.Request, int, error) {
 	return req, len(head), nil
 }
 
-// peekHead returns the buffered request head up to and including its empty line, reading more as needed;
-// errHandOff when it does not fit the buffer.
+// peekHead returns the buffered request head up to and including its empty line, reading more as needed
+// within readHeaderTimeout; errHandOff when it does not fit the buffer.
 func (c *clientConn) peekHead() ([]byte, error) {
 	from := 0
 	for {
@@ -243,7 +219,11 @@ func (c *clientConn) peekHead() ([]byte, error) {
 		if len(buf) >= c.br.Size() {
 			return nil, errHandOff
 		}
-		from = max(len(buf)-2, 0)
+		if from == 0 {
+			// The head came in pieces: the rest of it has readHeaderTimeout (slowloris).
+			c.conn.SetReadDeadline(time.Now().Add(readHeaderTimeout))
+		}
+		from = max(len(buf)-2, 1)
 		if _, err := c.br.Peek(len(buf) + 1); err != nil {
 			return nil, err
 		}
@@ -283,8 +263,16 @@ func fastPathRequest(req *http.Request, head []byte) bool {
 
 // serveRequest proxies req and writes its response; it reports whether the connection may serve another.
 func (c *clientConn) serveRequest(hp *httpProxy, req *http.Request) (keep bool) {
-	w := &h1Response{c: c, req: req, header: make(http.Header), contentLength: -1, closeAfter: req.Close}
+	c.res = h1Response{c: c, req: req, header: make(http.Header), contentLength: -1, closeAfter: req.Close}
+	w := &c.res
+	// The head, read in full, has no more deadline: the watcher may read ahead as long as the request lasts.
+	c.conn.SetReadDeadline(time.Time{})
+	c.mu.Lock()
+	c.armed = true
+	c.mu.Unlock()
+	c.watchTimer.Reset(h1WatchDelay)
 	defer func() {
+		c.stopWatch()
 		if v := recover(); v != nil {
 			if v != http.ErrAbortHandler {
 				hp.log.Error("panic serving a request", "peer", c.remote, "panic", v)
@@ -296,10 +284,46 @@ func (c *clientConn) serveRequest(hp *httpProxy, req *http.Request) (keep bool) 
 	return w.finish() == nil && !w.closeAfter
 }
 
-// h1Response is the http.ResponseWriter of the fast path. It frames the response as net/http's server
-// does: the Content-Length the handler set, else one it counts when the whole body came before any Flush,
-// else chunked encoding with trailers; Date and a sniffed Content-Type when missing; "Connection: close"
-// when the client asked for it or the proxy is shutting down.
+// watch, run by watchTimer for a request still in flight, reads ahead on the connection until the next
+// request begins (the client is still there) or the client goes away: then the request is cancelled.
+func (c *clientConn) watch() {
+	c.mu.Lock()
+	if !c.armed {
+		c.mu.Unlock()
+		return
+	}
+	c.watching = true
+	c.mu.Unlock()
+	defer func() { c.watchDone <- struct{}{} }()
+	if _, err := c.br.Peek(1); err != nil {
+		c.mu.Lock()
+		aborted := c.aborting && errors.Is(err, os.ErrDeadlineExceeded)
+		c.mu.Unlock()
+		if !aborted {
+			c.cancel()
+		}
+	}
+}
+
+// stopWatch ends the watcher, if it started, before the connection is read again.
+func (c *clientConn) stopWatch() {
+	c.watchTimer.Stop()
+	c.mu.Lock()
+	c.armed = false
+	watching := c.watching
+	if watching {
+		c.aborting = true
+		c.conn.SetReadDeadline(aLongTimeAgo)
+	}
+	c.mu.Unlock()
+	if watching {
+		<-c.watchDone
+		c.mu.Lock()
+		c.watching, c.aborting = false, false
+		c.mu.Unlock()
+	}
+}
+
 type h1Response struct {
 	c             *clientConn
 	req           *http.Request

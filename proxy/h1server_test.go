@@ -217,3 +217,31 @@ func TestHTTP1MalformedRequestAfterGoodOnesGets400(t *testing.T) {
 	}
 	expectClosed(t, br)
 }
+
+func TestHTTP1RequestPipelinedBehindASlowOneIsAnsweredInTurn(t *testing.T) {
+	release := make(chan struct{})
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			<-release
+		}
+		io.WriteString(w, r.URL.Path)
+	}))
+	defer app.Close()
+	p := startProxy(t, testConfig(app.Listener.Addr().String()))
+	c, br := dialProxy(t, p)
+	slow, fast := "GET /slow HTTP/1.1\r\nHost: app\r\n\r\n", "GET /fast HTTP/1.1\r\nHost: app\r\n\r\n"
+	io.WriteString(c, slow)
+	eventually(t, "slow request in flight", func() bool { return metricValue(t, p.registry, "request_total", nil) == 1 })
+	io.WriteString(c, fast)
+	// The slow request's watcher reads the next request ahead while the slow one is upstream.
+	eventually(t, "pipelined request read", func() bool {
+		return metricValue(t, p.registry, "tcp_read_bytes_total", map[string]string{"direction": "inbound", "peer": "src"}) == float64(len(slow+fast))
+	})
+	close(release)
+	for _, want := range []string{"/slow", "/fast"} {
+		if res, body := readBody(t, br, "GET"); res.StatusCode != 200 || body != want {
+			t.Fatalf("got %d %q, want 200 %q", res.StatusCode, body, want)
+		}
+	}
+	waitMetric(t, p.registry, "response_total", map[string]string{"direction": "inbound", "classification": "success"}, 2)
+}
