@@ -263,7 +263,13 @@ func fastPathRequest(req *http.Request, head []byte) bool {
 
 // serveRequest proxies req and writes its response; it reports whether the connection may serve another.
 func (c *clientConn) serveRequest(hp *httpProxy, req *http.Request) (keep bool) {
-	c.res = h1Response{c: c, req: req, header: make(http.Header), contentLength: -1, closeAfter: req.Close}
+	// The header map is the connection's: nothing keeps it past the response (tap copies what it reports).
+	h := c.res.header
+	if h == nil {
+		h = make(http.Header)
+	}
+	clear(h)
+	c.res = h1Response{c: c, req: req, header: h, contentLength: -1, closeAfter: req.Close}
 	w := &c.res
 	// The head, read in full, has no more deadline: the watcher may read ahead as long as the request lasts.
 	c.conn.SetReadDeadline(time.Time{})
