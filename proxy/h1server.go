@@ -191,7 +191,7 @@ func (c *clientConn) readRequest() (*http.Request, int, error) {
 	req, err := http.ReadRequest(pr)
 	pr.Reset(nil)
 	h1ReaderPool.Put(pr)
-	if err != nil || !fastPathRequest(req, head) {
+	if err != nil || !fastPathRequest(req) {
 		return nil, 0, errHandOff
 	}
 	req.RemoteAddr = c.remote
@@ -230,10 +230,10 @@ func (c *clientConn) peekHead() ([]byte, error) {
 	}
 }
 
-// fastPathRequest reports whether req, parsed from head, is one the fast path serves exactly as net/http's
-// server would: HTTP/1.1 without a body, without Expect or Upgrade, with one valid Host field and valid
-// fields throughout (net/http answers 400 to the rest, and that answer is left to it).
-func fastPathRequest(req *http.Request, head []byte) bool {
+// fastPathRequest reports whether req is one the fast path serves exactly as net/http's server would:
+// HTTP/1.1 without a body, without Expect or Upgrade, with a valid Host (http.ReadRequest already refused
+// more than one) and valid fields throughout (net/http answers 400 to the rest, and that answer is left to it).
+func fastPathRequest(req *http.Request) bool {
 	if req.ProtoMajor != 1 || req.ProtoMinor != 1 || req.Body != http.NoBody || req.Method == "CONNECT" ||
 		req.RequestURI == "*" || req.URL.Host != "" || req.Host == "" || !httpguts.ValidHostHeader(req.Host) {
 		return false
@@ -251,14 +251,7 @@ func fastPathRequest(req *http.Request, head []byte) bool {
 			}
 		}
 	}
-	// http.ReadRequest drops the Host field: count it in the head (net/http refuses more than one).
-	hosts := 0
-	for line := range bytes.Lines(head) {
-		if len(line) > 5 && line[4] == ':' && strings.EqualFold(string(line[:4]), "host") {
-			hosts++
-		}
-	}
-	return hosts == 1
+	return true
 }
 
 // serveRequest proxies req and writes its response; it reports whether the connection may serve another.

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshscope/meshscope/proxy/detect"
 )
 
 // echoApp answers every request with its method, path and body.
@@ -244,4 +246,105 @@ func TestHTTP1RequestPipelinedBehindASlowOneIsAnsweredInTurn(t *testing.T) {
 		}
 	}
 	waitMetric(t, p.registry, "response_total", map[string]string{"direction": "inbound", "classification": "success"}, 2)
+}
+
+// FuzzHTTP1RequestAnsweredAsNetHTTPAnswersIt sends the same bytes to an app served by net/http and to the
+// proxy in front of an upstream that answers 200 to anything: the proxy's first answer must have the app's
+// status, so the proxy refuses exactly what net/http's server refuses (the fast path serves only what
+// net/http would accept, and hands the rest to it).
+//
+//	go test -run '^$' -fuzz FuzzHTTP1RequestAnsweredAsNetHTTPAnswersIt -fuzztime 15s ./proxy
+func FuzzHTTP1RequestAnsweredAsNetHTTPAnswersIt(f *testing.F) {
+	for _, seed := range []string{
+		"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+		"GET /a?b=c HTTP/1.1\nHost: a\nX-Y: z\n\n",
+		"HEAD / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+		"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+		"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\n X: folded\r\n\r\n",
+		"GET / HTTP/1.0\r\n\r\n",
+		"DELETE /x HTTP/1.1\r\nhost: a\r\nx: a\x7fb\r\n\r\n",
+	} {
+		f.Add([]byte(seed))
+	}
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	defer app.Close()
+	lenient, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer lenient.Close()
+	go answerAnyHead(lenient)
+	level := new(slog.LevelVar)
+	level.Set(slog.LevelError)
+	p, err := newProxy(testConfig(lenient.Addr().String()), slog.New(slog.DiscardHandler), level)
+	if err != nil {
+		f.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Serve(ctx) }()
+	defer func() { cancel(); <-done }()
+	eventually(f, "proxy ready", func() bool { return p.ready.Load() })
+
+	// firstStatus sends raw to addr and returns the first response's status, or 0 when none came within wait.
+	firstStatus := func(t *testing.T, addr string, raw []byte, wait time.Duration) int {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(wait))
+		c.Write(raw)
+		res, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return 0
+		}
+		res.Body.Close()
+		return res.StatusCode
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		raw = append(raw, "\r\n\r\n"...) // most inputs then end a head rather than wait for one
+		if detect.Classify(raw) != detect.HTTP1 {
+			return // proxied as opaque TCP or HTTP/2, not answered by the proxy
+		}
+		// An input net/http leaves waiting (a body announced but not sent, a head not ended) says nothing.
+		want := firstStatus(t, app.Listener.Addr().String(), raw, 100*time.Millisecond)
+		if want == 0 {
+			return
+		}
+		if got := firstStatus(t, p.addr("--inbound-listen").String(), raw, 30*time.Second); got != want {
+			t.Errorf("proxy answered %d, net/http %d to %q", got, want, raw)
+		}
+	})
+}
+
+// answerAnyHead serves ln until it closes: on each connection, once a line is empty (whatever came before
+// it), it answers 200 and closes.
+func answerAnyHead(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(time.Minute))
+			br := bufio.NewReader(c)
+			for {
+				line, err := br.ReadString('\n')
+				if err != nil {
+					return
+				}
+				if strings.TrimRight(line, "\r\n") == "" {
+					break
+				}
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+		}()
+	}
 }
