@@ -260,39 +260,45 @@ func TestProxyProducedErrorsNameTheirReason(t *testing.T) {
 `, dead))
 	cfg := testConfig(app.Listener.Addr().String())
 	cfg.Destinations = dest
-	p := startProxy(t, cfg)
-	self := p.addr("--outbound-listen").String()
-
-	tests := []struct {
-		name       string
-		host       string
-		wantStatus int
-		wantReason string
-		labels     map[string]string
-	}{
-		{"service without endpoints is 503", "empty.shop", 503, "no-endpoints", map[string]string{"dst_deployment": "empty", "authority": "empty.shop:80"}},
-		{"refusing endpoint is 502", "dead.shop", 502, "connection-refused", map[string]string{"dst_deployment": "dead", "dst_pod": "dead-0", "target_addr": dead}},
-		{"unknown authority refusing is 502", dead, 502, "connection-refused", map[string]string{"authority": dead, "target_addr": dead}},
-		{"request to the proxy itself is refused", self, 502, "proxy-loop", map[string]string{"authority": self}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			req, _ := http.NewRequest("GET", p.url("--outbound-listen")+"/x", nil)
-			req.Host = tt.host
-			res, err := h1Client().Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			res.Body.Close()
-			if res.StatusCode != tt.wantStatus || res.Header.Get("meshscope-proxy-error") != tt.wantReason {
-				t.Fatalf("got %d %q, want %d %q", res.StatusCode, res.Header.Get("meshscope-proxy-error"), tt.wantStatus, tt.wantReason)
-			}
-			labels := map[string]string{"direction": "outbound", "classification": "failure", "error": tt.wantReason, "status_code": fmt.Sprint(tt.wantStatus)}
-			for k, v := range tt.labels {
-				labels[k] = v
-			}
-			waitMetric(t, p.registry, "response_total", labels, 1)
-		})
+	// Each protocol has its own upstream client: both must name the same reasons. A proxy each, since a
+	// refusing endpoint is set aside by the balancer after its first refusal.
+	for _, c := range []struct {
+		name   string
+		client *http.Client
+	}{{"HTTP/1.1", h1Client()}, {"h2c", h2cClient()}} {
+		p := startProxy(t, cfg)
+		self := p.addr("--outbound-listen").String()
+		tests := []struct {
+			name       string
+			host       string
+			wantStatus int
+			wantReason string
+			labels     map[string]string
+		}{
+			{"service without endpoints is 503", "empty.shop", 503, "no-endpoints", map[string]string{"dst_deployment": "empty", "authority": "empty.shop:80"}},
+			{"refusing endpoint is 502", "dead.shop", 502, "connection-refused", map[string]string{"dst_deployment": "dead", "dst_pod": "dead-0", "target_addr": dead}},
+			{"unknown authority refusing is 502", dead, 502, "connection-refused", map[string]string{"authority": dead, "target_addr": dead}},
+			{"request to the proxy itself is refused", self, 502, "proxy-loop", map[string]string{"authority": self}},
+		}
+		for _, tt := range tests {
+			t.Run(c.name+"/"+tt.name, func(t *testing.T) {
+				req, _ := http.NewRequest("GET", p.url("--outbound-listen")+"/x", nil)
+				req.Host = tt.host
+				res, err := c.client.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				res.Body.Close()
+				if res.StatusCode != tt.wantStatus || res.Header.Get("meshscope-proxy-error") != tt.wantReason {
+					t.Fatalf("got %d %q, want %d %q", res.StatusCode, res.Header.Get("meshscope-proxy-error"), tt.wantStatus, tt.wantReason)
+				}
+				labels := map[string]string{"direction": "outbound", "classification": "failure", "error": tt.wantReason, "status_code": fmt.Sprint(tt.wantStatus)}
+				for k, v := range tt.labels {
+					labels[k] = v
+				}
+				waitMetric(t, p.registry, "response_total", labels, 1)
+			})
+		}
 	}
 }
 

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/net/http2"
+
 	"github.com/meshscope/meshscope/proxy/balance"
 	"github.com/meshscope/meshscope/proxy/metrics"
 	"github.com/meshscope/meshscope/proxy/taphub"
@@ -457,24 +459,18 @@ func (b *clientBody) Close() error {
 func (b *clientBody) failed() bool { return b.err.Load() != nil }
 
 // newTransports returns the upstream clients: HTTP/1.1 (h1Upstream, over a Transport with keep-alive pools
-// sized for a busy sidecar), and HTTP/2 prior knowledge (h2c) multiplexing every request to an endpoint
-// over few connections.
-func newTransports(dial func(ctx context.Context, network, addr string) (net.Conn, error)) (h1 *h1Upstream, h2 *http.Transport) {
-	base := func() *http.Transport {
-		return &http.Transport{
-			DialContext:         dial,
-			MaxIdleConnsPerHost: 1024, // net/http's default of 2 closes and redials under any concurrency
-			IdleConnTimeout:     h1IdleTimeout,
-			// The proxy passes bodies through as they are: never ask for gzip and decode it on the way.
-			DisableCompression: true,
-			// A header of any size the server accepted goes through.
-			MaxResponseHeaderBytes: 1 << 20,
-		}
+// sized for a busy sidecar), and HTTP/2 prior knowledge (h2c, newH2Upstream).
+func newTransports(dial func(ctx context.Context, network, addr string) (net.Conn, error)) (h1 *h1Upstream, h2 *http2.Transport) {
+	t1 := &http.Transport{
+		DialContext:         dial,
+		MaxIdleConnsPerHost: 1024, // net/http's default of 2 closes and redials under any concurrency
+		IdleConnTimeout:     h1IdleTimeout,
+		// The proxy passes bodies through as they are: never ask for gzip and decode it on the way.
+		DisableCompression: true,
+		// A header of any size the server accepted goes through.
+		MaxResponseHeaderBytes: 1 << 20,
+		Protocols:              new(http.Protocols),
 	}
-	t1, h2 := base(), base()
-	t1.Protocols = new(http.Protocols)
 	t1.Protocols.SetHTTP1(true)
-	h2.Protocols = new(http.Protocols)
-	h2.Protocols.SetUnencryptedHTTP2(true)
-	return &h1Upstream{dial: dial, fallback: t1, idle: make(map[string][]*h1Conn)}, h2
+	return &h1Upstream{dial: dial, fallback: t1, idle: make(map[string][]*h1Conn)}, newH2Upstream(dial)
 }
