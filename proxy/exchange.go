@@ -46,12 +46,7 @@ type Exchange struct {
 
 // requestHeaders is called once the request is routed: its headers are read and its destination known.
 func (e *Exchange) requestHeaders(m *metrics.Metrics) {
-	e.series = m.HTTP(metrics.HTTPKey{
-		Direction:  e.Direction,
-		Authority:  e.Authority,
-		TargetAddr: e.Destination,
-		Dst:        dstOf(e.DstLabels),
-	})
+	e.series = e.seriesOn(m)
 	e.series.Requests.Inc()
 	if e.hub.Active() { // one atomic load when nobody taps: nothing built, nothing allocated
 		e.tap = e.hub.Request(&taphub.RequestInfo{
@@ -64,12 +59,7 @@ func (e *Exchange) requestHeaders(m *metrics.Metrics) {
 // rerouted is called when a request that never reached its endpoint is retried on another one: the
 // response is counted on the series of the endpoint that answers it.
 func (e *Exchange) rerouted(m *metrics.Metrics) {
-	e.series = m.HTTP(metrics.HTTPKey{
-		Direction:  e.Direction,
-		Authority:  e.Authority,
-		TargetAddr: e.Destination,
-		Dst:        dstOf(e.DstLabels),
-	})
+	e.series = e.seriesOn(m)
 	e.tap.Reroute(e.Destination, e.DstLabels)
 }
 
@@ -84,6 +74,16 @@ func (e *Exchange) responseHeaders(status int, header http.Header) {
 func (e *Exchange) end() {
 	e.series.Response(metrics.Outcome{Status: e.Status, GRPCStatus: e.GRPCStatus, Error: e.Error})
 	e.tap.End(e.GRPCStatus, e.Bytes, e.Error)
+}
+
+// seriesOn returns the series of m that counts the exchange as routed now: its authority and destination.
+func (e *Exchange) seriesOn(m *metrics.Metrics) *metrics.HTTPSeries {
+	return m.HTTP(metrics.HTTPKey{
+		Direction:  e.Direction,
+		Authority:  e.Authority,
+		TargetAddr: e.Destination,
+		Dst:        dstOf(e.DstLabels),
+	})
 }
 
 func dstOf(labels map[string]string) metrics.Dst {
