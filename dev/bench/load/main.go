@@ -145,14 +145,7 @@ func get(ctx context.Context, client *http.Client, url string) error {
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
-	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-		return err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("status %s", resp.Status)
-	}
-	return nil
+	return drainOK(resp)
 }
 
 // holdIdle opens cfg.idle connections, completes one request on each, reports, and holds them open.
@@ -200,6 +193,12 @@ func roundTrip(c net.Conn, request string) error {
 	if err != nil {
 		return err
 	}
+	return drainOK(resp)
+}
+
+// drainOK reads and closes resp's body, so its connection can carry the next
+// request, and wants status 200.
+func drainOK(resp *http.Response) error {
 	defer resp.Body.Close()
 	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
 		return err
