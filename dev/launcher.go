@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	_ "embed"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -74,7 +73,6 @@ func run(ctx context.Context, cfg config, con *console, started func(running)) (
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var (
 		wg     sync.WaitGroup
 		failed = make(chan error, 64)
@@ -98,10 +96,7 @@ func run(ctx context.Context, cfg config, con *console, started func(running)) (
 		watch(name, done)
 	}
 
-	token, err := randomToken()
-	if err != nil {
-		return err
-	}
+	token := rand.Text()
 	env := os.Environ()
 
 	// The metrics backend.
@@ -331,12 +326,4 @@ func waitReady(ctx context.Context, url string, failed chan error) error {
 		case <-tick.C:
 		}
 	}
-}
-
-func randomToken() (string, error) {
-	b := make([]byte, 16)
-	if _, err := rand.Read(b); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(b), nil
 }
