@@ -25,7 +25,7 @@ import (
 )
 
 // server holds what the dashboard's handlers share. Handlers live in files
-// by topic; the live tap (tap*.go, owned by its helper) adds its own.
+// by topic: pages.go, livetap.go and tapws.go.
 type server struct {
 	cfg config
 	log *slog.Logger
@@ -93,11 +93,12 @@ func newServer(stop context.Context, cfg config, log *slog.Logger) (*server, err
 // headers wrap the whole router, so they run before routing on every route,
 // including 404s.
 func (s *server) routes() http.Handler {
+	home := func(w http.ResponseWriter, req *http.Request) {
+		http.Redirect(w, req, s.url("/namespaces", nil), http.StatusFound)
+	}
 	r := chi.NewRouter()
 	r.Use(s.instrument)
-	r.Get("/", func(w http.ResponseWriter, req *http.Request) {
-		http.Redirect(w, req, s.url("/namespaces", nil), http.StatusFound)
-	})
+	r.Get("/", home)
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "ok")
@@ -105,8 +106,6 @@ func (s *server) routes() http.Handler {
 	r.Get("/readyz", s.handle(s.readyz))
 	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
 	r.Method(http.MethodGet, "/static/*", http.StripPrefix(s.cfg.BasePath+"/static/", staticHandler()))
-	// The live tap helper registers /tap, /top, /api/v1/tap/ws and /api/v1/top
-	// in liveRoutes, defined in its own file (web/tap_routes.go).
 	s.pageRoutes(r)
 	s.liveRoutes(r)
 	r.NotFound(s.handle(func(w http.ResponseWriter, r *http.Request) error {
@@ -116,9 +115,7 @@ func (s *server) routes() http.Handler {
 	var h http.Handler = r
 	if s.cfg.BasePath != "" {
 		root := chi.NewRouter()
-		root.Get("/", func(w http.ResponseWriter, req *http.Request) {
-			http.Redirect(w, req, s.url("/namespaces", nil), http.StatusFound)
-		})
+		root.Get("/", home)
 		root.Mount(s.cfg.BasePath, r)
 		h = root
 	}
