@@ -5,21 +5,10 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
 )
-
-func writeDestinations(t *testing.T, content string) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "destinations.yaml")
-	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
 
 // countingApp is an endpoint that counts the requests it served.
 func countingApp(t *testing.T, name string) (*httptest.Server, *atomic.Int64) {
@@ -122,17 +111,6 @@ func TestKilledEndpointCostsTheClientNoError(t *testing.T) {
 	if got := metricValue(t, p.registry, "response_total", map[string]string{"classification": "failure"}); got != 0 {
 		t.Errorf("%v failures counted, want 0", got)
 	}
-}
-
-func doBody(t *testing.T, c *http.Client, req *http.Request) (*http.Response, string) {
-	t.Helper()
-	res, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
-	return res, string(b)
 }
 
 func TestOutboundShunsASlowEndpoint(t *testing.T) {

@@ -16,17 +16,6 @@ import (
 	"github.com/coder/websocket"
 )
 
-// h2cServer starts an upstream serving HTTP/1.1 and HTTP/2 cleartext with prior knowledge.
-func h2cServer(t *testing.T, h http.Handler) *httptest.Server {
-	s := httptest.NewUnstartedServer(h)
-	s.Config.Protocols = new(http.Protocols)
-	s.Config.Protocols.SetHTTP1(true)
-	s.Config.Protocols.SetUnencryptedHTTP2(true)
-	s.Start()
-	t.Cleanup(s.Close)
-	return s
-}
-
 func TestHTTPRequestsReachTheAppWithTheirContent(t *testing.T) {
 	app := h2cServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"runtime"
@@ -137,12 +138,7 @@ func do(t *testing.T, c *http.Client, method, url, host string, header http.Head
 	for k, v := range header {
 		req.Header[k] = v
 	}
-	res, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.Copy(io.Discard, res.Body)
-	res.Body.Close()
+	doBody(t, c, req)
 }
 
 func TestTapShowsHTTP1AndHTTP2RequestsWithAddressesAndLabels(t *testing.T) {
@@ -181,7 +177,7 @@ func TestTapShowsHTTP1AndHTTP2RequestsWithAddressesAndLabels(t *testing.T) {
 				if !strings.HasPrefix(ev.Source.Addr, "127.0.0.1:") || ev.Destination.Addr != app {
 					t.Errorf("%s: source %q destination %q, want the client and %s", ev.Type, ev.Source.Addr, ev.Destination.Addr, app)
 				}
-				if !mapsEqual(ev.Source.Labels, tt.src) || !mapsEqual(ev.Destination.Labels, tt.dst) {
+				if !maps.Equal(ev.Source.Labels, tt.src) || !maps.Equal(ev.Destination.Labels, tt.dst) {
 					t.Errorf("%s: labels %v -> %v, want %v -> %v", ev.Type, ev.Source.Labels, ev.Destination.Labels, tt.src, tt.dst)
 				}
 			}
@@ -193,18 +189,6 @@ func TestTapShowsHTTP1AndHTTP2RequestsWithAddressesAndLabels(t *testing.T) {
 			}
 		})
 	}
-}
-
-func mapsEqual(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
 }
 
 func TestTapShowsGRPCStatusInEnd(t *testing.T) {

@@ -1,6 +1,7 @@
 package taphub
 
 import (
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -155,14 +156,14 @@ func TestEventsCarryAddressesLabelsAndOutcome(t *testing.T) {
 	in, out := events[:3], events[3:]
 	for _, ev := range in {
 		if ev.Source.Addr != "10.0.0.9:5000" || ev.Source.Labels != nil ||
-			ev.Destination.Addr != "127.0.0.1:8080" || !equalMaps(ev.Destination.Labels, self) {
+			ev.Destination.Addr != "127.0.0.1:8080" || !maps.Equal(ev.Destination.Labels, self) {
 			t.Errorf("inbound %s: source %+v destination %+v", ev.Type, ev.Source, ev.Destination)
 		}
 	}
 	for _, ev := range out {
-		if ev.Source.Addr != "127.0.0.1:6001" || !equalMaps(ev.Source.Labels, self) ||
+		if ev.Source.Addr != "127.0.0.1:6001" || !maps.Equal(ev.Source.Labels, self) ||
 			ev.Destination.Addr != "127.0.0.1:15143" ||
-			!equalMaps(ev.Destination.Labels, map[string]string{"namespace": "other", "deployment": "emoji"}) {
+			!maps.Equal(ev.Destination.Labels, map[string]string{"namespace": "other", "deployment": "emoji"}) {
 			t.Errorf("outbound %s: source %+v destination %+v", ev.Type, ev.Source, ev.Destination)
 		}
 	}
@@ -181,18 +182,6 @@ func TestEventsCarryAddressesLabelsAndOutcome(t *testing.T) {
 	if rsp := in[1]; rsp.Status != 200 || rsp.LatencyMS < 0 {
 		t.Errorf("response status %d latency %v", rsp.Status, rsp.LatencyMS)
 	}
-}
-
-func equalMaps(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
 }
 
 func TestSensitiveHeaderValuesAreRedacted(t *testing.T) {

@@ -6,6 +6,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -134,7 +137,17 @@ func waitMetric(t *testing.T, g prometheus.Gatherer, name string, labels map[str
 // get fetches url with client and returns the status, headers and body.
 func get(t *testing.T, c *http.Client, url string) (*http.Response, string) {
 	t.Helper()
-	res, err := c.Get(url)
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return doBody(t, c, req)
+}
+
+// doBody sends req with client and returns the status, headers and body.
+func doBody(t *testing.T, c *http.Client, req *http.Request) (*http.Response, string) {
+	t.Helper()
+	res, err := c.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,4 +180,25 @@ func freeAddr(t *testing.T) string {
 	addr := ln.Addr().String()
 	ln.Close()
 	return addr
+}
+
+// writeDestinations writes a destinations file with content and returns its path.
+func writeDestinations(t *testing.T, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "destinations.yaml")
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// h2cServer starts an upstream serving HTTP/1.1 and HTTP/2 cleartext with prior knowledge.
+func h2cServer(t *testing.T, h http.Handler) *httptest.Server {
+	s := httptest.NewUnstartedServer(h)
+	s.Config.Protocols = new(http.Protocols)
+	s.Config.Protocols.SetHTTP1(true)
+	s.Config.Protocols.SetUnencryptedHTTP2(true)
+	s.Start()
+	t.Cleanup(s.Close)
+	return s
 }
