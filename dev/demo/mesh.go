@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -208,12 +209,8 @@ func (m Mesh) ProxyArgs(p Pod, destinations string) []string {
 			opaque = append(opaque, port(listen))
 		}
 	}
-	for i, o := range opaque {
-		if i == 0 {
-			args = append(args, "--opaque-ports", o)
-		} else {
-			args[len(args)-1] += "," + o
-		}
+	if len(opaque) > 0 {
+		args = append(args, "--opaque-ports", strings.Join(opaque, ","))
 	}
 	return args
 }
