@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -307,10 +306,6 @@ func runPayments(ctx context.Context, m Mesh, p Pod, b Behaviour, l net.Listener
 	return serveHTTP(ctx, srv, l)
 }
 
-// errLedger is a refusal by the ledger itself, as opposed to a broken
-// connection.
-var errLedger = errors.New("ledger refused")
-
 // ledgerClient keeps a few ledger connections open, as a database pool would.
 type ledgerClient struct {
 	addr string
@@ -339,7 +334,7 @@ func (c *ledgerClient) record(line string) (string, error) {
 	if id, ok := strings.CutPrefix(reply, "OK "); ok {
 		return id, nil
 	}
-	return "", fmt.Errorf("%w: %s", errLedger, reply)
+	return "", fmt.Errorf("ledger refused: %s", reply)
 }
 
 func (c *ledgerClient) get() (*ledgerConn, error) {
