@@ -70,7 +70,7 @@ var ErrClosed = errors.New("promengine: closed")
 
 // New opens the tsdb and prepares discovery, scraping and the API. Call Run
 // to start scraping and Close to release everything.
-func New(opts Options) (*Engine, error) {
+func New(opts Options) (_ *Engine, err error) {
 	logger := opts.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -102,30 +102,29 @@ func New(opts Options) (*Engine, error) {
 		EnableAtModifier:     true,
 		EnableNegativeOffset: true,
 	})
-	sdMetrics, err := discovery.CreateAndRegisterSDMetrics(reg)
-	if err != nil {
-		e.closeDB()
-		return nil, fmt.Errorf("discovery metrics: %w", err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e.stop, e.cancel = ctx, cancel
+	defer func() {
+		if err != nil {
+			cancel()
+			e.closeDB()
+		}
+	}()
+	sdMetrics, err := discovery.CreateAndRegisterSDMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("discovery metrics: %w", err)
+	}
 	e.discovery = discovery.NewManager(ctx, logger.With("component", "discovery"), reg, sdMetrics,
 		discovery.Name("scrape"), discovery.Updatert(time.Second))
 	if e.discovery == nil {
-		cancel()
-		e.closeDB()
 		return nil, errors.New("create discovery manager")
 	}
 	e.scrape, err = scrape.NewManager(&scrape.Options{DiscoveryReloadInterval: model.Duration(time.Second)},
 		logger.With("component", "scrape"), nil, e.db, nil, reg)
 	if err != nil {
-		cancel()
-		e.closeDB()
 		return nil, fmt.Errorf("create scrape manager: %w", err)
 	}
 	if err := e.scrape.ApplyConfig(cfg); err != nil {
-		cancel()
-		e.closeDB()
 		return nil, fmt.Errorf("apply scrape config: %w", err)
 	}
 	sdConfigs := map[string]discovery.Configs{}
@@ -133,8 +132,6 @@ func New(opts Options) (*Engine, error) {
 		sdConfigs[sc.JobName] = sc.ServiceDiscoveryConfigs
 	}
 	if err := e.discovery.ApplyConfig(sdConfigs); err != nil {
-		cancel()
-		e.closeDB()
 		return nil, fmt.Errorf("apply discovery config: %w", err)
 	}
 	e.handler = e.newHandler()
