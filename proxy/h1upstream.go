@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-
 	"io"
 	"math"
 	"net"
@@ -29,10 +28,12 @@ type h1Upstream struct {
 const (
 	// h1MaxIdlePerAddr bounds the idle connections kept per upstream address.
 	h1MaxIdlePerAddr = 1024
-	// h1MaxResponseHeaderBytes bounds a response head, so that an upstream cannot exhaust the proxy's memory.
-	h1MaxResponseHeaderBytes = 1 << 20
-	// h1IdleTimeout closes upstream connections unused for that long (net/http's default too).
-	h1IdleTimeout = 90 * time.Second
+	// upstreamMaxHeaderBytes bounds a response head from any upstream client (HTTP/1.1 or h2c), so that an
+	// upstream cannot exhaust the proxy's memory.
+	upstreamMaxHeaderBytes = 1 << 20
+	// upstreamIdleTimeout closes upstream connections (HTTP/1.1 or h2c) unused for that long (net/http's
+	// default too).
+	upstreamIdleTimeout = 90 * time.Second
 )
 
 // aLongTimeAgo is a deadline in the past: setting it interrupts a blocked read or write.
@@ -82,7 +83,7 @@ func (c *h1Upstream) get(ctx context.Context, addr string, pooled bool) (pc *h1C
 		pc = list[len(list)-1]
 		list[len(list)-1] = nil
 		list = list[:len(list)-1]
-		if now.Sub(pc.idleSince) < h1IdleTimeout {
+		if now.Sub(pc.idleSince) < upstreamIdleTimeout {
 			break
 		}
 		pc.Conn.Close()
@@ -101,7 +102,6 @@ func (c *h1Upstream) get(ctx context.Context, addr string, pooled bool) (pc *h1C
 	pc.lr = io.LimitedReader{R: conn, N: math.MaxInt64}
 	pc.br = bufio.NewReaderSize(&pc.lr, 4096)
 	pc.bw = bufio.NewWriterSize(conn, 4096)
-	pc.body.pc = pc
 	return pc, false, nil
 }
 
@@ -112,7 +112,7 @@ func (c *h1Upstream) put(pc *h1Conn) {
 	c.mu.Lock()
 	list := c.idle[pc.addr]
 	var expired *h1Conn
-	if len(list) > 0 && pc.idleSince.Sub(list[0].idleSince) >= h1IdleTimeout {
+	if len(list) > 0 && pc.idleSince.Sub(list[0].idleSince) >= upstreamIdleTimeout {
 		expired = list[0]
 		list = append(list[:0], list[1:]...)
 	}
@@ -169,9 +169,9 @@ func (pc *h1Conn) roundTrip(req *http.Request) (res *http.Response, wrote bool, 
 		return nil, pc.bw.Buffered() == 0, err
 	}
 	for {
-		pc.lr.N = h1MaxResponseHeaderBytes
+		pc.lr.N = upstreamMaxHeaderBytes
 		res, err = http.ReadResponse(pc.br, req)
-		pc.received = pc.lr.N < h1MaxResponseHeaderBytes || pc.br.Buffered() > 0
+		pc.received = pc.lr.N < upstreamMaxHeaderBytes || pc.br.Buffered() > 0
 		pc.lr.N = math.MaxInt64
 		if err != nil {
 			stop()

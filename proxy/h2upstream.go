@@ -20,8 +20,7 @@ func newH2Upstream(dial func(ctx context.Context, network, addr string) (net.Con
 		},
 		// The proxy passes bodies through as they are: never ask for gzip and decode it on the way.
 		DisableCompression: true,
-		// A header of any size the server accepted goes through.
-		MaxHeaderListSize: 1 << 20,
-		IdleConnTimeout:   h1IdleTimeout,
+		MaxHeaderListSize:  upstreamMaxHeaderBytes,
+		IdleConnTimeout:    upstreamIdleTimeout,
 	}
 }

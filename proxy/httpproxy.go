@@ -464,11 +464,10 @@ func newTransports(dial func(ctx context.Context, network, addr string) (net.Con
 	t1 := &http.Transport{
 		DialContext:         dial,
 		MaxIdleConnsPerHost: 1024, // net/http's default of 2 closes and redials under any concurrency
-		IdleConnTimeout:     h1IdleTimeout,
+		IdleConnTimeout:     upstreamIdleTimeout,
 		// The proxy passes bodies through as they are: never ask for gzip and decode it on the way.
-		DisableCompression: true,
-		// A header of any size the server accepted goes through.
-		MaxResponseHeaderBytes: 1 << 20,
+		DisableCompression:     true,
+		MaxResponseHeaderBytes: upstreamMaxHeaderBytes,
 		Protocols:              new(http.Protocols),
 	}
 	t1.Protocols.SetHTTP1(true)
