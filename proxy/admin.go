@@ -12,7 +12,7 @@ import (
 	"github.com/meshscope/meshscope/proxy/taphub"
 )
 
-// adminRoutes mounts every admin endpoint; this is the one place to add more (tap).
+// adminRoutes mounts every admin endpoint: metrics, readiness, liveness, log level and tap.
 func (p *proxy) adminRoutes() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(p.registry, promhttp.HandlerOpts{
