@@ -118,6 +118,23 @@ func parseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) err
 	return applyEnv(fs, getenv)
 }
 
+// parseInterspersed parses flags before and after the positional arguments
+// (`web top deploy/web -n shop`), returning the positional ones, then fills
+// the flags not given from their MESHSCOPE_WEB_* environment twins.
+func parseInterspersed(fs *flag.FlagSet, args []string, getenv func(string) string) ([]string, error) {
+	var pos []string
+	for {
+		if err := parseArgs(fs, args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, applyEnv(fs, getenv)
+		}
+		pos, args = append(pos, args[0]), args[1:]
+	}
+}
+
 // parseArgs parses the command line; its errors are usage errors.
 func parseArgs(fs *flag.FlagSet, args []string) error {
 	err := fs.Parse(args)

@@ -195,20 +195,25 @@ func TestFlagsAndTheirEnvironmentTwins(t *testing.T) {
 	}
 }
 
-func TestServeRefusesBadConfigurationInOneLine(t *testing.T) {
+func TestCommandsRefuseBadUsageInOneLineWithExit2(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
 		want string
 	}{
-		{[]string{"--base-path", "mesh/"}, "--base-path"},
-		{[]string{"--window", "2m"}, "--window"},
-		{[]string{"--prometheus-url", "ftp://x"}, "--prometheus-url"},
-		{[]string{"--enforced-host", "("}, "enforced-host"},
+		{[]string{"serve", "--base-path", "mesh/"}, "--base-path"},
+		{[]string{"serve", "--window", "2m"}, "--window"},
+		{[]string{"serve", "--prometheus-url", "ftp://x"}, "--prometheus-url"},
+		{[]string{"serve", "--enforced-host", "("}, "enforced-host"},
+		{[]string{"top", "--no-such-flag"}, "no-such-flag"},
+		{[]string{"tap", "deploy/web", "-n", "shop", "--no-such-flag"}, "no-such-flag"},
+		{[]string{"stat"}, "missing RESOURCE"},
+		{[]string{"stat", "deploy", "-n", "shop", "web", "extra"}, `unexpected argument "extra"`},
+		{[]string{"stat", "svc"}, `unknown resource "svc"`},
 	} {
 		var stdout, stderr strings.Builder
-		code := cli(context.Background(), append([]string{"serve"}, tc.args...), &stdout, &stderr)
+		code := cli(context.Background(), tc.args, &stdout, &stderr)
 		if code != 2 || !strings.Contains(stderr.String(), tc.want) {
-			t.Errorf("serve %v: exit %d, stderr %q; want 2 naming %s", tc.args, code, stderr.String(), tc.want)
+			t.Errorf("%v: exit %d, stderr %q; want 2 naming %s", tc.args, code, stderr.String(), tc.want)
 		}
 	}
 }

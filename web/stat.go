@@ -55,33 +55,24 @@ Examples:
 	fs.BoolVar(&all, "A", false, "deployments or pods of all namespaces")
 	fs.StringVar(&output, "o", "table", "output `format`: table or json")
 	backendFlags(fs, &cfg)
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "-help" {
+	pos, err := parseInterspersed(fs, args, os.Getenv)
+	if err != nil {
+		return err
+	}
+	switch {
+	case len(pos) == 0:
 		fs.Usage()
-		if len(args) == 0 {
-			return usageError{errors.New("missing RESOURCE (ns, deploy or po)")}
-		}
-		return flag.ErrHelp
+		return usageError{errors.New("missing RESOURCE (ns, deploy or po)")}
+	case len(pos) > 2:
+		return usageError{fmt.Errorf("unexpected argument %q", pos[2])}
 	}
-	kind, ok := statResources[args[0]]
+	kind, ok := statResources[pos[0]]
 	if !ok {
-		return usageError{fmt.Errorf("unknown resource %q: want ns, deploy or po", args[0])}
+		return usageError{fmt.Errorf("unknown resource %q: want ns, deploy or po", pos[0])}
 	}
-	// NAME may come before or after the flags.
 	var name string
-	rest := args[1:]
-	if len(rest) > 0 && rest[0] != "" && rest[0][0] != '-' {
-		name, rest = rest[0], rest[1:]
-	}
-	if err := parseArgs(fs, rest); err != nil {
-		return err
-	}
-	if fs.NArg() == 1 && name == "" {
-		name = fs.Arg(0)
-	} else if fs.NArg() > 0 {
-		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(fs.NArg()-1))}
-	}
-	if err := applyEnv(fs, os.Getenv); err != nil {
-		return err
+	if len(pos) == 2 {
+		name = pos[1]
 	}
 	if output != "table" && output != "json" {
 		return usageError{fmt.Errorf("-o %q: want table or json", output)}

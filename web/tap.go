@@ -9,6 +9,7 @@ import (
 	"iter"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"time"
 	"unicode"
@@ -50,7 +51,7 @@ func tapCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	proxy := fs.String("proxy", "", "admin `address` (host:port) of the proxy to tap, e.g. 127.0.0.1:4191")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long connecting to the proxy and its answer may take")
 	output := fs.String("o", "", "output `format`: empty for one line per event, wide to add workload labels, json for NDJSON")
-	args, err := parseInterspersed(fs, args)
+	args, err := parseInterspersed(fs, args, os.Getenv)
 	if err != nil {
 		return err
 	}

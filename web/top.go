@@ -35,7 +35,7 @@ func topCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	interval := fs.Duration("interval", 2*time.Second, "how often the table is redrawn")
 	rows := fs.Int("rows", 20, "how many rows to show")
 	output := fs.String("o", "table", "output `format`: table, or json (one snapshot per line)")
-	args, err := parseInterspersed(fs, args)
+	args, err := parseInterspersed(fs, args, os.Getenv)
 	if err != nil {
 		return err
 	}
@@ -82,23 +82,6 @@ func topCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 				return err
 			}
 		}
-	}
-}
-
-// parseInterspersed parses flags before and after the positional arguments
-// (`web top deploy/web -n shop`), returning the positional ones, then fills
-// the flags not given from their MESHSCOPE_WEB_* environment twins.
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			return pos, parseFlags(fs, nil, os.Getenv)
-		}
-		pos, args = append(pos, args[0]), args[1:]
 	}
 }
 
