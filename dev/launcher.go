@@ -257,13 +257,14 @@ func writeFiles(dir string, m demo.Mesh) (demoFiles, error) {
 	if err != nil {
 		return f, err
 	}
-	if err := os.MkdirAll(filepath.Join(dir, "targets"), 0o700); err != nil {
+	targetsPath := filepath.Join(dir, filepath.FromSlash(targetsFile))
+	if err := os.MkdirAll(filepath.Dir(targetsPath), 0o700); err != nil {
 		return f, err
 	}
 	for path, b := range map[string][]byte{
 		f.prometheusYML: prometheusYML,
 		f.destinations:  dest,
-		filepath.Join(dir, "targets", "meshscope-proxy.json"): targets,
+		targetsPath:     targets,
 	} {
 		if err := os.WriteFile(path, b, 0o600); err != nil {
 			return f, err

@@ -7,11 +7,15 @@ import (
 	"github.com/meshscope/meshscope/dev/demo"
 )
 
+// targetsFile is the file_sd targets file, relative to prometheus.yml's
+// directory, whose "targets/*.json" glob finds it.
+const targetsFile = "targets/meshscope-proxy.json"
+
 // Files of the Procfile layout, relative to the repository root, where
 // Procfile runners start processes.
 const (
 	procfileDestinations = "dev/destinations.yaml"
-	procfileTargets      = "dev/targets/meshscope-proxy.json"
+	procfileTargets      = "dev/" + targetsFile
 )
 
 // procfile renders the Procfile for m: the same processes as "go run ./dev"
