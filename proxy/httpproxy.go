@@ -126,11 +126,10 @@ func (p *httpProxy) serve(ctx context.Context, w http.ResponseWriter, r *http.Re
 	out.RequestURI = ""
 	out.Close = false
 	upgrade := r.ProtoMajor == 1 && headerHasToken(r.Header, "Connection", "upgrade") && r.Header.Get("Upgrade") != ""
-	upgradeTo := r.Header["Upgrade"]
-	removeHopByHop(out.Header)
 	if upgrade {
-		out.Header["Connection"] = connectionUpgrade
-		out.Header["Upgrade"] = upgradeTo
+		removeHopByHopKeepUpgrade(out.Header)
+	} else {
+		removeHopByHop(out.Header)
 	}
 	if _, ok := out.Header["User-Agent"]; !ok {
 		out.Header["User-Agent"] = emptyValue // keep net/http from adding its own
@@ -280,10 +279,7 @@ func (p *httpProxy) switchProtocols(w http.ResponseWriter, r *http.Request, res 
 	release := p.hijacks.add(client)
 	defer release()
 
-	upgradeTo := res.Header["Upgrade"]
-	removeHopByHop(res.Header)
-	res.Header["Connection"] = connectionUpgrade
-	res.Header["Upgrade"] = upgradeTo
+	removeHopByHopKeepUpgrade(res.Header)
 	res.Body = nil
 	if err := res.Write(brw); err != nil {
 		ex.Error = errStream
@@ -408,6 +404,15 @@ func removeHopByHop(h http.Header) {
 		}
 		delete(h, f)
 	}
+}
+
+// removeHopByHopKeepUpgrade removes hop-by-hop fields from h, an upgrade request or its 101 response, but
+// "Connection: Upgrade" and Upgrade, which carry the upgrade to the next hop (RFC 9110 section 7.8).
+func removeHopByHopKeepUpgrade(h http.Header) {
+	to := h["Upgrade"]
+	removeHopByHop(h)
+	h["Connection"] = connectionUpgrade
+	h["Upgrade"] = to
 }
 
 // headerHasToken reports whether the comma-separated field name of h contains token (case-insensitive).
