@@ -41,10 +41,10 @@ type Dst struct {
 }
 
 var (
-	baseLabels = []string{"direction", "authority", "target_addr", "tls", "dst_namespace", "dst_deployment", "dst_pod"}
-	respLabels = append(append([]string(nil), baseLabels...), "status_code", "classification", "grpc_status", "error")
-	tcpLabels  = []string{"direction", "peer", "target_addr", "tls", "dst_namespace", "dst_deployment", "dst_pod"}
-	closeLabls = append(append([]string(nil), tcpLabels...), "classification", "errno")
+	baseLabels  = []string{"direction", "authority", "target_addr", "tls", "dst_namespace", "dst_deployment", "dst_pod"}
+	respLabels  = append(append([]string(nil), baseLabels...), "status_code", "classification", "grpc_status", "error")
+	tcpLabels   = []string{"direction", "peer", "target_addr", "tls", "dst_namespace", "dst_deployment", "dst_pod"}
+	closeLabels = append(append([]string(nil), tcpLabels...), "classification", "errno")
 )
 
 // Metrics is every metric the proxy exports about the traffic it carries.
@@ -83,7 +83,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		}, tcpLabels),
 		tcpClose: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tcp_close_total", Help: "TCP connections closed.",
-		}, closeLabls),
+		}, closeLabels),
 		tcpOpenNow: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tcp_open_connections", Help: "TCP connections open now.",
 		}, tcpLabels),
