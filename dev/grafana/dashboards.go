@@ -11,6 +11,7 @@ package grafana
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -145,23 +146,16 @@ func Dashboards() []Dashboard {
 	nsSel := `namespace=~"$namespace"`
 	depSel := nsSel + `,deployment=~"$deployment"`
 	podSel := depSel + `,pod=~"$pod"`
-	concat := func(groups ...[]Panel) []Panel {
-		var out []Panel
-		for _, g := range groups {
-			out = append(out, g...)
-		}
-		return out
-	}
 	return []Dashboard{
 		{UID: "meshscope-top-line", Slug: "top-line", Title: "Top line", Vars: []Var{nsAll},
-			Panels: concat(golden("namespace", "namespace", "{{namespace}}", nsSel), outboundEdges(nsSel))},
+			Panels: slices.Concat(golden("namespace", "namespace", "{{namespace}}", nsSel), outboundEdges(nsSel))},
 		{UID: "meshscope-namespace", Slug: "namespace", Title: "Namespace", Vars: []Var{ns},
-			Panels: concat(golden("deployment", "namespace, deployment", "{{namespace}}/{{deployment}}", nsSel), outboundEdges(nsSel))},
+			Panels: slices.Concat(golden("deployment", "namespace, deployment", "{{namespace}}/{{deployment}}", nsSel), outboundEdges(nsSel))},
 		{UID: "meshscope-deployment", Slug: "deployment", Title: "Deployment", Vars: []Var{ns, dep},
-			Panels: concat(golden("pod", "namespace, deployment, pod", "{{pod}}", depSel),
+			Panels: slices.Concat(golden("pod", "namespace, deployment, pod", "{{pod}}", depSel),
 				inboundEdges(`dst_namespace=~"$namespace",dst_deployment=~"$deployment"`), outboundEdges(depSel))},
 		{UID: "meshscope-pod", Slug: "pod", Title: "Pod", Vars: []Var{ns, depAll, pod},
-			Panels: concat(golden("pod", "namespace, deployment, pod", "{{pod}}", podSel),
+			Panels: slices.Concat(golden("pod", "namespace, deployment, pod", "{{pod}}", podSel),
 				inboundEdges(`dst_namespace=~"$namespace",dst_pod=~"$pod"`), outboundEdges(podSel))},
 	}
 }
@@ -236,12 +230,6 @@ func (d Dashboard) JSON() ([]byte, error) {
 
 // FileName is where d lives under dev/grafana/dashboards.
 func (d Dashboard) FileName() string { return d.Slug + ".json" }
-
-// Slugify is Grafana's slug of a title, for checking that titles and the
-// link slugs agree.
-func Slugify(title string) string {
-	return strings.ReplaceAll(strings.ToLower(strings.TrimSpace(title)), " ", "-")
-}
 
 // Queries returns every PromQL expression of d, panel targets and variable
 // selectors, with each $variable replaced by values[variable] as Grafana

@@ -88,7 +88,7 @@ func TestShippedJSONIsWhatGrafanaNeeds(t *testing.T) {
 			if err := json.Unmarshal(raw, &model); err != nil {
 				t.Fatal(err)
 			}
-			if model.UID != d.UID || Slugify(model.Title) != d.Slug {
+			if model.UID != d.UID || slugify(model.Title) != d.Slug {
 				t.Fatalf("uid %q title %q: want uid %q and a title whose slug is %q", model.UID, model.Title, d.UID, d.Slug)
 			}
 			vars := map[string]string{}
@@ -160,6 +160,12 @@ func grafanaLinks(t *testing.T) map[string]string {
 		})
 	}
 	return links
+}
+
+// slugify is Grafana's slug of a title, for checking that titles and the
+// link slugs agree.
+func slugify(title string) string {
+	return strings.ReplaceAll(strings.ToLower(strings.TrimSpace(title)), " ", "-")
 }
 
 func literal(e ast.Expr) (string, error) {
