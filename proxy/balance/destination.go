@@ -17,8 +17,6 @@ type Destination struct {
 	// DstLabels are the service's labels prefixed with dst_, for failures that have no endpoint
 	// (ErrNoEndpoints). Never nil; do not modify.
 	DstLabels map[string]string
-	// LabelKey is DstLabels in the canonical form of Endpoint.LabelKey.
-	LabelKey string
 
 	endpoints []*Endpoint
 	clk       *clock

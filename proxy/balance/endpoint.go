@@ -6,9 +6,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"net"
-	"sort"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -40,9 +37,6 @@ type Endpoint struct {
 	// DstLabels are the service's labels merged with the endpoint's (the endpoint's win), each name
 	// prefixed with dst_: dst_namespace, dst_deployment, dst_pod... Never nil; do not modify.
 	DstLabels map[string]string
-	// LabelKey is DstLabels in one canonical string (`dst_a="x",dst_b="y"`, names sorted), for use as
-	// a map key by callers that cache per-destination metric children.
-	LabelKey string
 
 	st *endpointState
 }
@@ -196,7 +190,7 @@ func Unreachable(err error) bool {
 func (e *Endpoint) Outstanding() int64 { return e.st.outstanding.Load() }
 
 // mergeLabels merges service and endpoint labels (endpoint wins) under the dst_ prefix.
-func mergeLabels(service, endpoint map[string]string) (map[string]string, string) {
+func mergeLabels(service, endpoint map[string]string) map[string]string {
 	m := make(map[string]string, len(service)+len(endpoint))
 	for k, v := range service {
 		m["dst_"+k] = v
@@ -204,21 +198,7 @@ func mergeLabels(service, endpoint map[string]string) (map[string]string, string
 	for k, v := range endpoint {
 		m["dst_"+k] = v
 	}
-	names := make([]string, 0, len(m))
-	for k := range m {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	var b strings.Builder
-	for i, k := range names {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString(k)
-		b.WriteByte('=')
-		b.WriteString(strconv.Quote(m[k]))
-	}
-	return m, b.String()
+	return m
 }
 
 // clock reads the injectable time source as nanoseconds since the Resolver was made (monotonic with the

@@ -1,6 +1,7 @@
 package balance_test
 
 import (
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -168,12 +169,12 @@ func TestEndpointLabelsMergeServiceLabelsWithDstPrefix(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := r.Lookup("voting.shop:8080")
-	if got, want := d.LabelKey, `dst_deployment="voting",dst_namespace="shop"`; got != want {
-		t.Errorf("service label key %s, want %s", got, want)
+	if got, want := d.DstLabels, map[string]string{"dst_deployment": "voting", "dst_namespace": "shop"}; !maps.Equal(got, want) {
+		t.Errorf("service labels %v, want %v", got, want)
 	}
-	want := map[string]string{
-		"127.0.0.1:14143": `dst_deployment="voting",dst_namespace="shop",dst_pod="voting-0"`,
-		"127.0.0.1:14144": `dst_deployment="voting-canary",dst_namespace="shop",dst_pod="voting-1"`,
+	want := map[string]map[string]string{
+		"127.0.0.1:14143": {"dst_deployment": "voting", "dst_namespace": "shop", "dst_pod": "voting-0"},
+		"127.0.0.1:14144": {"dst_deployment": "voting-canary", "dst_namespace": "shop", "dst_pod": "voting-1"},
 	}
 	seen := map[string]bool{}
 	for range 20 {
@@ -183,17 +184,14 @@ func TestEndpointLabelsMergeServiceLabelsWithDstPrefix(t *testing.T) {
 		}
 		defer ep.Begin()(nil) // outstanding requests make the balancer use both endpoints
 		seen[ep.Addr] = true
-		if ep.LabelKey != want[ep.Addr] {
-			t.Errorf("%s: label key %s, want %s", ep.Addr, ep.LabelKey, want[ep.Addr])
-		}
-		if ep.DstLabels["dst_pod"] == "" || ep.DstLabels["dst_namespace"] != "shop" {
-			t.Errorf("%s: labels %v", ep.Addr, ep.DstLabels)
+		if !maps.Equal(ep.DstLabels, want[ep.Addr]) {
+			t.Errorf("%s: labels %v, want %v", ep.Addr, ep.DstLabels, want[ep.Addr])
 		}
 	}
 	if len(seen) != 2 {
 		t.Errorf("picked %v, want both endpoints", seen)
 	}
-	if got := r.Lookup("[::1]:9000").LabelKey; got != "" {
-		t.Errorf("unlabelled service has label key %q", got)
+	if got := r.Lookup("[::1]:9000").DstLabels; got == nil || len(got) != 0 {
+		t.Errorf("unlabelled service has labels %v, want an empty map", got)
 	}
 }

@@ -180,7 +180,7 @@ func (r *Resolver) install(services []serviceSpec) int {
 	n := 0
 	for _, s := range services {
 		d := &Destination{Authority: s.authority, clk: r.clk, endpoints: make([]*Endpoint, 0, len(s.endpoints))}
-		d.DstLabels, d.LabelKey = mergeLabels(s.labels, nil)
+		d.DstLabels = mergeLabels(s.labels, nil)
 		for _, es := range s.endpoints {
 			st := states[es.addr]
 			if st == nil {
@@ -190,7 +190,7 @@ func (r *Resolver) install(services []serviceSpec) int {
 				states[es.addr] = st
 			}
 			e := &Endpoint{Addr: es.addr, st: st}
-			e.DstLabels, e.LabelKey = mergeLabels(s.labels, es.labels)
+			e.DstLabels = mergeLabels(s.labels, es.labels)
 			d.endpoints = append(d.endpoints, e)
 			n++
 		}
