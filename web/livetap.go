@@ -4,8 +4,6 @@ import (
 	"net/http"
 	"net/url"
 
-	"github.com/a-h/templ"
-
 	"github.com/meshscope/meshscope/api"
 	"github.com/meshscope/meshscope/api/tap"
 	"github.com/meshscope/meshscope/views"
@@ -102,7 +100,7 @@ func (s *server) tapPage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		p.Error = err.Error()
 	}
-	return s.renderLive(w, r, "Live tap", err, views.TapPage(p))
+	return s.render(w, r, liveStatus(err), s.shell(r, "Live tap", nil), views.TapPage(p), nil)
 }
 
 // topPage is /top.
@@ -123,14 +121,14 @@ func (s *server) topPage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		p.Error = err.Error()
 	}
-	return s.renderLive(w, r, "Live top", err, views.TopPage(p))
+	return s.render(w, r, liveStatus(err), s.shell(r, "Live top", nil), views.TopPage(p), nil)
 }
 
-func (s *server) renderLive(w http.ResponseWriter, r *http.Request, title string, bad error, page templ.Component) error {
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-store")
+// liveStatus is the status of a live page whose filter failed to parse with
+// bad: the page still renders, with the form showing the error.
+func liveStatus(bad error) int {
 	if bad != nil {
-		w.WriteHeader(http.StatusBadRequest)
+		return http.StatusBadRequest
 	}
-	return views.Layout(s.shell(r, title, nil)).Render(templ.WithChildren(r.Context(), page), w)
+	return http.StatusOK
 }

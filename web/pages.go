@@ -132,7 +132,7 @@ func (s *server) namespacesPage(w http.ResponseWriter, r *http.Request) error {
 	}
 	fs, ws := problems(d.Namespaces)
 	p.Data = s.data(r, here(s.query(v)), nil, nil, []views.Table{t}, fs, ws)
-	return s.render(w, r, s.shell(r, "Namespaces", nil), views.ResourcePage(p), views.DataFragment(p.Data))
+	return s.render(w, r, http.StatusOK, s.shell(r, "Namespaces", nil), views.ResourcePage(p), views.DataFragment(p.Data))
 }
 
 type namespaceData struct {
@@ -180,7 +180,7 @@ func (s *server) namespacePage(w http.ResponseWriter, r *http.Request) error {
 	}
 	fs, ws := problems(d.Deployments, d.Pods)
 	p.Data = s.data(r, here(s.query(v)), nil, nil, []views.Table{deps, pods}, fs, ws)
-	return s.render(w, r, s.shell(r, "Namespace "+ns, nil), views.ResourcePage(p), views.DataFragment(p.Data))
+	return s.render(w, r, http.StatusOK, s.shell(r, "Namespace "+ns, nil), views.ResourcePage(p), views.DataFragment(p.Data))
 }
 
 func (s *server) podLinks(v viewState, ns string) func(api.Row) (string, string) {
@@ -274,7 +274,7 @@ func (s *server) deploymentPage(w http.ResponseWriter, r *http.Request) error {
 	fs, ws := problems(d.Summary, d.Inbound, d.Outbound, *d.Pods)
 	hf, hw := d.History.problems()
 	p.Data = s.data(r, here(s.query(v)), summary(d.Summary), charts(d.History), tables, append(fs, hf...), append(ws, hw...))
-	return s.render(w, r, s.shell(r, "Deployment "+ns+"/"+name, nil), views.ResourcePage(p), views.DataFragment(p.Data))
+	return s.render(w, r, http.StatusOK, s.shell(r, "Deployment "+ns+"/"+name, nil), views.ResourcePage(p), views.DataFragment(p.Data))
 }
 
 func (s *server) podPage(w http.ResponseWriter, r *http.Request) error {
@@ -322,7 +322,7 @@ func (s *server) podPage(w http.ResponseWriter, r *http.Request) error {
 	fs, ws := problems(d.Summary, d.Inbound, d.Outbound)
 	hf, hw := d.History.problems()
 	p.Data = s.data(r, here(s.query(v)), summary(d.Summary), charts(d.History), tables, append(fs, hf...), append(ws, hw...))
-	return s.render(w, r, s.shell(r, "Pod "+ns+"/"+pod, nil), views.ResourcePage(p), views.DataFragment(p.Data))
+	return s.render(w, r, http.StatusOK, s.shell(r, "Pod "+ns+"/"+pod, nil), views.ResourcePage(p), views.DataFragment(p.Data))
 }
 
 // writeJSON writes a JSON twin. A page whose metrics partly failed is still

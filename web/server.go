@@ -279,12 +279,17 @@ func (s *server) isAPI(r *http.Request) bool {
 	return strings.HasPrefix(r.URL.Path, s.cfg.BasePath+"/api/")
 }
 
-// render writes a full page, or only its data fragment when htmx asks for it
-// (the auto-refresh swaps the fragment in place).
-func (s *server) render(w http.ResponseWriter, r *http.Request, shell views.Shell, page, fragment templ.Component) error {
+// render writes a full page with status, or only its data fragment when htmx
+// asks for it (the auto-refresh swaps the fragment in place).
+func (s *server) render(w http.ResponseWriter, r *http.Request, status int, shell views.Shell, page, fragment templ.Component) error {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Vary", "HX-Request")
+	// 200 stays implicit until the first flush, so that a render error before
+	// it can still become handle's error page.
+	if status != http.StatusOK {
+		w.WriteHeader(status)
+	}
 	// templ writes many small pieces; one buffer turns them into few writes.
 	bw := bufio.NewWriterSize(w, 32<<10)
 	var err error
