@@ -47,7 +47,6 @@ type Options struct {
 // Engine scrapes the configured targets into a tsdb and serves queries.
 type Engine struct {
 	logger    *slog.Logger
-	cfg       *config.Config
 	dataDir   string
 	removeDir bool
 	db        *tsdb.DB
@@ -79,7 +78,7 @@ func New(opts Options) (_ *Engine, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("load prometheus config: %w", err)
 	}
-	e := &Engine{logger: logger, cfg: cfg, dataDir: opts.DataDir, done: make(chan struct{})}
+	e := &Engine{logger: logger, dataDir: opts.DataDir, done: make(chan struct{})}
 	if e.dataDir == "" {
 		if e.dataDir, err = os.MkdirTemp("", "meshscope-tsdb-"); err != nil {
 			return nil, fmt.Errorf("create tsdb dir: %w", err)
