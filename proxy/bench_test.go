@@ -1,11 +1,9 @@
 package main
 
 import (
-	"context"
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"testing"
 )
 
@@ -15,14 +13,9 @@ import (
 //
 //	go test -run '^$' -bench Request -benchmem ./proxy
 func BenchmarkRequest(b *testing.B) {
-	app := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	app := h2cServer(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "hello, world\n")
 	}))
-	app.Config.Protocols = new(http.Protocols)
-	app.Config.Protocols.SetHTTP1(true)
-	app.Config.Protocols.SetUnencryptedHTTP2(true)
-	app.Start()
-	defer app.Close()
 
 	level := new(slog.LevelVar)
 	level.Set(slog.LevelError)
@@ -30,11 +23,7 @@ func BenchmarkRequest(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Serve(ctx) }()
-	defer func() { cancel(); <-done }()
-	eventually(b, "proxy ready", func() bool { return p.ready.Load() })
+	serve(b, p)
 	proxied := p.url("--inbound-listen") + "/bench"
 	direct := app.URL + "/bench"
 

@@ -29,7 +29,7 @@ func testConfig(forward string) Config {
 	}
 }
 
-// startProxy runs a proxy with cfg until the test ends; it fails the test if Serve returns an error.
+// startProxy runs a proxy with cfg, logging to the test's log, until the test ends.
 func startProxy(t *testing.T, cfg Config) *proxy {
 	t.Helper()
 	level := new(slog.LevelVar)
@@ -38,17 +38,24 @@ func startProxy(t *testing.T, cfg Config) *proxy {
 	if err != nil {
 		t.Fatal(err)
 	}
+	serve(t, p)
+	return p
+}
+
+// serve runs p until the test or benchmark ends and returns once it is ready; it fails the test if Serve
+// returns an error.
+func serve(tb testing.TB, p *proxy) {
+	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Serve(ctx) }()
-	t.Cleanup(func() {
+	tb.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
+			tb.Errorf("Serve: %v", err)
 		}
 	})
-	eventually(t, "proxy ready", func() bool { return p.ready.Load() })
-	return p
+	eventually(tb, "proxy ready", func() bool { return p.ready.Load() })
 }
 
 // testLog sends the proxy's logs to the test's log, shown when it fails.
@@ -193,12 +200,12 @@ func writeDestinations(t *testing.T, content string) string {
 }
 
 // h2cServer starts an upstream serving HTTP/1.1 and HTTP/2 cleartext with prior knowledge.
-func h2cServer(t *testing.T, h http.Handler) *httptest.Server {
+func h2cServer(tb testing.TB, h http.Handler) *httptest.Server {
 	s := httptest.NewUnstartedServer(h)
 	s.Config.Protocols = new(http.Protocols)
 	s.Config.Protocols.SetHTTP1(true)
 	s.Config.Protocols.SetUnencryptedHTTP2(true)
 	s.Start()
-	t.Cleanup(s.Close)
+	tb.Cleanup(s.Close)
 	return s
 }

@@ -45,16 +45,7 @@ func benchProxy(b *testing.B, withHub bool) *proxy {
 			l.server.Handler.(*httpProxy).tap = nil
 		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Serve(ctx) }()
-	b.Cleanup(func() {
-		cancel()
-		<-done
-	})
-	for !p.ready.Load() {
-		time.Sleep(time.Millisecond)
-	}
+	serve(b, p)
 	return p
 }
 
