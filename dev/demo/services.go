@@ -2,6 +2,7 @@ package demo
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -232,7 +233,7 @@ func runCheckout(ctx context.Context, m Mesh, p Pod, b Behaviour, l net.Listener
 			if err != nil {
 				return nil, status.Error(codes.Internal, err.Error())
 			}
-			hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, chargeURL, strings.NewReader(string(body)))
+			hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, chargeURL, bytes.NewReader(body))
 			if err != nil {
 				return nil, status.Error(codes.Internal, err.Error())
 			}
