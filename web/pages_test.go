@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -108,10 +107,7 @@ func (m *memProm) Targets(context.Context) (v1.TargetsResult, error) {
 // memServer is the dashboard over a memProm of n deployments.
 func memServer(t testing.TB, n int, cfg config) (*memProm, http.Handler) {
 	t.Helper()
-	s, err := newServer(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, _ := newTestServer(t, cfg)
 	m := &memProm{n: n}
 	s.prom = api.New(m, "memory")
 	return m, s.routes()

@@ -14,7 +14,7 @@ import (
 
 // newTestServer returns the dashboard's handler for cfg, with a backend that
 // is not listening unless cfg names one.
-func newTestServer(t *testing.T, cfg config) (*server, http.Handler) {
+func newTestServer(t testing.TB, cfg config) (*server, http.Handler) {
 	t.Helper()
 	if cfg.PrometheusURL == "" {
 		cfg.PrometheusURL = "http://127.0.0.1:1"
