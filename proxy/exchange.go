@@ -4,14 +4,16 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/meshscope/meshscope/api/tap"
 	"github.com/meshscope/meshscope/proxy/metrics"
 	"github.com/meshscope/meshscope/proxy/taphub"
 )
 
-// Direction is which way traffic flows through the proxy.
+// Direction is which way traffic flows through the proxy: the direction label of the metrics and tap's
+// direction, which taphub compares against.
 const (
-	Inbound  = "inbound"  // from other workloads to the local app
-	Outbound = "outbound" // from the local app to other services
+	Inbound  = tap.DirectionInbound  // from other workloads to the local app
+	Outbound = tap.DirectionOutbound // from the local app to other services
 )
 
 // Exchange is one proxied HTTP request, from its headers read to its response stream's end. Everything
