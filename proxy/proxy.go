@@ -54,19 +54,18 @@ type idleCloser interface{ CloseIdleConnections() }
 
 // listener is one data-path listener and the HTTP server that its detected HTTP connections go to.
 type listener struct {
-	name      string // names the flag it comes from, in logs
-	direction string
-	ln        net.Listener
+	name string // names the flag it comes from, in logs
+	ln   net.Listener
 	// opaque skips protocol detection: every connection is TCP.
 	opaque bool
 	// tcpTarget is where opaque connections go; empty when there is nowhere (the outbound listener).
 	tcpTarget string
 	// srcTarget is the target_addr label of the accepted connections' tcp_* metrics.
 	srcTarget string
-	dialer    *dialer
 	conns     *connListener
 	server    *http.Server
-	hp        *httpProxy
+	// hp proxies the listener's HTTP requests; its direction and dialer serve its opaque connections too.
+	hp *httpProxy
 }
 
 // newProxy validates what can only be checked by trying (the destinations file, binding every address)
@@ -144,12 +143,10 @@ func (p *proxy) addListener(name, addr string, hp *httpProxy, tcpTarget, srcTarg
 	hp.tap = p.tap
 	l := &listener{
 		name:      name,
-		direction: hp.direction,
 		ln:        ln,
 		opaque:    p.opaquePort(ln.Addr().String()) || (tcpTarget != "" && p.opaquePort(tcpTarget)),
 		tcpTarget: tcpTarget,
 		srcTarget: srcTarget,
-		dialer:    hp.dialer,
 		conns:     newConnListener(ln.Addr()),
 		hp:        hp,
 	}
@@ -309,7 +306,7 @@ func (p *proxy) serveConn(ctx context.Context, l *listener, c net.Conn) {
 	if tc, ok := c.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
-	src := newCountingConn(c, p.metrics.TCP(metrics.TCPKey{Direction: l.direction, Peer: "src", TargetAddr: l.srcTarget}))
+	src := newCountingConn(c, p.metrics.TCP(metrics.TCPKey{Direction: l.hp.direction, Peer: "src", TargetAddr: l.srcTarget}))
 	if l.opaque {
 		p.proxyTCP(ctx, l, src)
 		return

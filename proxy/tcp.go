@@ -131,7 +131,7 @@ func (p *proxy) proxyTCP(ctx context.Context, l *listener, client net.Conn) {
 	defer release()
 
 	var dest *balance.Destination
-	if l.direction == Outbound && p.resolver != nil {
+	if l.hp.direction == Outbound && p.resolver != nil {
 		dest = p.resolver.Lookup(l.tcpTarget)
 	}
 	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
@@ -154,7 +154,7 @@ func (p *proxy) proxyTCP(ctx context.Context, l *listener, client net.Conn) {
 			done = ep.Begin()
 		}
 		var err error
-		server, err = l.dialer.dialWith(dctx, "tcp", addr, dst)
+		server, err = l.hp.dialer.dialWith(dctx, "tcp", addr, dst)
 		if done != nil {
 			done(err)
 		}
