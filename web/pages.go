@@ -131,7 +131,7 @@ func (s *server) namespacesPage(w http.ResponseWriter, r *http.Request) error {
 		Windows: s.windows(here, v),
 	}
 	fs, ws := problems(d.Namespaces)
-	p.Data = s.data(r, here(s.query(v)), nil, nil, []views.Table{t}, fs, ws)
+	p.Data = s.data(here(s.query(v)), nil, nil, []views.Table{t}, fs, ws)
 	return s.render(w, r, http.StatusOK, s.shell(r, "Namespaces", nil), views.ResourcePage(p), views.DataFragment(p.Data))
 }
 
@@ -179,7 +179,7 @@ func (s *server) namespacePage(w http.ResponseWriter, r *http.Request) error {
 		Windows: s.windows(here, v),
 	}
 	fs, ws := problems(d.Deployments, d.Pods)
-	p.Data = s.data(r, here(s.query(v)), nil, nil, []views.Table{deps, pods}, fs, ws)
+	p.Data = s.data(here(s.query(v)), nil, nil, []views.Table{deps, pods}, fs, ws)
 	return s.render(w, r, http.StatusOK, s.shell(r, "Namespace "+ns, nil), views.ResourcePage(p), views.DataFragment(p.Data))
 }
 
@@ -273,7 +273,7 @@ func (s *server) deploymentPage(w http.ResponseWriter, r *http.Request) error {
 	}
 	fs, ws := problems(d.Summary, d.Inbound, d.Outbound, *d.Pods)
 	hf, hw := d.History.problems()
-	p.Data = s.data(r, here(s.query(v)), summary(d.Summary), charts(d.History), tables, append(fs, hf...), append(ws, hw...))
+	p.Data = s.data(here(s.query(v)), summary(d.Summary), charts(d.History), tables, append(fs, hf...), append(ws, hw...))
 	return s.render(w, r, http.StatusOK, s.shell(r, "Deployment "+ns+"/"+name, nil), views.ResourcePage(p), views.DataFragment(p.Data))
 }
 
@@ -321,7 +321,7 @@ func (s *server) podPage(w http.ResponseWriter, r *http.Request) error {
 	}
 	fs, ws := problems(d.Summary, d.Inbound, d.Outbound)
 	hf, hw := d.History.problems()
-	p.Data = s.data(r, here(s.query(v)), summary(d.Summary), charts(d.History), tables, append(fs, hf...), append(ws, hw...))
+	p.Data = s.data(here(s.query(v)), summary(d.Summary), charts(d.History), tables, append(fs, hf...), append(ws, hw...))
 	return s.render(w, r, http.StatusOK, s.shell(r, "Pod "+ns+"/"+pod, nil), views.ResourcePage(p), views.DataFragment(p.Data))
 }
 

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"net/http"
 	"net/url"
 	"slices"
 	"strconv"
@@ -318,9 +317,10 @@ func summary(t api.Table) *views.Summary {
 	}
 }
 
-// data assembles a page's refreshing fragment; sources are every api result
-// the page used, for the banner naming the backend and its first error.
-func (s *server) data(r *http.Request, refresh string, sum *views.Summary, charts []views.Chart, tables []views.Table, failures []api.Failure, warnings []string) views.Data {
+// data assembles a page's refreshing fragment; failures and warnings are
+// those of every api result the page used, for the banner naming the backend
+// and its first error.
+func (s *server) data(refresh string, sum *views.Summary, charts []views.Chart, tables []views.Table, failures []api.Failure, warnings []string) views.Data {
 	d := views.Data{
 		RefreshHref:  refresh,
 		RefreshEvery: s.cfg.refresh().String(),
