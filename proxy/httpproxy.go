@@ -148,7 +148,7 @@ func (p *httpProxy) serve(ctx context.Context, w http.ResponseWriter, r *http.Re
 	}
 
 	var res *http.Response
-	var tried [4]*balance.Endpoint
+	var tried [maxReroutes]*balance.Endpoint
 	for attempt := 0; ; attempt++ {
 		var done func(error)
 		if ep != nil {

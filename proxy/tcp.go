@@ -118,6 +118,12 @@ func (d *dialer) noteEndpoint(ep *balance.Endpoint) {
 	d.labels.Store(ep.Addr, dstOf(ep.DstLabels))
 }
 
+// maxReroutes bounds how many unreachable endpoints one request (HTTP) or
+// connection (TCP) is moved away from before the proxy gives up and answers
+// with the error: a few retries ride out a dying pod, more would only delay
+// the error when a whole destination is down.
+const maxReroutes = 4
+
 // proxyTCP carries an opaque connection to target (an authority, balanced when it is in the destinations
 // file) until both sides have closed.
 func (p *proxy) proxyTCP(ctx context.Context, l *listener, client net.Conn) {
@@ -161,7 +167,7 @@ func (p *proxy) proxyTCP(ctx context.Context, l *listener, client net.Conn) {
 		if err == nil {
 			break
 		}
-		if ep != nil && balance.Unreachable(err) && dctx.Err() == nil {
+		if ep != nil && balance.Unreachable(err) && dctx.Err() == nil && len(tried) < maxReroutes {
 			tried = append(tried, ep)
 			continue
 		}
