@@ -53,16 +53,10 @@ type liveSockets struct {
 	count atomic.Int64
 }
 
-func (ls *liveSockets) durOr(d, def time.Duration) time.Duration {
-	if d > 0 {
-		return d
-	}
-	return def
-}
-
-func (ls *liveSockets) intOr(n, def int) int {
-	if n > 0 {
-		return n
+// orDefault is v, or def when v is zero (or negative).
+func orDefault[T int | time.Duration](v, def T) T {
+	if v > 0 {
+		return v
 	}
 	return def
 }
@@ -196,13 +190,13 @@ func (ls *liveSockets) serve(w http.ResponseWriter, r *http.Request, top bool) {
 		c.Close(websocket.StatusPolicyViolation, closeReason("origin "+origin+" does not match host "+r.Host))
 		return
 	}
-	if n := ls.count.Add(1); n > int64(ls.intOr(ls.maxSockets, 64)) {
+	if n := ls.count.Add(1); n > int64(orDefault(ls.maxSockets, 64)) {
 		ls.count.Add(-1)
 		c.Close(websocket.StatusTryAgainLater, "too many live views open at once; close some and retry")
 		return
 	}
 	defer ls.count.Add(-1)
-	c.SetReadLimit(int64(ls.intOr(ls.readLimit, 4<<10)))
+	c.SetReadLimit(int64(orDefault(ls.readLimit, 4<<10)))
 
 	lr, err := ls.request(r, c)
 	if err != nil {
@@ -227,7 +221,7 @@ func (ls *liveSockets) serve(w http.ResponseWriter, r *http.Request, top bool) {
 		defer context.AfterFunc(ls.stop, cancel)()
 	}
 
-	sink := newLiveSink(ls.intOr(ls.maxBatch, 4096), top)
+	sink := newLiveSink(orDefault(ls.maxBatch, 4096), top)
 	var runErr error
 	runDone := make(chan struct{})
 	go func() {
@@ -278,13 +272,13 @@ func (ls *liveSockets) request(r *http.Request, c *websocket.Conn) (liveRequest,
 // before its "going away" close frame. It returns errClientGone
 // when ctx ends or a write or ping fails, errRunEnded when runDone closes.
 func (ls *liveSockets) writeLoop(ctx context.Context, c *websocket.Conn, sink *liveSink, top bool, runDone <-chan struct{}) error {
-	every := ls.durOr(ls.flushEvery, 100*time.Millisecond)
+	every := orDefault(ls.flushEvery, 100*time.Millisecond)
 	if top {
-		every = ls.durOr(ls.topEvery, time.Second)
+		every = orDefault(ls.topEvery, time.Second)
 	}
 	flush := time.NewTicker(every)
 	defer flush.Stop()
-	pingEvery := ls.durOr(ls.pingEvery, 20*time.Second)
+	pingEvery := orDefault(ls.pingEvery, 20*time.Second)
 	ping := time.NewTicker(pingEvery)
 	defer ping.Stop()
 	var buf []byte
@@ -303,7 +297,7 @@ func (ls *liveSockets) writeLoop(ctx context.Context, c *websocket.Conn, sink *l
 			}
 		case <-flush.C:
 			var ok bool
-			buf, ok = sink.frame(buf[:0], ls.intOr(ls.topRows, 100))
+			buf, ok = sink.frame(buf[:0], orDefault(ls.topRows, 100))
 			if !ok {
 				continue
 			}
