@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -161,6 +162,7 @@ func TestPagesAnswerWithStatusTypeAndContent(t *testing.T) {
 		{"invalid namespace is a 404 naming the rule", "/namespaces/Not_Valid", nil, 404, "text/html; charset=utf-8",
 			`[data-testid=error-message]`, "lower-case"},
 		{"invalid name in the JSON twin is a JSON 404", "/api/v1/namespaces/shop/deployments/a%22b", nil, 404, "application/json", "", ""},
+		{"control character in an API path is still valid JSON", "/api/v1/no%01such", nil, 404, "application/json", "", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rec := request(h, tc.target, tc.header...)
@@ -169,6 +171,9 @@ func TestPagesAnswerWithStatusTypeAndContent(t *testing.T) {
 			}
 			if ct := rec.Header().Get("Content-Type"); ct != tc.contentType {
 				t.Errorf("content type %q, want %q", ct, tc.contentType)
+			}
+			if tc.contentType == "application/json" && !json.Valid(rec.Body.Bytes()) {
+				t.Errorf("invalid JSON: %s", rec.Body)
 			}
 			if tc.selector == "" {
 				return

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -263,7 +264,12 @@ func (s *server) handle(h handlerFunc) http.HandlerFunc {
 		if s.isAPI(r) {
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(status)
-			fmt.Fprintf(w, "{\"error\":%s}\n", strconv.Quote(msg))
+			// encoding/json, not strconv.Quote: Go's \x escapes are not JSON.
+			if err := json.NewEncoder(w).Encode(struct {
+				Error string `json:"error"`
+			}{msg}); err != nil {
+				s.log.Debug("writing error", "err", err)
+			}
 			return
 		}
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
