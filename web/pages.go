@@ -58,6 +58,16 @@ func (s *server) query(v viewState) url.Values {
 	return q
 }
 
+// crumbs leads from the namespaces list to namespace ns (empty: the list
+// only), keeping the view state q.
+func (s *server) crumbs(q url.Values, ns string) []views.Link {
+	c := []views.Link{{Label: "Namespaces", Href: s.url("/namespaces", q)}}
+	if ns != "" {
+		c = append(c, views.Link{Label: ns, Href: s.url("/namespaces/{ns}", q, ns)})
+	}
+	return c
+}
+
 func pathName(r *http.Request, param, kind string) (string, error) {
 	v := chi.URLParam(r, param)
 	var err error
@@ -131,7 +141,7 @@ func (s *server) namespacesPage(w http.ResponseWriter, r *http.Request) error {
 		Windows: s.windows(here, v),
 	}
 	fs, ws := problems(d.Namespaces)
-	p.Data = s.data(here(s.query(v)), nil, nil, []views.Table{t}, fs, ws)
+	p.Data = s.data(here(q), nil, nil, []views.Table{t}, fs, ws)
 	return s.render(w, r, http.StatusOK, s.shell(r, "Namespaces", nil), views.ResourcePage(p), views.DataFragment(p.Data))
 }
 
@@ -174,12 +184,12 @@ func (s *server) namespacePage(w http.ResponseWriter, r *http.Request) error {
 	p := views.Resource{
 		Heading: "Namespace " + ns,
 		Kind:    "namespace",
-		Crumbs:  []views.Link{{Label: "Namespaces", Href: s.url("/namespaces", s.query(v))}},
+		Crumbs:  s.crumbs(q, ""),
 		Grafana: s.grafana("meshscope-namespace", "namespace", ns, "", ""),
 		Windows: s.windows(here, v),
 	}
 	fs, ws := problems(d.Deployments, d.Pods)
-	p.Data = s.data(here(s.query(v)), nil, nil, []views.Table{deps, pods}, fs, ws)
+	p.Data = s.data(here(q), nil, nil, []views.Table{deps, pods}, fs, ws)
 	return s.render(w, r, http.StatusOK, s.shell(r, "Namespace "+ns, nil), views.ResourcePage(p), views.DataFragment(p.Data))
 }
 
@@ -257,6 +267,7 @@ func (s *server) deploymentPage(w http.ResponseWriter, r *http.Request) error {
 		return s.writeJSON(w, r, d)
 	}
 	here := func(q url.Values) string { return s.url("/namespaces/{ns}/deployments/{name}", q, ns, name) }
+	q := s.query(v)
 	tables := []views.Table{
 		s.edgeTable(here, v, "Inbound: who calls "+name, "inbound", "Caller", d.Inbound, false),
 		s.edgeTable(here, v, "Outbound: what "+name+" calls", "outbound", "Callee", d.Outbound, true),
@@ -265,15 +276,14 @@ func (s *server) deploymentPage(w http.ResponseWriter, r *http.Request) error {
 	p := views.Resource{
 		Heading: "Deployment " + name,
 		Kind:    "deployment",
-		Crumbs: []views.Link{{Label: "Namespaces", Href: s.url("/namespaces", s.query(v))},
-			{Label: ns, Href: s.url("/namespaces/{ns}", s.query(v), ns)}},
+		Crumbs:  s.crumbs(q, ns),
 		Grafana: s.grafana("meshscope-deployment", "deployment", ns, name, ""),
 		Windows: s.windows(here, v),
 		Live:    views.LiveCalls(s.liveCalls(api.Selector{Namespace: ns, Deployment: name})),
 	}
 	fs, ws := problems(d.Summary, d.Inbound, d.Outbound, *d.Pods)
 	hf, hw := d.History.problems()
-	p.Data = s.data(here(s.query(v)), summary(d.Summary), charts(d.History), tables, append(fs, hf...), append(ws, hw...))
+	p.Data = s.data(here(q), summary(d.Summary), charts(d.History), tables, append(fs, hf...), append(ws, hw...))
 	return s.render(w, r, http.StatusOK, s.shell(r, "Deployment "+ns+"/"+name, nil), views.ResourcePage(p), views.DataFragment(p.Data))
 }
 
@@ -300,11 +310,11 @@ func (s *server) podPage(w http.ResponseWriter, r *http.Request) error {
 		return s.writeJSON(w, r, d)
 	}
 	here := func(q url.Values) string { return s.url("/namespaces/{ns}/pods/{pod}", q, ns, pod) }
-	crumbs := []views.Link{{Label: "Namespaces", Href: s.url("/namespaces", s.query(v))},
-		{Label: ns, Href: s.url("/namespaces/{ns}", s.query(v), ns)}}
+	q := s.query(v)
+	crumbs := s.crumbs(q, ns)
 	for _, row := range d.Summary.Rows {
 		if dep := row.Labels[api.LabelDeployment]; dep != "" {
-			crumbs = append(crumbs, views.Link{Label: dep, Href: s.url("/namespaces/{ns}/deployments/{name}", s.query(v), ns, dep)})
+			crumbs = append(crumbs, views.Link{Label: dep, Href: s.url("/namespaces/{ns}/deployments/{name}", q, ns, dep)})
 		}
 	}
 	tables := []views.Table{
@@ -321,7 +331,7 @@ func (s *server) podPage(w http.ResponseWriter, r *http.Request) error {
 	}
 	fs, ws := problems(d.Summary, d.Inbound, d.Outbound)
 	hf, hw := d.History.problems()
-	p.Data = s.data(here(s.query(v)), summary(d.Summary), charts(d.History), tables, append(fs, hf...), append(ws, hw...))
+	p.Data = s.data(here(q), summary(d.Summary), charts(d.History), tables, append(fs, hf...), append(ws, hw...))
 	return s.render(w, r, http.StatusOK, s.shell(r, "Pod "+ns+"/"+pod, nil), views.ResourcePage(p), views.DataFragment(p.Data))
 }
 
