@@ -41,7 +41,8 @@ Examples:
 Flags:
 `
 
-// tapCmd is `web tap`: the live requests of one proxy in the terminal.
+// tapCmd is `web tap`: the live requests of the proxies a RESOURCE picks, or
+// of the one proxy at --proxy, in the terminal.
 func tapCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("tap", flag.ContinueOnError)
 	fs.SetOutput(stderr)
