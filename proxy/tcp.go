@@ -18,6 +18,7 @@ import (
 type countingConn struct {
 	net.Conn
 	series *metrics.TCPSeries
+	raw    *rawIO
 	opened time.Time
 	closed atomic.Bool
 
@@ -27,11 +28,15 @@ type countingConn struct {
 
 func newCountingConn(c net.Conn, s *metrics.TCPSeries) *countingConn {
 	s.Opened()
-	return &countingConn{Conn: c, series: s, opened: time.Now()}
+	return &countingConn{Conn: c, series: s, raw: newRawIO(c), opened: time.Now()}
 }
 
-func (c *countingConn) Read(b []byte) (int, error) {
-	n, err := c.Conn.Read(b)
+func (c *countingConn) Read(b []byte) (n int, err error) {
+	if c.raw != nil {
+		n, err = c.raw.read(b)
+	} else {
+		n, err = c.Conn.Read(b)
+	}
 	if n > 0 {
 		c.series.Read.Add(float64(n))
 	}
@@ -41,8 +46,12 @@ func (c *countingConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
-func (c *countingConn) Write(b []byte) (int, error) {
-	n, err := c.Conn.Write(b)
+func (c *countingConn) Write(b []byte) (n int, err error) {
+	if c.raw != nil {
+		n, err = c.raw.write(b)
+	} else {
+		n, err = c.Conn.Write(b)
+	}
 	if n > 0 {
 		c.series.Write.Add(float64(n))
 	}
