@@ -259,6 +259,10 @@ opaque TCP); a client silent for --detect-timeout is proxied as TCP.
 Every flag has an environment twin, MESHSCOPE_PROXY_<FLAG IN UPPER SNAKE CASE> (e.g.
 MESHSCOPE_PROXY_INBOUND_FORWARD); a flag on the command line wins over its twin.
 
+The proxy runs on one CPU while that is enough and uses every CPU it may (or its cgroup's limit) while
+it is busy; GOMAXPROCS in the environment fixes the count instead (go_sched_gomaxprocs_threads on
+/metrics shows it).
+
 Flags:
 `)
 	fs.SetOutput(w)

@@ -42,5 +42,8 @@ func run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	if g := newProcsGovernor(); g != nil {
+		go g.run(ctx, log)
+	}
 	return p.Serve(ctx)
 }
