@@ -28,7 +28,7 @@ var DurationBuckets = []float64{1, 10, 100, 1000, 10000, 100000, 1000000, 100000
 // spraying random hosts cannot exhaust the proxy's memory or Prometheus.
 const MaxSeries = 2000
 
-// OverflowAuthority replaces authorities past MaxSeries.
+// OverflowAuthority replaces authorities (and target addresses) past MaxSeries.
 const OverflowAuthority = "overflow"
 
 // TLS is the value of the tls label: the first slice has no mutual TLS yet.
@@ -135,7 +135,8 @@ func (m *Metrics) HTTP(k HTTPKey) *HTTPSeries {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if len(m.http) >= MaxSeries {
-		k.Authority = OverflowAuthority
+		// An authority not in the destinations file is also the target_addr it is dialled at: both go.
+		k.Authority, k.TargetAddr = OverflowAuthority, OverflowAuthority
 	}
 	if s = m.http[k]; s != nil {
 		return s
