@@ -342,7 +342,15 @@ func (w *h1Response) WriteHeader(code int) {
 	if w.wroteHeader || code < 100 || code > 999 {
 		return
 	}
-	// Informational responses are forwarded by net/http's client itself, never through here.
+	if code < 200 && code != http.StatusSwitchingProtocols {
+		// An informational response goes to the client now, with the fields set so far, and the final
+		// response is still to come, as with net/http's server; never to an HTTP/1.0 client (RFC 9110
+		// section 15.2), which the fast path leaves to net/http anyway.
+		if w.req.ProtoAtLeast(1, 1) {
+			w.writeInformational(code)
+		}
+		return
+	}
 	w.wroteHeader, w.status = true, code
 	if cl := w.header["Content-Length"]; len(cl) > 0 {
 		if n, err := strconv.ParseInt(cl[0], 10, 64); err == nil && n >= 0 && len(cl) == 1 {
@@ -466,16 +474,7 @@ func (w *h1Response) commit(done bool) {
 		h["Connection"] = closeValue
 	}
 
-	bw.WriteString("HTTP/1.1 ")
-	bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(w.status), 10))
-	bw.WriteByte(' ')
-	if text := http.StatusText(w.status); text != "" {
-		bw.WriteString(text)
-	} else {
-		bw.WriteString("status code ")
-		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(w.status), 10))
-	}
-	bw.WriteString("\r\n")
+	writeStatusLine(bw, w.status)
 	if h["Date"] == nil {
 		bw.WriteString("Date: ")
 		bw.Write(time.Now().UTC().AppendFormat(bw.AvailableBuffer(), http.TimeFormat))
@@ -491,6 +490,35 @@ func (w *h1Response) commit(done bool) {
 	if len(held) > 0 && w.req.Method != "HEAD" {
 		w.writeBody(held)
 	}
+}
+
+// writeInformational writes a 1xx head with the header's fields, but those of a body and trailers (as
+// net/http's server), and flushes it.
+func (w *h1Response) writeInformational(code int) {
+	bw := w.c.bw
+	writeStatusLine(bw, code)
+	for k, vv := range w.header {
+		if k == "Content-Length" || k == "Transfer-Encoding" || strings.HasPrefix(k, http.TrailerPrefix) {
+			continue
+		}
+		writeField(bw, k, vv)
+	}
+	bw.WriteString("\r\n")
+	bw.Flush()
+}
+
+// writeStatusLine writes an HTTP/1.1 status line.
+func writeStatusLine(bw *bufio.Writer, code int) {
+	bw.WriteString("HTTP/1.1 ")
+	bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(code), 10))
+	bw.WriteByte(' ')
+	if text := http.StatusText(code); text != "" {
+		bw.WriteString(text)
+	} else {
+		bw.WriteString("status code ")
+		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(code), 10))
+	}
+	bw.WriteString("\r\n")
 }
 
 // writeTrailers writes the trailers: the fields the head announced in Trailer and those set with

@@ -40,8 +40,20 @@ const (
 var aLongTimeAgo = time.Unix(1, 0)
 
 // RoundTrip sends req, as prepared by httpProxy (URL.Host is the address to dial, Host the authority).
+// Informational responses are skipped.
 func (c *h1Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
-	if req.Body != nil || req.Header["Upgrade"] != nil {
+	return c.roundTrip(req, nil)
+}
+
+// ownRoundTrip reports whether req is sent by h1Upstream's own round trip, not the fallback Transport.
+func (c *h1Upstream) ownRoundTrip(req *http.Request) bool {
+	return req.Body == nil && req.Header["Upgrade"] == nil
+}
+
+// roundTrip is RoundTrip forwarding the 1xx responses it reads to inform, when set (forwardInformational).
+// A request for the fallback Transport gets its 1xx reported through the ClientTrace of its context.
+func (c *h1Upstream) roundTrip(req *http.Request, inform http.ResponseWriter) (*http.Response, error) {
+	if !c.ownRoundTrip(req) {
 		return c.fallback.RoundTrip(req)
 	}
 	addr := req.URL.Host
@@ -51,7 +63,7 @@ func (c *h1Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err != nil {
 			return nil, err
 		}
-		res, wrote, err := pc.roundTrip(req)
+		res, wrote, err := pc.roundTrip(req, inform)
 		if err == nil {
 			return res, nil
 		}
@@ -159,8 +171,9 @@ type h1Conn struct {
 	body      h1Body // the body of the response in flight: part of the connection, never allocated
 }
 
-// roundTrip writes req and reads its response head. wrote tells whether any of the request was sent.
-func (pc *h1Conn) roundTrip(req *http.Request) (res *http.Response, wrote bool, err error) {
+// roundTrip writes req and reads its response head, forwarding the 1xx before it to inform when set. wrote
+// tells whether any of the request was sent.
+func (pc *h1Conn) roundTrip(req *http.Request, inform http.ResponseWriter) (res *http.Response, wrote bool, err error) {
 	pc.received = false
 	// The request's context ends it: a client that goes away must not leave the upstream request behind.
 	stop := context.AfterFunc(req.Context(), func() { pc.Conn.SetDeadline(aLongTimeAgo) })
@@ -171,7 +184,8 @@ func (pc *h1Conn) roundTrip(req *http.Request) (res *http.Response, wrote bool, 
 	for {
 		pc.lr.N = upstreamMaxHeaderBytes
 		res, err = http.ReadResponse(pc.br, req)
-		pc.received = pc.lr.N < upstreamMaxHeaderBytes || pc.br.Buffered() > 0
+		// Sticky: a connection that answered a 1xx was not stale, and a retry would repeat the 1xx.
+		pc.received = pc.received || pc.lr.N < upstreamMaxHeaderBytes || pc.br.Buffered() > 0
 		pc.lr.N = math.MaxInt64
 		if err != nil {
 			stop()
@@ -180,6 +194,9 @@ func (pc *h1Conn) roundTrip(req *http.Request) (res *http.Response, wrote bool, 
 		// Informational responses other than 101 precede the real one (RFC 9110 section 15.2).
 		if res.StatusCode >= 200 || res.StatusCode == http.StatusSwitchingProtocols {
 			break
+		}
+		if inform != nil {
+			forwardInformational(inform, res.StatusCode, res.Header)
 		}
 	}
 	pc.body = h1Body{pc: pc, rc: res.Body, stop: stop, reuse: !res.Close}

@@ -50,17 +50,18 @@ func TestHTTP1UpstreamEdgeCases(t *testing.T) {
 		ua         string
 		wantStatus int
 		wantBody   string
+		wantHint   string // the Link of a 103 expected before the response
 	}{
-		{"path and query pass as sent", "GET", "/a%2Fb/c?x=1&y=%20", "curl/8", 200, `GET /a%2Fb/c?x=1&y=%20 ua="curl/8" cl=""`},
-		{"no user agent stays absent", "GET", "/plain", "", 200, `GET /plain ua="" cl=""`},
-		{"empty post says so", "POST", "/post", "x", 200, `POST /post ua="x" cl="0"`},
-		{"head has no body", "HEAD", "/head", "x", 200, ``},
-		{"informational responses are skipped", "GET", "/early-hints", "x", 200, "after hints"},
-		{"connection close is honoured", "GET", "/close", "x", 200, "closing"},
-		{"no content", "GET", "/no-content", "x", 204, ""},
-		{"large body", "GET", "/big", "x", 200, strings.Repeat("0123456789", 10000)},
-		{"an endless response head is cut", "GET", "/huge-header", "x", 502, "upstream-error\n"},
-		{"after all that the pool still works", "GET", "/again", "x", 200, `GET /again ua="x" cl=""`},
+		{"path and query pass as sent", "GET", "/a%2Fb/c?x=1&y=%20", "curl/8", 200, `GET /a%2Fb/c?x=1&y=%20 ua="curl/8" cl=""`, ""},
+		{"no user agent stays absent", "GET", "/plain", "", 200, `GET /plain ua="" cl=""`, ""},
+		{"empty post says so", "POST", "/post", "x", 200, `POST /post ua="x" cl="0"`, ""},
+		{"head has no body", "HEAD", "/head", "x", 200, ``, ""},
+		{"informational responses are forwarded first", "GET", "/early-hints", "x", 200, "after hints", "</style.css>; rel=preload"},
+		{"connection close is honoured", "GET", "/close", "x", 200, "closing", ""},
+		{"no content", "GET", "/no-content", "x", 204, "", ""},
+		{"large body", "GET", "/big", "x", 200, strings.Repeat("0123456789", 10000), ""},
+		{"an endless response head is cut", "GET", "/huge-header", "x", 502, "upstream-error\n", ""},
+		{"after all that the pool still works", "GET", "/again", "x", 200, `GET /again ua="x" cl=""`, ""},
 	}
 	// Raw requests: exactly what the client sends, nothing added by a client library.
 	c, err := net.Dial("tcp", p.addr("--inbound-listen").String())
@@ -76,6 +77,15 @@ func TestHTTP1UpstreamEdgeCases(t *testing.T) {
 				ua = "User-Agent: " + tt.ua + "\r\n"
 			}
 			fmt.Fprintf(c, "%s %s HTTP/1.1\r\nHost: app\r\n%s\r\n", tt.method, tt.path, ua)
+			if tt.wantHint != "" {
+				res, err := http.ReadResponse(br, &http.Request{Method: tt.method})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if res.StatusCode != http.StatusEarlyHints || res.Header.Get("Link") != tt.wantHint {
+					t.Fatalf("first response %d Link %q, want 103 %q", res.StatusCode, res.Header.Get("Link"), tt.wantHint)
+				}
+			}
 			res, err := http.ReadResponse(br, &http.Request{Method: tt.method})
 			if err != nil {
 				t.Fatal(err)

@@ -9,9 +9,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
+	"net/textproto"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/coder/websocket"
 )
@@ -333,5 +336,118 @@ func TestMalformedHTTPGets400AndTheProxyKeepsServing(t *testing.T) {
 				t.Fatalf("after the bad request: %d %q", res.StatusCode, body)
 			}
 		})
+	}
+}
+
+// TestInformationalResponsesReachTheClient: an upstream's 103 Early Hints reaches the client with its own
+// fields, before the final response and without leaking into it, on every path a request can take; only
+// the final response is counted.
+func TestInformationalResponsesReachTheClient(t *testing.T) {
+	const link = "</style.css>; rel=preload; as=style"
+	app := h2cServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.ReadAll(r.Body)
+		w.Header().Set("Link", link)
+		if r.ProtoMajor == 1 {
+			w.Header().Set("Connection", "X-Hop")
+			w.Header().Set("X-Hop", "must not pass")
+		}
+		w.WriteHeader(http.StatusEarlyHints)
+		// The final response has fields of its own, not the hint's (net/http keeps the map, RFC 8297).
+		clear(w.Header())
+		w.Header().Set("X-Final", "yes")
+		fmt.Fprintf(w, "final %s %s", r.Method, r.Proto)
+	}))
+	p := startProxy(t, testConfig(app.Listener.Addr().String()))
+
+	tests := []struct {
+		name     string
+		client   *http.Client
+		method   string
+		body     string
+		wantBody string
+	}{
+		{"http/1.1 get on the fast path", h1Client(), "GET", "", "final GET HTTP/1.1"},
+		{"http/1.1 post through net/http's server", h1Client(), "POST", "payload", "final POST HTTP/1.1"},
+		{"h2c get", h2cClient(), "GET", "", "final GET HTTP/2.0"},
+		{"h2c post", h2cClient(), "POST", "payload", "final POST HTTP/2.0"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got []string // status and fields of each 1xx, in order
+			trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+				got = append(got, fmt.Sprintf("%d link=%q hop=%q", code, h.Get("Link"), h.Get("X-Hop")))
+				return nil
+			}}
+			var body io.Reader
+			if tt.body != "" {
+				body = strings.NewReader(tt.body)
+			}
+			req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), tt.method, p.url("--inbound-listen")+"/page", body)
+			res, b := doBody(t, tt.client, req)
+			if want := []string{fmt.Sprintf("103 link=%q hop=\"\"", link)}; fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("informational responses = %q, want %q", got, want)
+			}
+			if res.StatusCode != 200 || b != tt.wantBody || res.Header.Get("X-Final") != "yes" {
+				t.Errorf("final response %d %q X-Final=%q, want 200 %q yes", res.StatusCode, b, res.Header.Get("X-Final"), tt.wantBody)
+			}
+			if v, ok := res.Header["Link"]; ok {
+				t.Errorf("final response carries the hint's Link %q", v)
+			}
+		})
+	}
+	waitMetric(t, p.registry, "response_total", map[string]string{"direction": "inbound", "status_code": "200", "classification": "success"}, float64(len(tests)))
+	if n := metricValue(t, p.registry, "response_total", map[string]string{"direction": "inbound"}); n != float64(len(tests)) {
+		t.Errorf("response_total = %v, want %d: one per request, the final response only", n, len(tests))
+	}
+	if n := metricValue(t, p.registry, "response_latency_ms", map[string]string{"direction": "inbound"}); n != float64(len(tests)) {
+		t.Errorf("response_latency_ms count = %v, want %d", n, len(tests))
+	}
+}
+
+// TestExpectContinueGetsOneContinue: the proxy's server answers Expect: 100-continue itself; the upstream's
+// own 100 is not forwarded as a second one, while its other 1xx still are.
+func TestExpectContinueGetsOneContinue(t *testing.T) {
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The hint goes before the body is read, while the proxy's Transport is still sending it.
+		w.Header().Set("Link", "</a.js>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		w.Header().Del("Link")
+		b, _ := io.ReadAll(r.Body) // net/http's server sends its 100 Continue to the proxy here
+		fmt.Fprintf(w, "got %s expect=%q", b, r.Header.Get("Expect"))
+	}))
+	defer app.Close()
+	p := startProxy(t, testConfig(app.Listener.Addr().String()))
+
+	var got []int
+	trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+		got = append(got, code)
+		return nil
+	}}
+	c := &http.Client{Transport: &http.Transport{ExpectContinueTimeout: 10 * time.Second}, Timeout: 30 * time.Second}
+	req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "PUT", p.url("--inbound-listen"), strings.NewReader("payload"))
+	req.Header.Set("Expect", "100-continue")
+	res, body := doBody(t, c, req)
+	if res.StatusCode != 200 || body != `got payload expect="100-continue"` {
+		t.Fatalf("got %d %q", res.StatusCode, body)
+	}
+	if fmt.Sprint(got) != "[100 103]" {
+		t.Errorf("informational responses %v, want [100 103]: one 100 Continue, then the upstream's 103", got)
+	}
+	waitMetric(t, p.registry, "response_total", map[string]string{"direction": "inbound", "status_code": "200"}, 1)
+}
+
+// TestHTTP10ClientGetsNoInformationalResponse: a server must not send a 1xx to an HTTP/1.0 client (RFC
+// 9110 section 15.2).
+func TestHTTP10ClientGetsNoInformationalResponse(t *testing.T) {
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusEarlyHints)
+		io.WriteString(w, "final")
+	}))
+	defer app.Close()
+	p := startProxy(t, testConfig(app.Listener.Addr().String()))
+	c, br := dialProxy(t, p)
+	io.WriteString(c, "GET / HTTP/1.0\r\nHost: app\r\n\r\n")
+	if res, body := readBody(t, br, "GET"); res.StatusCode != 200 || body != "final" {
+		t.Fatalf("first response %d %q, want 200 \"final\"", res.StatusCode, body)
 	}
 }

@@ -51,7 +51,8 @@ type httpProxy struct {
 	// self tells whether an address is one of the proxy's own listeners, to refuse requests to itself.
 	self func(authority string) bool
 
-	h1, h2  http.RoundTripper
+	h1      *h1Upstream
+	h2      http.RoundTripper
 	dialer  *dialer
 	metrics *metrics.Metrics
 	tap     *taphub.Hub
@@ -115,9 +116,9 @@ func (p *httpProxy) serve(ctx context.Context, w http.ResponseWriter, r *http.Re
 	}
 	ex.requestHeaders(p.metrics)
 
-	out := r.WithContext(ctx) // a shallow copy; only the fields set below differ
-	u := *r.URL
-	out.URL = &u
+	o := &outbound{url: *r.URL, ctx: tracedContext{Context: ctx}}
+	out := r.WithContext(&o.ctx) // a shallow copy; only the fields set below differ
+	out.URL = &o.url
 	out.URL.Scheme = "http"
 	out.URL.Host = ex.Destination
 	if p.route != "" {
@@ -142,9 +143,23 @@ func (p *httpProxy) serve(ctx context.Context, w http.ResponseWriter, r *http.Re
 		body = &clientBody{rc: out.Body}
 		out.Body = body
 	}
-	rt := p.h1
-	if r.ProtoMajor == 2 {
-		rt = p.h2
+	// Upstream 1xx responses go to the client before the final one, but never to an HTTP/1.0 client
+	// (RFC 9110 section 15.2). h1Upstream's own round trip writes them to inform itself; a Transport reports
+	// them to a pooled informer through httptrace.
+	var inform http.ResponseWriter
+	var in *informer
+	if r.ProtoAtLeast(1, 1) {
+		inform = w
+		if r.ProtoMajor == 2 || !p.h1.ownRoundTrip(out) {
+			in = newInformer(w)
+			o.ctx.trace = &in.trace
+			if r.ProtoMajor == 1 && headerHasToken(r.Header, "Expect", "100-continue") {
+				// net/http's server writes its 100 Continue when the Transport's goroutine first reads
+				// the body, unsynchronized with a 1xx the Transport's other goroutine forwards: answer the
+				// expectation now (the Transport sends the body at once anyway: ExpectContinueTimeout 0).
+				w.WriteHeader(http.StatusContinue)
+			}
+		}
 	}
 
 	var res *http.Response
@@ -155,22 +170,29 @@ func (p *httpProxy) serve(ctx context.Context, w http.ResponseWriter, r *http.Re
 			done = ep.Begin()
 		}
 		var err error
-		res, err = rt.RoundTrip(out)
+		if r.ProtoMajor == 2 {
+			res, err = p.h2.RoundTrip(out)
+		} else {
+			res, err = p.h1.roundTrip(out, inform)
+		}
 		if err == nil {
 			if done != nil {
 				done(nil) // the balancer's latency is time to response headers, as linkerd's
 			}
+			in.done(true)
 			break
 		}
 		if done != nil {
 			done(err)
 		}
 		if ctx.Err() != nil {
+			in.done(false)
 			ex.Error = errCancelled
 			ex.end()
 			return
 		}
 		if body != nil && body.failed() {
+			in.done(false)
 			p.fail(w, r, &ex, http.StatusBadRequest, errBadRequest, err)
 			return
 		}
@@ -185,6 +207,7 @@ func (p *httpProxy) serve(ctx context.Context, w http.ResponseWriter, r *http.Re
 				continue
 			}
 		}
+		in.done(false)
 		status, reason := classifyError(err)
 		p.fail(w, r, &ex, status, reason, err)
 		return

@@ -1,0 +1,129 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+	"net/url"
+	"sync"
+)
+
+// Upstream 1xx informational responses (103 Early Hints, 102 Processing ...) reach the client before the
+// final response (RFC 9110 section 15.2), on every path:
+//   - h1Upstream's own round trip reads them itself and hands them to forwardInformational;
+//   - a request sent through a Transport (h2c, or HTTP/1.1 with a body or an upgrade) reports them through
+//     httptrace's Got1xxResponse, the hook both net/http's and x/net's clients call. Attaching a ClientTrace
+//     the usual way costs a context, a trace and a closure per request; here the context is part of the
+//     request's outbound allocation (made anyway for its URL) and the trace with its closure is pooled.
+//
+// Informational responses are not responses for the metrics or tap: only the final one is counted.
+
+// outbound is what serve allocates per request besides the request's shallow copy: the URL it is sent to
+// and the context it is sent with, in one allocation.
+type outbound struct {
+	url url.URL
+	ctx tracedContext
+}
+
+// tracedContext is the request's context, with trace as its httptrace.ClientTrace when set.
+type tracedContext struct {
+	context.Context
+	trace *httptrace.ClientTrace // nil: the request is not traced (h1Upstream's own round trip)
+}
+
+func (c *tracedContext) Value(key any) any {
+	if key == clientTraceKey && c.trace != nil {
+		return c.trace
+	}
+	return c.Context.Value(key)
+}
+
+// clientTraceKey is httptrace's (unexported) context key of a ClientTrace, learned once by asking
+// ContextClientTrace, so that tracedContext answers it without a context.WithValue per request.
+// TestInformationalResponsesReachTheClient fails should httptrace ever find its trace otherwise.
+var clientTraceKey = func() any {
+	var k keyRecorder
+	httptrace.ContextClientTrace(&k)
+	return k.key
+}()
+
+type keyRecorder struct {
+	context.Context
+	key any
+}
+
+func (k *keyRecorder) Value(key any) any {
+	k.key = key
+	return nil
+}
+
+// informer forwards the 1xx responses of one request sent through a Transport to that request's client.
+// Pooled: its trace and the closure in it are made once. The Transport calls Got1xxResponse from its own
+// goroutine, before RoundTrip returns; one that comes after (a RoundTrip cut short by the client leaving)
+// finds w cleared and is dropped, and such an informer is not pooled again.
+type informer struct {
+	trace httptrace.ClientTrace
+	mu    sync.Mutex
+	w     http.ResponseWriter // nil once the round trip returned
+}
+
+var informerPool = sync.Pool{New: func() any {
+	in := new(informer)
+	in.trace.Got1xxResponse = in.got1xx
+	return in
+}}
+
+// newInformer returns a pooled informer forwarding to w.
+func newInformer(w http.ResponseWriter) *informer {
+	in := informerPool.Get().(*informer)
+	in.mu.Lock()
+	in.w = w
+	in.mu.Unlock()
+	return in
+}
+
+// done ends the informer's round trip, before w is written or given up; ok tells whether it returned a
+// response, after which the Transport has no more 1xx to report for it and the informer may serve another
+// request. A nil informer (a request not traced) has nothing to end.
+func (in *informer) done(ok bool) {
+	if in == nil {
+		return
+	}
+	in.mu.Lock()
+	in.w = nil
+	in.mu.Unlock()
+	if ok {
+		informerPool.Put(in)
+	}
+}
+
+func (in *informer) got1xx(code int, h textproto.MIMEHeader) error {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.w != nil {
+		forwardInformational(in.w, code, http.Header(h))
+	}
+	return nil
+}
+
+// forwardInformational sends an upstream's 1xx response, code with its fields h, to the client through w,
+// whose header must not hold the final response's fields yet. 100 Continue is left out: the proxy's own
+// server answers Expect: 100-continue itself, and forwarding the upstream's would send the client a second
+// one; 101 is protocol switching, a final response. Hop-by-hop fields are removed from h as from any
+// response. The fields go with the 1xx only: they are removed from w's header once it is written, so that
+// none leaks into the final response (net/http's server sends the current header with a 1xx, RFC 8297).
+func forwardInformational(w http.ResponseWriter, code int, h http.Header) {
+	if code <= http.StatusSwitchingProtocols || code > 199 {
+		return
+	}
+	removeHopByHop(h)
+	wh := w.Header()
+	for k, vv := range h {
+		wh[k] = vv
+	}
+	w.WriteHeader(code)
+	for k := range h {
+		delete(wh, k)
+	}
+}
