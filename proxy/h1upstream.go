@@ -45,15 +45,10 @@ func (c *h1Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 	return c.roundTrip(req, nil)
 }
 
-// ownRoundTrip reports whether req is sent by h1Upstream's own round trip, not the fallback Transport.
-func (c *h1Upstream) ownRoundTrip(req *http.Request) bool {
-	return req.Body == nil && req.Header["Upgrade"] == nil
-}
-
 // roundTrip is RoundTrip forwarding the 1xx responses it reads to inform, when set (forwardInformational).
 // A request for the fallback Transport gets its 1xx reported through the ClientTrace of its context.
 func (c *h1Upstream) roundTrip(req *http.Request, inform http.ResponseWriter) (*http.Response, error) {
-	if !c.ownRoundTrip(req) {
+	if req.Body != nil || req.Header["Upgrade"] != nil {
 		return c.fallback.RoundTrip(req)
 	}
 	addr := req.URL.Host

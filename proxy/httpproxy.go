@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"strconv"
 	"strings"
 	"sync"
@@ -116,9 +117,31 @@ func (p *httpProxy) serve(ctx context.Context, w http.ResponseWriter, r *http.Re
 	}
 	ex.requestHeaders(p.metrics)
 
-	o := &outbound{url: *r.URL, ctx: tracedContext{Context: ctx}}
-	out := r.WithContext(&o.ctx) // a shallow copy; only the fields set below differ
-	out.URL = &o.url
+	upgrade := r.ProtoMajor == 1 && headerHasToken(r.Header, "Connection", "upgrade") && r.Header.Get("Upgrade") != ""
+	// Upstream 1xx responses go to the client before the final one, but never to an HTTP/1.0 client
+	// (RFC 9110 section 15.2). h1Upstream's own round trip (a body-less request upgrading nothing) writes
+	// them to inform itself; a Transport (h2c, a body, an upgrade) reports them through httptrace to a
+	// pooled informer.
+	var inform http.ResponseWriter
+	var in *informer
+	outCtx := ctx
+	if r.ProtoAtLeast(1, 1) {
+		inform = w
+		if r.ProtoMajor == 2 || r.ContentLength != 0 || upgrade {
+			in = newInformer(w)
+			outCtx = httptrace.WithClientTrace(ctx, &in.trace)
+			if r.ProtoMajor == 1 && headerHasToken(r.Header, "Expect", "100-continue") {
+				// net/http's server writes its 100 Continue when the Transport's goroutine first reads
+				// the body, unsynchronized with a 1xx the Transport's other goroutine forwards: answer the
+				// expectation now (the Transport sends the body at once anyway: ExpectContinueTimeout 0).
+				w.WriteHeader(http.StatusContinue)
+			}
+		}
+	}
+
+	out := r.WithContext(outCtx) // a shallow copy; only the fields set below differ
+	u := *r.URL
+	out.URL = &u
 	out.URL.Scheme = "http"
 	out.URL.Host = ex.Destination
 	if p.route != "" {
@@ -126,7 +149,6 @@ func (p *httpProxy) serve(ctx context.Context, w http.ResponseWriter, r *http.Re
 	}
 	out.RequestURI = ""
 	out.Close = false
-	upgrade := r.ProtoMajor == 1 && headerHasToken(r.Header, "Connection", "upgrade") && r.Header.Get("Upgrade") != ""
 	if upgrade {
 		removeHopByHopKeepUpgrade(out.Header)
 	} else {
@@ -142,24 +164,6 @@ func (p *httpProxy) serve(ctx context.Context, w http.ResponseWriter, r *http.Re
 	if out.Body != nil {
 		body = &clientBody{rc: out.Body}
 		out.Body = body
-	}
-	// Upstream 1xx responses go to the client before the final one, but never to an HTTP/1.0 client
-	// (RFC 9110 section 15.2). h1Upstream's own round trip writes them to inform itself; a Transport reports
-	// them to a pooled informer through httptrace.
-	var inform http.ResponseWriter
-	var in *informer
-	if r.ProtoAtLeast(1, 1) {
-		inform = w
-		if r.ProtoMajor == 2 || !p.h1.ownRoundTrip(out) {
-			in = newInformer(w)
-			o.ctx.trace = &in.trace
-			if r.ProtoMajor == 1 && headerHasToken(r.Header, "Expect", "100-continue") {
-				// net/http's server writes its 100 Continue when the Transport's goroutine first reads
-				// the body, unsynchronized with a 1xx the Transport's other goroutine forwards: answer the
-				// expectation now (the Transport sends the body at once anyway: ExpectContinueTimeout 0).
-				w.WriteHeader(http.StatusContinue)
-			}
-		}
 	}
 
 	var res *http.Response

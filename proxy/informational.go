@@ -1,11 +1,9 @@
 package main
 
 import (
-	"context"
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
-	"net/url"
 	"sync"
 )
 
@@ -13,50 +11,10 @@ import (
 // final response (RFC 9110 section 15.2), on every path:
 //   - h1Upstream's own round trip reads them itself and hands them to forwardInformational;
 //   - a request sent through a Transport (h2c, or HTTP/1.1 with a body or an upgrade) reports them through
-//     httptrace's Got1xxResponse, the hook both net/http's and x/net's clients call. Attaching a ClientTrace
-//     the usual way costs a context, a trace and a closure per request; here the context is part of the
-//     request's outbound allocation (made anyway for its URL) and the trace with its closure is pooled.
+//     httptrace's Got1xxResponse, the hook both net/http's and x/net's clients call. The trace and its
+//     closure are pooled: such a request costs one context more.
 //
 // Informational responses are not responses for the metrics or tap: only the final one is counted.
-
-// outbound is what serve allocates per request besides the request's shallow copy: the URL it is sent to
-// and the context it is sent with, in one allocation.
-type outbound struct {
-	url url.URL
-	ctx tracedContext
-}
-
-// tracedContext is the request's context, with trace as its httptrace.ClientTrace when set.
-type tracedContext struct {
-	context.Context
-	trace *httptrace.ClientTrace // nil: the request is not traced (h1Upstream's own round trip)
-}
-
-func (c *tracedContext) Value(key any) any {
-	if key == clientTraceKey && c.trace != nil {
-		return c.trace
-	}
-	return c.Context.Value(key)
-}
-
-// clientTraceKey is httptrace's (unexported) context key of a ClientTrace, learned once by asking
-// ContextClientTrace, so that tracedContext answers it without a context.WithValue per request.
-// TestInformationalResponsesReachTheClient fails should httptrace ever find its trace otherwise.
-var clientTraceKey = func() any {
-	var k keyRecorder
-	httptrace.ContextClientTrace(&k)
-	return k.key
-}()
-
-type keyRecorder struct {
-	context.Context
-	key any
-}
-
-func (k *keyRecorder) Value(key any) any {
-	k.key = key
-	return nil
-}
 
 // informer forwards the 1xx responses of one request sent through a Transport to that request's client.
 // Pooled: its trace and the closure in it are made once. The Transport calls Got1xxResponse from its own
