@@ -11,7 +11,9 @@ import (
 	"net/http/httptest"
 	"net/http/httptrace"
 	"net/textproto"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -449,5 +451,59 @@ func TestHTTP10ClientGetsNoInformationalResponse(t *testing.T) {
 	io.WriteString(c, "GET / HTTP/1.0\r\nHost: app\r\n\r\n")
 	if res, body := readBody(t, br, "GET"); res.StatusCode != 200 || body != "final" {
 		t.Fatalf("first response %d %q, want 200 \"final\"", res.StatusCode, body)
+	}
+}
+
+// blockingWriter is a client whose connection does not take a write until released.
+type blockingWriter struct {
+	header  http.Header
+	release chan struct{}
+	mu      sync.Mutex
+	codes   []int
+	links   []string
+}
+
+func (w *blockingWriter) Header() http.Header         { return w.header }
+func (w *blockingWriter) Write(b []byte) (int, error) { return len(b), nil }
+func (w *blockingWriter) WriteHeader(code int) {
+	<-w.release
+	w.mu.Lock()
+	w.codes = append(w.codes, code)
+	w.links = append(w.links, w.header.Get("Link"))
+	w.mu.Unlock()
+}
+
+// An upstream connection's read loop reports 1xx responses; a client that does not read must not stall it
+// (the other requests on that connection wait on it), yet every 1xx still reaches the client, in order,
+// before the request's round trip is done.
+func TestInformerNeverBlocksTheUpstreamReadLoop(t *testing.T) {
+	w := &blockingWriter{header: make(http.Header), release: make(chan struct{})}
+	in := newInformer(w)
+	reported := make(chan struct{})
+	go func() {
+		in.trace.Got1xxResponse(http.StatusEarlyHints, textproto.MIMEHeader{"Link": {"</a.css>; rel=preload"}})
+		in.trace.Got1xxResponse(http.StatusEarlyHints, textproto.MIMEHeader{"Link": {"</b.js>; rel=preload"}})
+		close(reported)
+	}()
+	select {
+	case <-reported:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Got1xxResponse waited for the client to take the 1xx")
+	}
+
+	done := make(chan struct{})
+	go func() {
+		in.done(true)
+		close(done)
+	}()
+	close(w.release)
+	<-done
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !slices.Equal(w.codes, []int{103, 103}) || !slices.Equal(w.links, []string{"</a.css>; rel=preload", "</b.js>; rel=preload"}) {
+		t.Fatalf("client got %v with Link %q, want two 103s in order", w.codes, w.links)
+	}
+	if len(w.header) != 0 {
+		t.Fatalf("header left for the final response: %v", w.header)
 	}
 }

@@ -17,17 +17,30 @@ import (
 // Informational responses are not responses for the metrics or tap: only the final one is counted.
 
 // informer forwards the 1xx responses of one request sent through a Transport to that request's client.
-// Pooled: its trace and the closure in it are made once. The Transport calls Got1xxResponse from its own
-// goroutine, before RoundTrip returns; one that comes after (a RoundTrip cut short by the client leaving)
-// finds w cleared and is dropped, and such an informer is not pooled again.
+// Pooled: its trace and the closure in it are made once. The Transport calls Got1xxResponse from its
+// connection's read loop, before RoundTrip returns. Writing to the client there could stall every request
+// sharing that upstream connection (an h2c one is shared by many clients) behind one client that does not
+// read, so got1xx only queues the response and a goroutine of the request's own writes it; done waits for
+// that goroutine, so that every 1xx precedes the final response. A 1xx reported after done (a RoundTrip
+// cut short by the client leaving) finds w cleared and is dropped, and such an informer is not pooled again.
 type informer struct {
-	trace httptrace.ClientTrace
-	mu    sync.Mutex
-	w     http.ResponseWriter // nil once the round trip returned
+	trace   httptrace.ClientTrace
+	mu      sync.Mutex
+	written sync.Cond           // broadcast when the writing goroutine has emptied queue; L is &mu
+	w       http.ResponseWriter // nil once the round trip returned
+	queue   []informational     // reported, not yet written
+	writing bool                // a goroutine is writing queue to w
+}
+
+// informational is one upstream 1xx response.
+type informational struct {
+	code   int
+	header http.Header
 }
 
 var informerPool = sync.Pool{New: func() any {
 	in := new(informer)
+	in.written.L = &in.mu
 	in.trace.Got1xxResponse = in.got1xx
 	return in
 }}
@@ -41,28 +54,52 @@ func newInformer(w http.ResponseWriter) *informer {
 	return in
 }
 
-// done ends the informer's round trip, before w is written or given up; ok tells whether it returned a
-// response, after which the Transport has no more 1xx to report for it and the informer may serve another
-// request. A nil informer (a request not traced) has nothing to end.
+// done ends the informer's round trip, before w is written or given up, once the 1xx reported so far are
+// written; ok tells whether it returned a response, after which the Transport has no more 1xx to report for
+// it and the informer may serve another request. A nil informer (a request not traced) has nothing to end.
 func (in *informer) done(ok bool) {
 	if in == nil {
 		return
 	}
 	in.mu.Lock()
-	in.w = nil
+	for in.writing {
+		in.written.Wait()
+	}
+	in.w, in.queue = nil, nil
 	in.mu.Unlock()
 	if ok {
 		informerPool.Put(in)
 	}
 }
 
+// got1xx queues a 1xx for the client and returns at once.
 func (in *informer) got1xx(code int, h textproto.MIMEHeader) error {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	if in.w != nil {
-		forwardInformational(in.w, code, http.Header(h))
+	if in.w == nil {
+		return nil
+	}
+	in.queue = append(in.queue, informational{code: code, header: http.Header(h).Clone()})
+	if !in.writing {
+		in.writing = true
+		go in.write()
 	}
 	return nil
+}
+
+// write writes the queued 1xx to the client, in order, until the queue is empty.
+func (in *informer) write() {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	for len(in.queue) > 0 {
+		r, w := in.queue[0], in.w
+		in.queue = in.queue[1:]
+		in.mu.Unlock()
+		forwardInformational(w, r.code, r.header)
+		in.mu.Lock()
+	}
+	in.writing = false
+	in.written.Broadcast()
 }
 
 // forwardInformational sends an upstream's 1xx response, code with its fields h, to the client through w,
