@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 )
 
@@ -42,8 +43,14 @@ func run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	// The governor ends with the proxy, whichever way Serve returns, and leaves GOMAXPROCS as it found it.
+	gctx, stopGovernor := context.WithCancel(ctx)
+	var wg sync.WaitGroup
 	if g := newProcsGovernor(); g != nil {
-		go g.run(ctx, log)
+		wg.Go(func() { g.run(gctx, log) })
 	}
-	return p.Serve(ctx)
+	err = p.Serve(ctx)
+	stopGovernor()
+	wg.Wait()
+	return err
 }

@@ -27,12 +27,13 @@ const (
 
 // procsGovernor decides the processor count from the CPU time used in each interval.
 type procsGovernor struct {
-	max  int // the runtime's own count
-	cur  int
+	max  int // the runtime's own count at start
+	cur  int // 1, or max for "the runtime's own count"
 	calm int // intervals in a row below procsDown
 }
 
-// next returns the processor count for the next interval, given the cores used in the last one.
+// next returns the processor count for the next interval, given the cores used in the last one: 1, or
+// max for the runtime's own count.
 func (g *procsGovernor) next(used float64) int {
 	switch {
 	case g.cur == 1:
@@ -64,9 +65,11 @@ func newProcsGovernor() *procsGovernor {
 	return g
 }
 
-// run adapts GOMAXPROCS to the CPU time the process uses until ctx ends, then restores the runtime's count.
+// run adapts GOMAXPROCS to the CPU time the process uses until ctx ends, then hands the count back to the
+// runtime. While busy the count is the runtime's own (runtime.SetDefaultGOMAXPROCS), which keeps following
+// the CPUs the process may use, such as a container's changing CPU limit.
 func (g *procsGovernor) run(ctx context.Context, log *slog.Logger) {
-	defer runtime.GOMAXPROCS(g.max)
+	defer runtime.SetDefaultGOMAXPROCS()
 	last, err := cpuTime()
 	if err != nil {
 		log.Warn("cannot read the proxy's CPU time: GOMAXPROCS stays at the runtime's own count", "err", err)
@@ -86,9 +89,14 @@ func (g *procsGovernor) run(ctx context.Context, log *slog.Logger) {
 			}
 			cores := float64(used-last) / float64(now.Sub(lastAt))
 			last, lastAt = used, now
-			if n := g.next(cores); n != runtime.GOMAXPROCS(0) {
-				runtime.GOMAXPROCS(n)
-				log.Debug("GOMAXPROCS changed", "procs", n, "cores_used", cores)
+			was := g.cur
+			if n := g.next(cores); n != was {
+				if n == 1 {
+					runtime.GOMAXPROCS(1)
+				} else {
+					runtime.SetDefaultGOMAXPROCS()
+				}
+				log.Debug("GOMAXPROCS changed", "procs", runtime.GOMAXPROCS(0), "cores_used", cores)
 			}
 		}
 	}

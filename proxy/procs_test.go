@@ -2,10 +2,13 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -83,5 +86,28 @@ func TestBinaryRunsOnOneProcessorUnlessGOMAXPROCSIsSet(t *testing.T) {
 				t.Fatalf("go_sched_gomaxprocs_threads %q, want %q", got, tt.want)
 			}
 		})
+	}
+}
+
+// The governor puts the process on one P and, when the proxy ends, hands the count back to the runtime.
+func TestProcsGovernorHandsTheCountBackWhenItEnds(t *testing.T) {
+	before := runtime.GOMAXPROCS(0)
+	t.Cleanup(func() { runtime.GOMAXPROCS(before) })
+	t.Setenv("GOMAXPROCS", "")
+	g := newProcsGovernor()
+	if runtime.NumCPU() == 1 {
+		if g != nil {
+			t.Fatal("a governor on a machine with one CPU")
+		}
+		return
+	}
+	if g == nil || runtime.GOMAXPROCS(0) != 1 {
+		t.Fatalf("governor %v, GOMAXPROCS %d: want one P from the start", g, runtime.GOMAXPROCS(0))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	g.run(ctx, slog.New(slog.DiscardHandler))
+	if n := runtime.GOMAXPROCS(0); n == 1 {
+		t.Fatal("GOMAXPROCS still 1 after the governor ended")
 	}
 }
