@@ -344,11 +344,9 @@ func (w *h1Response) WriteHeader(code int) {
 	}
 	if code < 200 && code != http.StatusSwitchingProtocols {
 		// An informational response goes to the client now, with the fields set so far, and the final
-		// response is still to come, as with net/http's server; never to an HTTP/1.0 client (RFC 9110
-		// section 15.2), which the fast path leaves to net/http anyway.
-		if w.req.ProtoAtLeast(1, 1) {
-			w.writeInformational(code)
-		}
+		// response is still to come, as with net/http's server (the fast path serves HTTP/1.1 only: an
+		// HTTP/1.0 client, which must get no 1xx, is net/http's).
+		w.writeInformational(code)
 		return
 	}
 	w.wroteHeader, w.status = true, code

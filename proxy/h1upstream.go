@@ -39,14 +39,9 @@ const (
 // aLongTimeAgo is a deadline in the past: setting it interrupts a blocked read or write.
 var aLongTimeAgo = time.Unix(1, 0)
 
-// RoundTrip sends req, as prepared by httpProxy (URL.Host is the address to dial, Host the authority).
-// Informational responses are skipped.
-func (c *h1Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
-	return c.roundTrip(req, nil)
-}
-
-// roundTrip is RoundTrip forwarding the 1xx responses it reads to inform, when set (forwardInformational).
-// A request for the fallback Transport gets its 1xx reported through the ClientTrace of its context.
+// roundTrip sends req, as prepared by httpProxy (URL.Host is the address to dial, Host the authority),
+// forwarding the 1xx responses it reads to inform, when set (forwardInformational). A request for the
+// fallback Transport gets its 1xx reported through the ClientTrace of its context.
 func (c *h1Upstream) roundTrip(req *http.Request, inform http.ResponseWriter) (*http.Response, error) {
 	if req.Body != nil || req.Header["Upgrade"] != nil {
 		return c.fallback.RoundTrip(req)
