@@ -14,7 +14,7 @@ import (
 // does around every system call: tell the scheduler the thread is in a system call. That notice wakes the
 // runtime's monitor thread (sysmon) whenever it is asleep, which at a sidecar's usual rates is before
 // nearly every request: one more thread to wake and put back to sleep per read and write (README
-// "Benchmarks" has the CPU it costs). Waiting and deadlines are still the netpoller's, through
+// "Proxy" has the CPU it costs). Waiting and deadlines are still the netpoller's, through
 // syscall.RawConn.
 type rawIO struct {
 	rc syscall.RawConn
