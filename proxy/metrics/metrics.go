@@ -60,9 +60,40 @@ type Metrics struct {
 	tcpWrite    *prometheus.CounterVec
 	tcpDuration *prometheus.HistogramVec
 
-	mu   sync.RWMutex
-	http map[HTTPKey]*HTTPSeries
-	tcp  map[TCPKey]*TCPSeries
+	http bound[HTTPKey, *HTTPSeries]
+	tcp  bound[TCPKey, *TCPSeries]
+}
+
+// bound holds what was bound for each key (a series, a labelled counter), binding it on first use: a key
+// seen before costs a read lock and a map lookup.
+type bound[K comparable, V any] struct {
+	mu sync.RWMutex
+	m  map[K]V
+}
+
+// get returns k's value, binding it with bind on first use. With overflow set, a new key past MaxSeries is
+// replaced by overflow(k) first, so that the number of values stays bounded.
+func (b *bound[K, V]) get(k K, bind func(K) V, overflow func(K) K) V {
+	b.mu.RLock()
+	v, ok := b.m[k]
+	b.mu.RUnlock()
+	if ok {
+		return v
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if overflow != nil && len(b.m) >= MaxSeries {
+		k = overflow(k)
+	}
+	if v, ok := b.m[k]; ok {
+		return v
+	}
+	if b.m == nil {
+		b.m = make(map[K]V)
+	}
+	v = bind(k)
+	b.m[k] = v
+	return v
 }
 
 // New creates the metrics and registers them with reg.
@@ -97,8 +128,6 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "tcp_connection_duration_ms", Help: "How long TCP connections were open, in milliseconds.",
 			Buckets: DurationBuckets,
 		}, tcpLabels),
-		http: make(map[HTTPKey]*HTTPSeries),
-		tcp:  make(map[TCPKey]*TCPSeries),
 	}
 	reg.MustRegister(m.requests, m.responses, m.latency,
 		m.tcpOpen, m.tcpClose, m.tcpOpenNow, m.tcpRead, m.tcpWrite, m.tcpDuration)
@@ -120,37 +149,29 @@ type HTTPSeries struct {
 
 	labels    []string
 	responses *prometheus.CounterVec
-	mu        sync.RWMutex
-	byOutcome map[Outcome]prometheus.Counter
+	byOutcome bound[Outcome, prometheus.Counter]
 }
 
 // HTTP returns k's series, creating it on first use.
 func (m *Metrics) HTTP(k HTTPKey) *HTTPSeries {
-	m.mu.RLock()
-	s := m.http[k]
-	m.mu.RUnlock()
-	if s != nil {
-		return s
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if len(m.http) >= MaxSeries {
-		// An authority not in the destinations file is also the target_addr it is dialled at: both go.
-		k.Authority, k.TargetAddr = OverflowAuthority, OverflowAuthority
-	}
-	if s = m.http[k]; s != nil {
-		return s
-	}
+	return m.http.get(k, m.bindHTTP, overflowHTTP)
+}
+
+func (m *Metrics) bindHTTP(k HTTPKey) *HTTPSeries {
 	labels := []string{k.Direction, k.Authority, k.TargetAddr, TLS, k.Dst.Namespace, k.Dst.Deployment, k.Dst.Pod}
-	s = &HTTPSeries{
+	return &HTTPSeries{
 		Requests:  m.requests.WithLabelValues(labels...),
 		Latency:   m.latency.WithLabelValues(labels...),
 		labels:    labels,
 		responses: m.responses,
-		byOutcome: make(map[Outcome]prometheus.Counter),
 	}
-	m.http[k] = s
-	return s
+}
+
+// overflowHTTP is the key counting the new series past MaxSeries. An authority not in the destinations file
+// is also the target_addr it is dialled at: both go.
+func overflowHTTP(k HTTPKey) HTTPKey {
+	k.Authority, k.TargetAddr = OverflowAuthority, OverflowAuthority
+	return k
 }
 
 // NoGRPCStatus is Outcome.GRPCStatus for a response that is not gRPC.
@@ -176,21 +197,10 @@ func (s *HTTPSeries) Response(o Outcome) {
 	if o.Status < 0 || o.Status > 999 {
 		o.Status = 0
 	}
-	s.mu.RLock()
-	c := s.byOutcome[o]
-	s.mu.RUnlock()
-	if c == nil {
-		c = s.bind(o)
-	}
-	c.Inc()
+	s.byOutcome.get(o, s.bindOutcome, nil).Inc()
 }
 
-func (s *HTTPSeries) bind(o Outcome) prometheus.Counter {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if c := s.byOutcome[o]; c != nil {
-		return c
-	}
+func (s *HTTPSeries) bindOutcome(o Outcome) prometheus.Counter {
 	status, grpc, class := "", "", "success"
 	if o.Status != 0 {
 		status = strconv.Itoa(o.Status)
@@ -201,9 +211,7 @@ func (s *HTTPSeries) bind(o Outcome) prometheus.Counter {
 	if o.Failure() {
 		class = "failure"
 	}
-	c := s.responses.WithLabelValues(append(append([]string(nil), s.labels...), status, class, grpc, o.Error)...)
-	s.byOutcome[o] = c
-	return c
+	return s.responses.WithLabelValues(append(append([]string(nil), s.labels...), status, class, grpc, o.Error)...)
 }
 
 // TCPKey selects one TCP series.
@@ -224,28 +232,17 @@ type TCPSeries struct {
 
 	labels []string
 	closes *prometheus.CounterVec
-	mu     sync.RWMutex
-	byErr  map[string]prometheus.Counter
+	byErr  bound[string, prometheus.Counter]
 }
 
 // TCP returns k's series, creating it on first use.
 func (m *Metrics) TCP(k TCPKey) *TCPSeries {
-	m.mu.RLock()
-	s := m.tcp[k]
-	m.mu.RUnlock()
-	if s != nil {
-		return s
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if len(m.tcp) >= MaxSeries {
-		k.TargetAddr = OverflowAuthority
-	}
-	if s = m.tcp[k]; s != nil {
-		return s
-	}
+	return m.tcp.get(k, m.bindTCP, overflowTCP)
+}
+
+func (m *Metrics) bindTCP(k TCPKey) *TCPSeries {
 	labels := []string{k.Direction, k.Peer, k.TargetAddr, TLS, k.Dst.Namespace, k.Dst.Deployment, k.Dst.Pod}
-	s = &TCPSeries{
+	return &TCPSeries{
 		Open:     m.tcpOpen.WithLabelValues(labels...),
 		OpenNow:  m.tcpOpenNow.WithLabelValues(labels...),
 		Read:     m.tcpRead.WithLabelValues(labels...),
@@ -253,10 +250,13 @@ func (m *Metrics) TCP(k TCPKey) *TCPSeries {
 		Duration: m.tcpDuration.WithLabelValues(labels...),
 		labels:   labels,
 		closes:   m.tcpClose,
-		byErr:    make(map[string]prometheus.Counter),
 	}
-	m.tcp[k] = s
-	return s
+}
+
+// overflowTCP is the key counting the new series past MaxSeries.
+func overflowTCP(k TCPKey) TCPKey {
+	k.TargetAddr = OverflowAuthority
+	return k
 }
 
 // Opened counts a connection opening.
@@ -269,23 +269,16 @@ func (s *TCPSeries) Opened() {
 func (s *TCPSeries) Closed(d time.Duration, err error) {
 	s.OpenNow.Dec()
 	s.Duration.Observe(Millis(d))
-	errno := Errno(err)
-	s.mu.RLock()
-	c := s.byErr[errno]
-	s.mu.RUnlock()
-	if c == nil {
-		s.mu.Lock()
-		if c = s.byErr[errno]; c == nil {
-			class := "success"
-			if err != nil {
-				class = "failure"
-			}
-			c = s.closes.WithLabelValues(append(append([]string(nil), s.labels...), class, errno)...)
-			s.byErr[errno] = c
-		}
-		s.mu.Unlock()
+	s.byErr.get(Errno(err), s.bindClose, nil).Inc()
+}
+
+// bindClose binds the close counter of errno: a failed close always has one (Errno), a clean close none.
+func (s *TCPSeries) bindClose(errno string) prometheus.Counter {
+	class := "success"
+	if errno != "" {
+		class = "failure"
 	}
-	c.Inc()
+	return s.closes.WithLabelValues(append(append([]string(nil), s.labels...), class, errno)...)
 }
 
 // Errno names the system error behind err (ECONNRESET, ETIMEDOUT, ...); "" for nil, "unknown" when there
