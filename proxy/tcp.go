@@ -121,10 +121,11 @@ func (d *dialer) dialWith(ctx context.Context, network, addr string, dst metrics
 
 // noteEndpoint remembers an endpoint's labels for the connections the transports will dial to it.
 func (d *dialer) noteEndpoint(ep *balance.Endpoint) {
-	if v, ok := d.labels.Load(ep.Addr); ok && v.(metrics.Dst) == dstOf(ep.DstLabels) {
+	dst := dstOf(ep.DstLabels)
+	if v, ok := d.labels.Load(ep.Addr); ok && v.(metrics.Dst) == dst {
 		return
 	}
-	d.labels.Store(ep.Addr, dstOf(ep.DstLabels))
+	d.labels.Store(ep.Addr, dst)
 }
 
 // maxReroutes bounds how many unreachable endpoints one request (HTTP) or
