@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Measures the demo's performance targets (README "Demo"): seconds from
+# Measures the demo's performance targets (dev/BENCHMARKS.md "Demo"): seconds from
 # "go run ./dev" to the first dashboard page with data, then the whole
 # demo's CPU and memory while it idles on its own traffic, from ps.
 #   bash dev/measure.sh [extra go run ./dev flags, e.g. --backend=embedded]

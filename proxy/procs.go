@@ -12,7 +12,7 @@ import (
 // The proxy's processor count (GOMAXPROCS) follows its load. Whenever a goroutine becomes runnable while
 // another P is idle, Go's scheduler wakes a thread to spin looking for work; at a sidecar's usual rates there
 // is none, and each wake-spin-sleep round of that thread costs more CPU than proxying the request did
-// (README "Proxy"). So the proxy runs on one P, as linkerd2-proxy runs on one core by default, and takes
+// (dev/BENCHMARKS.md "Proxy"). So the proxy runs on one P, as linkerd2-proxy runs on one core by default, and takes
 // the runtime's own count (the CPUs it may use, or its cgroup's limit) only while one P is nearly busy. A
 // GOMAXPROCS set in the environment fixes the count instead.
 

@@ -13,7 +13,7 @@ import (
 // netpoller waits for it to become ready), so no call can block, and none needs what a plain Read or Write
 // does around every system call: tell the scheduler the thread is in a system call. That notice wakes the
 // runtime's monitor thread (sysmon) whenever it is asleep, which at a sidecar's usual rates is before
-// nearly every request: one more thread to wake and put back to sleep per read and write (README
+// nearly every request: one more thread to wake and put back to sleep per read and write (dev/BENCHMARKS.md
 // "Proxy" has the CPU it costs). Waiting and deadlines are still the netpoller's, through
 // syscall.RawConn.
 type rawIO struct {
