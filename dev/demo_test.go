@@ -65,7 +65,7 @@ func startDemo(t *testing.T, backend string, cfgDemo demo.Config) running {
 	// Free ports are chosen before use; a test running at the same time may
 	// take one in between, which the launcher reports by name: try again.
 	for attempt := 1; ; attempt++ {
-		cfg := config{DashboardListen: addr(), PrometheusListen: addr(), Backend: backend, PrometheusBin: "prometheus", Demo: cfgDemo}
+		cfg := config{DashboardListen: addr(), PrometheusListen: addr(), Ports: free, Backend: backend, PrometheusBin: "prometheus", Demo: cfgDemo}
 		var ctx context.Context
 		ctx, cancel = context.WithCancel(context.Background())
 		errc = make(chan error, 1)
@@ -366,5 +366,13 @@ func TestDemoRefusesATakenPortByName(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut.String(), l.Addr().String()+" (the dashboard) is already in use") ||
 		!strings.Contains(errOut.String(), "--dashboard-listen") {
 		t.Fatalf("exit %d, stderr %q: want 1 and a message naming the address and --dashboard-listen", code, errOut.String())
+	}
+}
+
+func TestDemoRefusesOneAddressForTwoListeners(t *testing.T) {
+	var out, errOut bytes.Buffer
+	code := cli(context.Background(), []string{"--port-base=0", "--dashboard-listen=127.0.0.1:1", "--prometheus-listen=127.0.0.1:1"}, &out, &errOut)
+	if code != 1 || !strings.Contains(errOut.String(), "127.0.0.1:1 is given to both the dashboard and the metrics backend") {
+		t.Fatalf("exit %d, stderr %q: want 1 and a message naming both listeners", code, errOut.String())
 	}
 }

@@ -229,7 +229,12 @@ func checkPorts(cfg config, m demo.Mesh) error {
 			wants = append(wants, want{r, p.Name + " proxy route", "--port-base"})
 		}
 	}
+	first := map[string]string{}
 	for _, w := range wants {
+		if what, ok := first[w.addr]; ok {
+			return fmt.Errorf("%s is given to both %s and %s: choose another with %s", w.addr, what, w.what, w.flag)
+		}
+		first[w.addr] = w.what
 		l, err := net.Listen("tcp", w.addr)
 		if err != nil {
 			if errors.Is(err, syscall.EADDRINUSE) {

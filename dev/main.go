@@ -45,6 +45,10 @@ func main() {
 type config struct {
 	// PortBase is the first demo port; 0 picks free ports (for tests).
 	PortBase int
+	// Ports, when set, hands out the demo's ports instead of PortBase: tests
+	// take the dashboard's and Prometheus' addresses from the same allocator,
+	// so no port is handed out twice in one layout.
+	Ports demo.PortFunc
 	// DashboardListen and PrometheusListen are the two user-facing addresses.
 	DashboardListen, PrometheusListen string
 	// Backend is auto, prometheus or embedded.
@@ -131,9 +135,13 @@ func (c config) validate() error {
 
 // layout places the demo on --port-base.
 func (c config) layout() (demo.Mesh, error) {
-	ports := demo.SequentialPorts(c.PortBase)
-	if c.PortBase == 0 {
+	ports := c.Ports
+	switch {
+	case ports != nil:
+	case c.PortBase == 0:
 		ports = demo.FreePorts(host)
+	default:
+		ports = demo.SequentialPorts(c.PortBase)
 	}
 	return demo.Layout(host, ports)
 }

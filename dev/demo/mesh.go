@@ -6,6 +6,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -82,15 +83,36 @@ func SequentialPorts(base int) PortFunc {
 	}
 }
 
-// FreePorts hands out ports the kernel reports free right now on host.
+// FreePorts hands out ports the kernel reports free right now on host, never
+// the same one twice: the kernel may offer a port again once the probe that
+// found it is closed, and two listeners of one layout on one port would fail
+// at start (in tests, at random). Safe for concurrent use.
 func FreePorts(host string) PortFunc {
+	var mu sync.Mutex
+	given := map[int]bool{}
 	return func() (int, error) {
-		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-		if err != nil {
-			return 0, fmt.Errorf("find a free port: %w", err)
+		mu.Lock()
+		defer mu.Unlock()
+		// Each probe stays open until a new port is found, so the kernel
+		// cannot offer the same one to the next probe in this loop.
+		var probes []net.Listener
+		defer func() {
+			for _, l := range probes {
+				l.Close()
+			}
+		}()
+		for range 1000 {
+			l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+			if err != nil {
+				return 0, fmt.Errorf("find a free port: %w", err)
+			}
+			probes = append(probes, l)
+			if p := l.Addr().(*net.TCPAddr).Port; !given[p] {
+				given[p] = true
+				return p, nil
+			}
 		}
-		defer l.Close()
-		return l.Addr().(*net.TCPAddr).Port, nil
+		return 0, fmt.Errorf("find a free port on %s: the kernel offered only ports already handed out", host)
 	}
 }
 
