@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/meshscope/meshscope/proxy/flagenv"
 )
 
 // Config is the proxy's configuration, from flags and their MESHSCOPE_PROXY_* environment twins.
@@ -97,22 +99,8 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer) 
 	if fs.NArg() > 0 {
 		return cfg, fmt.Errorf("unexpected argument %q (all settings are --flags; see --help)", fs.Arg(0))
 	}
-	given := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		if given[f.Name] || envErr != nil {
-			return
-		}
-		name := envName(f.Name)
-		if v := getenv(name); v != "" {
-			if err := fs.Set(f.Name, v); err != nil {
-				envErr = fmt.Errorf("invalid %s %q: %v", name, v, oneLine(err))
-			}
-		}
-	})
-	if envErr != nil {
-		return cfg, envErr
+	if err := flagenv.Apply(fs, envPrefix, getenv); err != nil {
+		return cfg, err
 	}
 	return cfg, cfg.validate()
 }
@@ -135,10 +123,6 @@ func (v durationValue) Set(s string) error {
 	}
 	*v.d = d
 	return nil
-}
-
-func envName(flagName string) string {
-	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
 func (c Config) validate() error {

@@ -24,7 +24,9 @@ import (
 type subcommand func(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 // subcommands maps a first argument to the program it runs; any other first argument is the sidecar's.
-var subcommands = map[string]subcommand{}
+var subcommands = map[string]subcommand{
+	"init": initCommand,
+}
 
 // usageError marks an error in a subcommand's command line: exit code 2 rather than 1.
 type usageError struct{ err error }

@@ -37,6 +37,8 @@ func TestBinaryExitsWithOneLineOnBadConfiguration(t *testing.T) {
 		{"unknown flag", []string{"--inbound-forwrad", "127.0.0.1:1"}, 2, "proxy: flag provided but not defined: -inbound-forwrad"},
 		{"missing destinations file", []string{"--inbound-forward", "127.0.0.1:1", "--inbound-listen", "127.0.0.1:0", "--outbound-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--destinations", "/nonexistent.yaml"}, 1,
 			"proxy: --destinations: read destinations file: open /nonexistent.yaml: no such file or directory"},
+		{"init: bad port list", []string{"init", "--outbound-ports-to-ignore", "25,smtp"}, 2, `proxy init: invalid value "25,smtp" for flag -outbound-ports-to-ignore: port "smtp" is not a number in 1..65535`},
+		{"init: no such namespace", []string{"init", "--netns", "/nonexistent/ns"}, 1, "proxy init: network namespace: open /nonexistent/ns: no such file or directory"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
