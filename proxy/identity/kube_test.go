@@ -1,0 +1,92 @@
+package identity
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"strings"
+	"testing"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/meshscope/meshscope/dev/kubetest"
+)
+
+// TestTokenReviewAgainstTheAPIServer has a real kube-apiserver issue ServiceAccount tokens (the
+// TokenRequest API, as the kubelet does for a projected token volume) and review them for the issuer.
+func TestTokenReviewAgainstTheAPIServer(t *testing.T) {
+	srv := kubetest.Start(t)
+	ctx := context.Background()
+	ns := "identity-test"
+	srv.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+	for _, sa := range []string{"web", "checkout"} {
+		_, err := srv.Client.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{})
+		if err != nil && !strings.Contains(err.Error(), "already exists") {
+			t.Fatal(err)
+		}
+	}
+	token := func(sa, audience string) string {
+		t.Helper()
+		tr, err := srv.Client.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa, &authenticationv1.TokenRequest{
+			Spec: authenticationv1.TokenRequestSpec{Audiences: []string{audience}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tr.Status.Token
+	}
+	m := newMesh(t)
+	svc := &Service{Issuer: m.issuer, Reviewer: KubeReviewer{Client: srv.Client}}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr := func(names ...string) []byte {
+		der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{DNSNames: names}, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return der
+	}
+
+	chain, err := svc.Certify(ctx, token("web", Audience), csr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := chain[0].DNSNames, Name(ns, "web"); len(got) != 1 || got[0] != want {
+		t.Fatalf("certificate names %v, want %s", got, want)
+	}
+
+	for _, tc := range []struct {
+		name, token string
+		csr         []byte
+		want        string
+	}{
+		{"a token for another audience", token("web", "https://kubernetes.default.svc.cluster.local"), csr(), "audience"},
+		{"a request for another ServiceAccount's name", token("web", Audience), csr(Name(ns, "checkout")), "the token proves web." + ns},
+		{"a forged token", "eyJhbGciOiJSUzI1NiJ9.e30.c2lnbmF0dXJl", csr(), "not proven"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := svc.Certify(ctx, tc.token, tc.csr)
+			if !errors.Is(err, ErrNotProven) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want ErrNotProven mentioning %q", err, tc.want)
+			}
+		})
+	}
+
+	// The same code path reviews tokens of a file outside a cluster: the same answers.
+	t.Run("the file reviewer agrees", func(t *testing.T) {
+		web := token("web", Audience)
+		fr := tokenFile(t, map[string]string{web: ServiceAccountUser(ns, "web")})
+		fsvc := &Service{Issuer: m.issuer, Reviewer: fr}
+		chain, err := fsvc.Certify(ctx, web, csr())
+		if err != nil || chain[0].DNSNames[0] != Name(ns, "web") {
+			t.Fatalf("got %v %v", chain, err)
+		}
+		if _, err := fsvc.Certify(ctx, web, csr(Name(ns, "checkout"))); !errors.Is(err, ErrNotProven) {
+			t.Fatalf("another name: %v", err)
+		}
+	})
+}
