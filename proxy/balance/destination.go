@@ -2,12 +2,21 @@ package balance
 
 import (
 	"errors"
+	"fmt"
 	"math/rand/v2"
+
+	"github.com/meshscope/meshscope/proxy/routes"
 )
 
 // ErrNoEndpoints is Pick's error when a destination has no endpoint to offer: none listed, all excluded
 // by the caller, or all left out after failing to connect (their backoff not yet expired).
 var ErrNoEndpoints = errors.New("no endpoints available")
+
+// ErrFailFast is Pick's error when every endpoint of a destination is out, taken out by failure accrual
+// or after failing to connect, and none is due for a probe: the caller fails the request at once rather
+// than queue it.
+// It wraps ErrNoEndpoints, for callers that need not tell the two apart.
+var ErrFailFast = fmt.Errorf("every endpoint is out of service: %w", ErrNoEndpoints)
 
 // Destination is one service of the destinations file. It is immutable: a reload makes new Destinations
 // (sharing the endpoints' state), so a caller may keep one for the life of a request or connection.
@@ -17,6 +26,8 @@ type Destination struct {
 	// DstLabels are the service's labels prefixed with dst_, for failures that have no endpoint
 	// (ErrNoEndpoints). Never nil; do not modify.
 	DstLabels map[string]string
+	// Routes are the service's routes, with the default route for requests none matches. Never nil.
+	Routes *routes.Table
 
 	endpoints []*Endpoint
 	clk       *clock
@@ -40,6 +51,9 @@ func (d *Destination) Pick(exclude ...*Endpoint) (*Endpoint, error) {
 	for range 3 {
 		a := d.scan(rand.IntN(n), nil, now, exclude)
 		if a == nil {
+			if len(exclude) == 0 {
+				return nil, ErrFailFast
+			}
 			return nil, ErrNoEndpoints
 		}
 		b := d.scan(rand.IntN(n), a, now, exclude)

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/meshscope/meshscope/proxy/routes"
 )
 
 // The balancer's constants, those of linkerd2-proxy's peak-EWMA balancer (itself after Finagle's PeakEwma).
@@ -38,7 +40,8 @@ type Endpoint struct {
 	// prefixed with dst_: dst_namespace, dst_deployment, dst_pod... Never nil; do not modify.
 	DstLabels map[string]string
 
-	st *endpointState
+	st      *endpointState
+	accrual *routes.Accrual // the service's failure accrual; nil: none
 }
 
 // endpointState is an endpoint's balancer state, shared by the Endpoint values of successive reloads.
@@ -54,6 +57,13 @@ type endpointState struct {
 	stamp       atomic.Int64  // clock nanos of the last latency observed
 	downUntil   atomic.Int64  // clock nanos until which the endpoint is left out; 0 when up
 	failures    atomic.Int32  // consecutive dial failures, sets the backoff
+	// Failure accrual (Observe): consecutive failed responses, whether they took the endpoint out (then
+	// its probe's response decides), and how many probes failed since, which sets the penalty.
+	consecutive atomic.Int32
+	tripped     atomic.Bool
+	level       atomic.Int32
+	penalty     atomic.Int64 // the current penalty, nanoseconds: a claimed probe re-arms downUntil with it
+	probing     atomic.Bool  // a Pick claimed the tripped endpoint for its probe
 
 	mu sync.Mutex // serialises writers of downUntil and failures
 }
@@ -116,7 +126,18 @@ func (s *endpointState) claim(now int64) bool {
 	if now < d {
 		return false
 	}
-	return s.downUntil.CompareAndSwap(d, now+int64(backoff(s.failures.Load())))
+	hold := int64(backoff(s.failures.Load()))
+	tripped := s.tripped.Load()
+	if tripped {
+		hold = s.penalty.Load()
+	}
+	if !s.downUntil.CompareAndSwap(d, now+hold) {
+		return false
+	}
+	if tripped {
+		s.probing.Store(true)
+	}
+	return true
 }
 
 func (s *endpointState) fail(now int64) {
@@ -133,8 +154,61 @@ func (s *endpointState) succeed() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.failures.Store(0)
-	s.downUntil.Store(0)
+	if !s.tripped.Load() { // a failure accrual probe: its response decides (Observe)
+		s.downUntil.Store(0)
+	}
 }
+
+// Observe feeds the service's failure accrual with one response from the endpoint: failure when it was
+// classified a failure (a 5xx, a gRPC status other than OK, a broken stream). After the accrual's
+// MaxFailures failures in a row the endpoint is taken out for its penalty; then one request probes it: a
+// success brings it back, a failure takes it out again for twice as long (up to MaxPenalty). Without
+// failure accrual configured, Observe does nothing. Safe for concurrent use; the hot path (a success
+// after a success) is one atomic load.
+func (e *Endpoint) Observe(failure bool) {
+	a, s := e.accrual, e.st
+	if a == nil {
+		return
+	}
+	if !failure {
+		if s.consecutive.Load() == 0 && !s.tripped.Load() {
+			return
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.consecutive.Store(0)
+		if s.tripped.Load() {
+			s.tripped.Store(false)
+			s.probing.Store(false)
+			s.level.Store(0)
+			s.downUntil.Store(0)
+		}
+		return
+	}
+	now := s.clk.nanos()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.tripped.Load():
+		if !s.probing.CompareAndSwap(true, false) {
+			return // a request in flight when the endpoint was taken out: its probe is yet to come
+		}
+		// The probe failed: out again, for longer.
+		lvl := s.level.Add(1)
+		s.penalty.Store(int64(a.Penalty(int(lvl))))
+		s.downUntil.Store(now + s.penalty.Load())
+	case s.consecutive.Add(1) >= int32(a.MaxFailures):
+		s.consecutive.Store(0)
+		s.tripped.Store(true)
+		s.level.Store(0)
+		s.penalty.Store(int64(a.Penalty(0)))
+		s.downUntil.Store(now + s.penalty.Load())
+	}
+}
+
+// Out reports whether the endpoint is out of service now (taken out by failure accrual or after failing
+// to connect), not counting a probe in flight.
+func (e *Endpoint) Out() bool { return !e.st.available(e.st.clk.nanos()) }
 
 // backoff is how long to leave an endpoint out after its failures-th consecutive failure.
 func backoff(failures int32) time.Duration {

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/meshscope/meshscope/proxy/routes"
 )
 
 // serviceSpec and endpointSpec are one validated entry of the destinations file.
@@ -15,6 +17,8 @@ type serviceSpec struct {
 	authority string // normalized, see normalizeAuthority
 	labels    map[string]string
 	endpoints []endpointSpec
+	policy    routes.Policy   // from its annotations
+	routes    []*routes.Route // its routes: list, validated
 }
 
 type endpointSpec struct {
@@ -30,6 +34,10 @@ type endpointSpec struct {
 //	    endpoints:
 //	      - addr: 127.0.0.1:14143
 //	        labels: {pod: voting-7d9f-0}
+//
+// A service may also carry annotations (retry.meshscope.io/..., timeout.meshscope.io/...,
+// balancer.meshscope.io/failure-accrual..., as a Kubernetes Service would) and a routes: list (see
+// routes.ParseYAML), whose backends must be services of the same file.
 //
 // It walks the YAML node tree itself rather than decoding into structs so that every error is one line
 // naming the file, the line, the entry and the problem ("dest.yaml:7: services[1] voting.shop:8080:
@@ -108,8 +116,9 @@ func (p parser) top(n *yaml.Node) ([]serviceSpec, error) {
 	}
 	services := make([]serviceSpec, 0, len(list.Content))
 	seen := make(map[string]int, len(list.Content))
+	known := knownAuthorities(list)
 	for i, sn := range list.Content {
-		s, err := p.service(sn, i)
+		s, err := p.service(sn, i, known)
 		if err != nil {
 			return nil, err
 		}
@@ -123,9 +132,28 @@ func (p parser) top(n *yaml.Node) ([]serviceSpec, error) {
 	return services, nil
 }
 
-func (p parser) service(n *yaml.Node, i int) (serviceSpec, error) {
+// knownAuthorities are the valid authorities of a services list, which routes' backends may name (a
+// service listed later included). Invalid entries are left to the full parse to report.
+func knownAuthorities(list *yaml.Node) map[string]bool {
+	known := make(map[string]bool, len(list.Content))
+	for _, sn := range list.Content {
+		if sn.Kind != yaml.MappingNode {
+			continue
+		}
+		for i := 0; i+1 < len(sn.Content); i += 2 {
+			if sn.Content[i].Value == "authority" {
+				if a, err := normalizeFileAuthority(sn.Content[i+1].Value); err == nil {
+					known[a] = true
+				}
+			}
+		}
+	}
+	return known
+}
+
+func (p parser) service(n *yaml.Node, i int, known map[string]bool) (serviceSpec, error) {
 	where := fmt.Sprintf("services[%d]", i)
-	f, err := p.fields(n, where, "authority", "labels", "endpoints")
+	f, err := p.fields(n, where, "authority", "labels", "annotations", "endpoints", "routes")
 	if err != nil {
 		return serviceSpec{}, err
 	}
@@ -146,6 +174,42 @@ func (p parser) service(n *yaml.Node, i int) (serviceSpec, error) {
 		if s.labels, err = p.labels(ln, where); err != nil {
 			return serviceSpec{}, err
 		}
+	}
+	if an, ok := f["annotations"]; ok {
+		// Annotation names have dots and slashes: read them as plain strings, not label names.
+		a := map[string]string{}
+		if an.Kind != yaml.MappingNode {
+			return serviceSpec{}, p.errorf(an, where, "annotations: want a mapping of name: value, got %s", kindName(an))
+		}
+		if err := an.Decode(&a); err != nil {
+			return serviceSpec{}, p.errorf(an, where, "annotations: %s", oneLine(err.Error()))
+		}
+		if s.policy, err = routes.FromAnnotations(a); err != nil {
+			at := an
+			for i := 0; i+1 < len(an.Content); i += 2 {
+				if strings.Contains(err.Error(), "annotation "+an.Content[i].Value+":") {
+					at = an.Content[i]
+				}
+			}
+			return serviceSpec{}, p.errorf(at, where, "%v", err)
+		}
+	}
+	if rn, ok := f["routes"]; ok && !isNull(rn) {
+		backend := func(a string) (string, error) {
+			a, err := normalizeFileAuthority(a)
+			if err == nil && !known[a] {
+				err = errors.New("no such service in this file")
+			}
+			return a, err
+		}
+		rs, err := routes.ParseYAML(rn, s.policy, backend)
+		var re *routes.Error
+		if errors.As(err, &re) {
+			return serviceSpec{}, fmt.Errorf("%s:%d: %s: %s", p.name, re.Line, where, re.Msg)
+		} else if err != nil {
+			return serviceSpec{}, p.errorf(rn, where, "%v", err)
+		}
+		s.routes = rs
 	}
 	en, ok := f["endpoints"]
 	if !ok || isNull(en) {

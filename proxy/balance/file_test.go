@@ -39,7 +39,7 @@ func TestLoadRejectsBadFilesWithOneLineNamingTheEntry(t *testing.T) {
 		{"duplicate authority after normalising case", "services:\n  - authority: web.shop:80\n  - authority: WEB.shop:80\n",
 			`3: services[1] web.shop:80: duplicate authority (also services[0])`},
 		{"unknown service field", "services:\n  - authority: web.shop:80\n    endpoint: []\n",
-			`3: services[0]: unknown field "endpoint" (want authority, labels, endpoints)`},
+			`3: services[0]: unknown field "endpoint" (want authority, labels, annotations, endpoints, routes)`},
 		{"field given twice", "services:\n  - authority: a:80\n    authority: b:80\n",
 			`3: services[0]: field "authority" given twice`},
 		{"unknown endpoint field", "services:\n  - authority: web.shop:80\n    endpoints:\n      - adr: 127.0.0.1:1\n",
@@ -59,7 +59,7 @@ func TestLoadRejectsBadFilesWithOneLineNamingTheEntry(t *testing.T) {
 		{"label value that is a list", "services:\n  - authority: web.shop:80\n    labels: {namespace: [a]}\n",
 			`3: services[0] web.shop:80: label "namespace": want a plain value, got a list`},
 		{"service that is a string", "services:\n  - web.shop:80\n",
-			`2: services[0]: want a mapping with authority, labels, endpoints, got "web.shop:80"`},
+			`2: services[0]: want a mapping with authority, labels, annotations, endpoints, routes, got "web.shop:80"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -27,6 +27,8 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+
+	"github.com/meshscope/meshscope/proxy/routes"
 )
 
 // reloadDelay lets a burst of file events (an editor's write, rename and chmod) settle into one reload.
@@ -181,6 +183,7 @@ func (r *Resolver) install(services []serviceSpec) int {
 	for _, s := range services {
 		d := &Destination{Authority: s.authority, clk: r.clk, endpoints: make([]*Endpoint, 0, len(s.endpoints))}
 		d.DstLabels = mergeLabels(s.labels, nil)
+		d.Routes = routes.NewTable(s.routes, &routes.Route{Timeouts: s.policy.Timeouts, Retry: s.policy.Retry})
 		for _, es := range s.endpoints {
 			st := states[es.addr]
 			if st == nil {
@@ -189,7 +192,7 @@ func (r *Resolver) install(services []serviceSpec) int {
 				}
 				states[es.addr] = st
 			}
-			e := &Endpoint{Addr: es.addr, st: st}
+			e := &Endpoint{Addr: es.addr, st: st, accrual: s.policy.Accrual}
 			e.DstLabels = mergeLabels(s.labels, es.labels)
 			d.endpoints = append(d.endpoints, e)
 			n++
