@@ -24,6 +24,9 @@ const (
 	ProxyContainer = "meshscope-proxy"
 	InitContainer  = "meshscope-init"
 	AdminPortName  = "meshscope-admin"
+	// XtablesVolume is the init container's writable /run: iptables takes its lock file there, and
+	// the container's root filesystem is read-only.
+	XtablesVolume = "meshscope-init-xtables"
 	AdminPort      = 4191
 	InboundPort    = 4143
 	OutboundPort   = 4140
@@ -153,6 +156,7 @@ func (c Config) Template(tmpl map[string]any, w Workload) error {
 	}
 	spec["initContainers"] = append(inits, list(spec, "initContainers")...)
 	spec["containers"] = containers
+	spec["volumes"] = append(list(spec, "volumes"), map[string]any{"name": XtablesVolume, "emptyDir": map[string]any{}})
 	if key := w.label(); key != "" {
 		ensureMap(ensureMap(tmpl, "metadata"), "labels")[key] = w.Name
 	}
@@ -165,7 +169,7 @@ func (c Config) Template(tmpl map[string]any, w Workload) error {
 func Uninject(tmpl map[string]any) bool {
 	changed := false
 	if spec, ok := tmpl["spec"].(map[string]any); ok {
-		for _, key := range []string{"initContainers", "containers"} {
+		for _, key := range []string{"initContainers", "containers", "volumes"} {
 			items, ok := spec[key].([]any)
 			if !ok {
 				continue
@@ -173,13 +177,13 @@ func Uninject(tmpl map[string]any) bool {
 			kept := slices.DeleteFunc(slices.Clone(items), func(item any) bool {
 				m, _ := item.(map[string]any)
 				name, _ := m["name"].(string)
-				return name == ProxyContainer || name == InitContainer
+				return name == ProxyContainer || name == InitContainer || name == XtablesVolume
 			})
 			if len(kept) == len(items) {
 				continue
 			}
 			changed = true
-			if len(kept) == 0 && key == "initContainers" {
+			if len(kept) == 0 && key != "containers" {
 				delete(spec, key)
 			} else {
 				spec[key] = kept
@@ -309,6 +313,7 @@ func (c Config) initContainer(o options) corev1.Container {
 		Name:  InitContainer,
 		Image: c.image(),
 		Args:  args,
+		VolumeMounts: []corev1.VolumeMount{{Name: XtablesVolume, MountPath: "/run"}},
 		Resources: corev1.ResourceRequirements{
 			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("10Mi")},
 			Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("50Mi")},
