@@ -27,10 +27,10 @@ const (
 	// XtablesVolume is the init container's writable /run: iptables takes its lock file there, and
 	// the container's root filesystem is read-only.
 	XtablesVolume = "meshscope-init-xtables"
-	AdminPort      = 4191
-	InboundPort    = 4143
-	OutboundPort   = 4140
-	ProxyUID       = 2102
+	AdminPort     = 4191
+	InboundPort   = 4143
+	OutboundPort  = 4140
+	ProxyUID      = 2102
 
 	// InjectAnnotation on a namespace or pod template: "enabled" asks the webhook to mesh its
 	// pods; "disabled" keeps `proxy inject` and the webhook away from them.
@@ -310,9 +310,9 @@ func (c Config) initContainer(o options) corev1.Container {
 	}
 	root := int64(0)
 	return corev1.Container{
-		Name:  InitContainer,
-		Image: c.image(),
-		Args:  args,
+		Name:         InitContainer,
+		Image:        c.image(),
+		Args:         args,
 		VolumeMounts: []corev1.VolumeMount{{Name: XtablesVolume, MountPath: "/run"}},
 		Resources: corev1.ResourceRequirements{
 			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("10Mi")},
