@@ -18,7 +18,8 @@ import (
 type Config struct {
 	// InboundListen is where the inbound listener accepts; empty disables it.
 	InboundListen string
-	// InboundForward is the local app every inbound connection goes to; required with InboundListen.
+	// InboundForward is the local app every inbound connection goes to; empty sends each to its original
+	// destination, where it was going before proxy init's rules redirected it to InboundListen.
 	InboundForward string
 	// OutboundListen is where the outbound listener accepts, routing each request by its authority;
 	// empty disables it.
@@ -33,7 +34,8 @@ type Config struct {
 
 	// Destinations is the destinations file; empty means every authority is dialled as written.
 	Destinations string
-	// OpaquePorts are listener ports whose connections skip protocol detection: opaque TCP.
+	// OpaquePorts are ports whose connections skip protocol detection (opaque TCP): a listener's, its
+	// destination's, or a redirected connection's original destination's.
 	OpaquePorts []int
 	// DetectTimeout is how long a client may stay silent before its connection is proxied as opaque TCP.
 	DetectTimeout time.Duration
@@ -53,6 +55,10 @@ type Route struct {
 
 const envPrefix = "MESHSCOPE_PROXY_"
 
+// DefaultOpaquePorts are Linkerd's default opaque ports: server-speaks-first protocols (SMTP, MySQL) would
+// wait out --detect-timeout, and the others gain nothing from detection.
+var DefaultOpaquePorts = []int{25, 587, 3306, 4444, 5432, 6379, 9300, 11211}
+
 // parseConfig reads the command line, with environment twins for flags not given (flags win). The error
 // is one line naming the problem; flag.ErrHelp after printing usage for -h/--help.
 func parseConfig(args []string, getenv func(string) string, usageOut io.Writer) (Config, error) {
@@ -60,7 +66,7 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer) 
 	fs := flag.NewFlagSet("proxy", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&cfg.InboundListen, "inbound-listen", "0.0.0.0:4143", "`address` of the inbound listener: traffic from other pods to this one (empty disables it)")
-	fs.StringVar(&cfg.InboundForward, "inbound-forward", "", "`address` of the local app that inbound traffic goes to, e.g. 127.0.0.1:8080 (required with --inbound-listen)")
+	fs.StringVar(&cfg.InboundForward, "inbound-forward", "", "`address` of the local app that inbound traffic goes to, e.g. 127.0.0.1:8080; without it, each inbound connection goes to its original destination (redirected by proxy init)")
 	fs.StringVar(&cfg.OutboundListen, "outbound-listen", "127.0.0.1:4140", "`address` of the outbound listener: the app's calls to other services, routed by Host/:authority (empty disables it)")
 	fs.Func("outbound-route", "an extra outbound `LISTEN=AUTHORITY` listener sending every connection to AUTHORITY, for clients that cannot set an authority and for TCP (repeatable; in the environment, comma-separated)", func(s string) error {
 		for _, one := range strings.Split(s, ",") {
@@ -77,7 +83,8 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer) 
 	fs.StringVar(&cfg.Deployment, "deployment", "", "this workload's `deployment` (tap events and logs)")
 	fs.StringVar(&cfg.Pod, "pod", "", "this workload's `pod` name (tap events and logs)")
 	fs.StringVar(&cfg.Destinations, "destinations", "", "service discovery YAML `file`, re-read when it changes; without it every authority is dialled as written")
-	fs.Func("opaque-ports", "comma-separated `ports` proxied as TCP without protocol detection, e.g. 3306,5432: a listener on one of them, or whose destination (--inbound-forward, a route's AUTHORITY) has one", func(s string) error {
+	cfg.OpaquePorts = DefaultOpaquePorts
+	fs.Func("opaque-ports", "comma-separated `ports` proxied as TCP without protocol detection: a listener on one of them, or whose destination (--inbound-forward, a route's AUTHORITY, a redirected connection's original destination) has one; empty for none (default 25,587,3306,4444,5432,6379,9300,11211: SMTP, MySQL, Galera, PostgreSQL, Redis, Elasticsearch, Memcached)", func(s string) error {
 		ports, err := parsePorts(s)
 		cfg.OpaquePorts = ports
 		return err
@@ -144,10 +151,7 @@ func (c Config) validate() error {
 		}
 		seen[a.value] = a.flag
 	}
-	if c.InboundListen != "" {
-		if c.InboundForward == "" {
-			return errors.New("--inbound-forward is required: the local app's address, e.g. 127.0.0.1:8080 (or disable the inbound listener with --inbound-listen='')")
-		}
+	if c.InboundListen != "" && c.InboundForward != "" {
 		if err := checkDialAddr(c.InboundForward); err != nil {
 			return fmt.Errorf("--inbound-forward %q: %v", c.InboundForward, err)
 		}
@@ -231,11 +235,16 @@ func usage(fs *flag.FlagSet, w io.Writer) {
 Meshscope's sidecar proxy. It carries HTTP/1.1, HTTP/2 (h2c), gRPC and opaque TCP for one workload, counts
 every request with linkerd2-proxy's metric names, and streams live requests on /tap.
 
-  inbound  --inbound-listen  -> --inbound-forward (the local app)
+  inbound  --inbound-listen  -> --inbound-forward (the local app), or without it each connection's
+           original destination (where it was going before proxy init's rules redirected it)
   outbound --outbound-listen -> the service named by each request's Host/:authority, balanced over the
-           endpoints in --destinations (an authority not in the file is dialled as written)
+           endpoints in --destinations; a redirected connection whose authority is not in the file (and
+           every opaque one) goes to its original destination, another is dialled as written
   routes   --outbound-route LISTEN=AUTHORITY -> AUTHORITY, for every connection
   admin    --admin-listen: /metrics /ready /live /log-level (GET shows, PUT changes) /tap
+
+A connection whose destination is the proxy's own listener is refused (proxy-loop, tcp_refused_total).
+In a pod, run "proxy init" first (see "proxy init --help") and the proxy as its --proxy-uid (2102).
 
 Every connection's protocol is detected from its first bytes (HTTP/2 preface, HTTP/1 request line, else
 opaque TCP); a client silent for --detect-timeout is proxied as TCP.

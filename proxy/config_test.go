@@ -38,7 +38,11 @@ func TestParseConfig(t *testing.T) {
 			func(c Config) bool { return len(c.OutboundRoutes) == 2 && c.OutboundRoutes[1].Authority == "b:2" }, ""},
 		{"empty inbound listen disables it and needs no forward", []string{"--inbound-listen="}, nil,
 			func(c Config) bool { return c.InboundListen == "" }, ""},
-		{"missing forward", nil, nil, nil, "--inbound-forward is required"},
+		{"without a forward inbound goes to original destinations; Linkerd's opaque ports by default", nil, nil,
+			func(c Config) bool {
+				return c.InboundListen == "0.0.0.0:4143" && c.InboundForward == "" && reflect.DeepEqual(c.OpaquePorts, []int{25, 587, 3306, 4444, 5432, 6379, 9300, 11211})
+			}, ""},
+		{"no opaque ports", []string{"--opaque-ports="}, nil, func(c Config) bool { return len(c.OpaquePorts) == 0 }, ""},
 		{"unknown flag", []string{"--bogus"}, nil, nil, "flag provided but not defined: -bogus"},
 		{"stray argument", []string{"--inbound-forward", "127.0.0.1:1", "extra"}, nil, nil, `unexpected argument "extra"`},
 		{"bad listen address", []string{"--inbound-forward", "127.0.0.1:1", "--admin-listen", "nowhere"}, nil, nil, `--admin-listen "nowhere": want host:port`},

@@ -113,14 +113,19 @@ type clientConn struct {
 }
 
 // serveHTTP1 serves conn, detected as HTTP/1.1, on the fast path until it closes or is handed to l's server.
-func (p *proxy) serveHTTP1(l *listener, conn net.Conn) {
+// orig is its original destination, empty when it was not redirected.
+func (p *proxy) serveHTTP1(l *listener, conn net.Conn, orig string) {
 	c := &clientConn{conn: conn, remote: conn.RemoteAddr().String(), draining: &p.h1conns.draining, watchDone: make(chan struct{}, 1)}
 	if !p.h1conns.add(c) {
 		conn.Close()
 		return
 	}
 	release := p.conns.add(conn) // shutdown waits for it, then closes it
-	c.ctx, c.cancel = context.WithCancel(context.Background())
+	ctx := context.Background()
+	if orig != "" {
+		ctx = withOriginalDst(ctx, orig)
+	}
+	c.ctx, c.cancel = context.WithCancel(ctx)
 	c.watchTimer = time.AfterFunc(time.Hour, c.watch)
 	c.watchTimer.Stop()
 	c.br = h1ReaderPool.Get().(*bufio.Reader)
@@ -138,7 +143,7 @@ func (p *proxy) serveHTTP1(l *listener, conn net.Conn) {
 	c.bw.Reset(nil)
 	h1WriterPool.Put(c.bw)
 	if handOff != nil {
-		l.conns.push(handOff)
+		l.conns.push(handOff, orig)
 		return
 	}
 	conn.Close()

@@ -82,7 +82,8 @@ func (p *httpProxy) serve(ctx context.Context, w http.ResponseWriter, r *http.Re
 	if p.route != "" {
 		ex.Authority = p.route
 	}
-	if ex.Authority == "" && p.forward == "" {
+	orig := originalDst(ctx)
+	if ex.Authority == "" && p.forward == "" && orig == "" {
 		// HTTP/1.0 without Host on the outbound listener: nothing to route by.
 		http.Error(w, "missing Host header: the outbound proxy routes requests by their authority", http.StatusBadRequest)
 		return
@@ -107,6 +108,8 @@ func (p *httpProxy) serve(ctx context.Context, w http.ResponseWriter, r *http.Re
 		ex.Authority = dest.Authority // normalized: one series however clients spell it
 		ex.Destination, ex.DstLabels = ep.Addr, ep.DstLabels
 		p.dialer.noteEndpoint(ep)
+	} else if ex.Destination == "" && orig != "" {
+		ex.Destination = orig // redirected: where the app sent it, whatever its authority says
 	} else if ex.Destination == "" {
 		ex.Destination = withPort(ex.Authority)
 		if p.self(ex.Destination) {
@@ -452,6 +455,21 @@ func headerHasToken(h http.Header, name, token string) bool {
 		}
 	}
 	return false
+}
+
+// originalDstKey is the context key of a redirected connection's original destination.
+type originalDstKey struct{}
+
+// withOriginalDst returns ctx carrying orig, the original destination of the connection its requests
+// come on.
+func withOriginalDst(ctx context.Context, orig string) context.Context {
+	return context.WithValue(ctx, originalDstKey{}, orig)
+}
+
+// originalDst returns the original destination that ctx carries, empty for a connection not redirected.
+func originalDst(ctx context.Context) string {
+	orig, _ := ctx.Value(originalDstKey{}).(string)
+	return orig
 }
 
 // withPort adds http's default port to an authority without one.

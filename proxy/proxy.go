@@ -7,10 +7,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,6 +21,7 @@ import (
 	"github.com/meshscope/meshscope/proxy/balance"
 	"github.com/meshscope/meshscope/proxy/detect"
 	"github.com/meshscope/meshscope/proxy/metrics"
+	"github.com/meshscope/meshscope/proxy/origdst"
 	"github.com/meshscope/meshscope/proxy/taphub"
 )
 
@@ -62,6 +65,10 @@ type listener struct {
 	tcpTarget string
 	// srcTarget is the target_addr label of the accepted connections' tcp_* metrics.
 	srcTarget string
+	// origDst: each connection goes where it was going before proxy init's rules redirected it here
+	// (SO_ORIGINAL_DST), when it was redirected (the outbound listener, the inbound one without
+	// --inbound-forward).
+	origDst bool
 	conns     *connListener
 	server    *http.Server
 	// hp proxies the listener's HTTP requests; its direction and dialer serve its opaque connections too.
@@ -97,19 +104,19 @@ func newProxy(cfg Config, log *slog.Logger, level *slog.LevelVar) (_ *proxy, err
 
 	if cfg.InboundListen != "" {
 		hp := &httpProxy{direction: Inbound, forward: cfg.InboundForward, h1: inH1, h2: inH2, dialer: inDialer}
-		if err = p.addListener("--inbound-listen", cfg.InboundListen, hp, cfg.InboundForward, cfg.InboundForward); err != nil {
+		if err = p.addListener("--inbound-listen", cfg.InboundListen, hp, cfg.InboundForward, cfg.InboundForward, cfg.InboundForward == ""); err != nil {
 			return nil, err
 		}
 	}
 	if cfg.OutboundListen != "" {
 		hp := &httpProxy{direction: Outbound, resolver: p.resolver, h1: outH1, h2: outH2, dialer: outDialer}
-		if err = p.addListener("--outbound-listen", cfg.OutboundListen, hp, "", ""); err != nil {
+		if err = p.addListener("--outbound-listen", cfg.OutboundListen, hp, "", "", true); err != nil {
 			return nil, err
 		}
 	}
 	for _, r := range cfg.OutboundRoutes {
 		hp := &httpProxy{direction: Outbound, route: r.Authority, resolver: p.resolver, h1: outH1, h2: outH2, dialer: outDialer}
-		if err = p.addListener("--outbound-route "+r.Listen+"="+r.Authority, r.Listen, hp, r.Authority, r.Authority); err != nil {
+		if err = p.addListener("--outbound-route "+r.Listen+"="+r.Authority, r.Listen, hp, r.Authority, r.Authority, false); err != nil {
 			return nil, err
 		}
 	}
@@ -134,7 +141,7 @@ func listen(flag, addr string) (net.Listener, error) {
 	return ln, nil
 }
 
-func (p *proxy) addListener(name, addr string, hp *httpProxy, tcpTarget, srcTarget string) error {
+func (p *proxy) addListener(name, addr string, hp *httpProxy, tcpTarget, srcTarget string, origDst bool) error {
 	ln, err := listen(name, addr)
 	if err != nil {
 		return err
@@ -147,6 +154,7 @@ func (p *proxy) addListener(name, addr string, hp *httpProxy, tcpTarget, srcTarg
 		opaque:    p.opaquePort(ln.Addr().String()) || (tcpTarget != "" && p.opaquePort(tcpTarget)),
 		tcpTarget: tcpTarget,
 		srcTarget: srcTarget,
+		origDst:   origDst,
 		conns:     newConnListener(ln.Addr()),
 		hp:        hp,
 	}
@@ -161,6 +169,8 @@ func (p *proxy) addListener(name, addr string, hp *httpProxy, tcpTarget, srcTarg
 		// No ReadTimeout or WriteTimeout: a proxied stream (long poll, server-sent events, a gRPC stream)
 		// may rightly last as long as its client and server want.
 		ErrorLog: slog.NewLogLogger(hp.log.Handler(), slog.LevelDebug),
+		// The requests of a redirected connection go where the connection was going.
+		ConnContext: l.conns.connContext,
 	}
 	p.listeners = append(p.listeners, l)
 	return nil
@@ -182,16 +192,73 @@ func (p *proxy) isSelf(addr string) bool {
 	if err != nil {
 		return false
 	}
-	ip := net.ParseIP(host)
-	local := host == "localhost" || (ip != nil && (ip.IsLoopback() || ip.IsUnspecified()))
+	if host == "localhost" {
+		host = "127.0.0.1"
+	}
+	ip, err := netip.ParseAddr(host)
+	n, perr := strconv.ParseUint(port, 10, 16)
+	return err == nil && perr == nil && p.isSelfAddr(netip.AddrPortFrom(ip, uint16(n)))
+}
+
+// isSelfAddr is isSelf for an address: one of the proxy's data listeners' ports on a loopback or
+// unspecified address, on the listener's own address, or on any address of this host (network namespace)
+// when the listener listens on all of them.
+func (p *proxy) isSelfAddr(a netip.AddrPort) bool {
+	ip := a.Addr().Unmap()
 	for _, l := range p.listeners {
-		lhost, lport, _ := net.SplitHostPort(l.ln.Addr().String())
-		if lport == port && (local || lhost == host) {
+		la := l.ln.Addr().(*net.TCPAddr).AddrPort()
+		if la.Port() != a.Port() {
+			continue
+		}
+		lip := la.Addr().Unmap()
+		if ip == lip || ip.IsLoopback() || ip.IsUnspecified() || (lip.IsUnspecified() && hostAddr(ip)) {
 			return true
 		}
 	}
 	return false
 }
+
+// hostAddr reports whether ip is an address of one of this host's interfaces. It asks the kernel each
+// time: it is only needed when a port is one of the proxy's, and addresses may come and go.
+func hostAddr(ip netip.Addr) bool {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if hip, ok := netip.AddrFromSlice(n.IP); ok && hip.Unmap() == ip {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// originalDst returns where c, accepted by l, was going before proxy init's rules redirected it: "" when
+// it was sent to l itself (on the outbound listener: the app uses the proxy explicitly and each request
+// is routed by its authority). loop reports a connection that must be refused: one sent straight to the
+// inbound listener without --inbound-forward (it has nowhere else to go), or one redirected from an
+// address that is the proxy's own listener (it would come back here).
+func (p *proxy) originalDst(l *listener, c net.Conn) (orig string, loop bool) {
+	local, ok := c.LocalAddr().(*net.TCPAddr)
+	if !ok {
+		return "", l.hp.direction == Inbound
+	}
+	dst, err := origdst.Get(c)
+	if err != nil && !errors.Is(err, syscall.ENOENT) {
+		// ENOENT: no connection tracking, so nothing was redirected.
+		p.log.Debug("no original destination", "listener", l.name, "err", err)
+	}
+	if err != nil || dst.Addr().Unmap() == local.AddrPort().Addr().Unmap() && dst.Port() == local.AddrPort().Port() {
+		return "", l.hp.direction == Inbound
+	}
+	if p.isSelfAddr(dst) {
+		return "", true
+	}
+	return netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port()).String(), false
+}
+
 
 func (p *proxy) closeListeners() {
 	if p.adminLn != nil {
@@ -306,9 +373,25 @@ func (p *proxy) serveConn(ctx context.Context, l *listener, c net.Conn) {
 	if tc, ok := c.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
-	src := newCountingConn(c, p.metrics.TCP(metrics.TCPKey{Direction: l.hp.direction, Peer: "src", TargetAddr: l.srcTarget}))
-	if l.opaque {
-		p.proxyTCP(ctx, l, src)
+	target, srcTarget, opaque := l.tcpTarget, l.srcTarget, l.opaque
+	var orig string
+	if l.origDst {
+		var loop bool
+		if orig, loop = p.originalDst(l, c); loop {
+			p.metrics.Refused(l.hp.direction, errLoop)
+			p.log.Warn("connection refused: its destination is this proxy (proxy-loop); without --inbound-forward the inbound listener takes only connections that proxy init's rules redirected",
+				"listener", l.name, "peer", c.RemoteAddr().String(), "to", c.LocalAddr().String())
+			c.Close()
+			return
+		}
+		if orig != "" {
+			target, srcTarget = orig, orig
+			opaque = opaque || p.opaquePort(orig)
+		}
+	}
+	src := newCountingConn(c, p.metrics.TCP(metrics.TCPKey{Direction: l.hp.direction, Peer: "src", TargetAddr: srcTarget}))
+	if opaque {
+		p.proxyTCP(ctx, l, src, target)
 		return
 	}
 	proto, conn, err := detect.Peek(src, p.cfg.DetectTimeout)
@@ -317,14 +400,14 @@ func (p *proxy) serveConn(ctx context.Context, l *listener, c net.Conn) {
 		src.Close()
 		return
 	}
-	p.log.Debug("connection accepted", "listener", l.name, "peer", c.RemoteAddr().String(), "target", l.srcTarget, "protocol", proto.String())
+	p.log.Debug("connection accepted", "listener", l.name, "peer", c.RemoteAddr().String(), "target", target, "protocol", proto.String())
 	switch proto {
 	case detect.Opaque:
-		p.proxyTCP(ctx, l, conn)
+		p.proxyTCP(ctx, l, conn, target)
 	case detect.HTTP1:
-		p.serveHTTP1(l, conn)
+		p.serveHTTP1(l, conn, orig)
 	default:
-		l.conns.push(conn)
+		l.conns.push(conn, orig)
 	}
 }
 
@@ -334,18 +417,34 @@ type connListener struct {
 	ch   chan net.Conn
 	done chan struct{}
 	once sync.Once
+	// origs holds the original destination of each redirected connection pushed and not yet served.
+	origs sync.Map // net.Conn -> string
 }
 
 func newConnListener(addr net.Addr) *connListener {
 	return &connListener{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
 }
 
-func (l *connListener) push(c net.Conn) {
+// push hands c to the server; orig is its original destination, empty when it was not redirected.
+func (l *connListener) push(c net.Conn, orig string) {
+	if orig != "" {
+		l.origs.Store(c, orig)
+	}
 	select {
 	case l.ch <- c:
 	case <-l.done:
+		l.origs.Delete(c)
 		c.Close()
 	}
+}
+
+// connContext is the server's ConnContext: a redirected connection's requests carry its original
+// destination.
+func (l *connListener) connContext(ctx context.Context, c net.Conn) context.Context {
+	if orig, ok := l.origs.LoadAndDelete(c); ok {
+		return withOriginalDst(ctx, orig.(string))
+	}
+	return ctx
 }
 
 func (l *connListener) Accept() (net.Conn, error) {

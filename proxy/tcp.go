@@ -136,11 +136,11 @@ const maxReroutes = 4
 
 // proxyTCP carries an opaque connection to target (an authority, balanced when it is in the destinations
 // file) until both sides have closed.
-func (p *proxy) proxyTCP(ctx context.Context, l *listener, client net.Conn) {
+func (p *proxy) proxyTCP(ctx context.Context, l *listener, client net.Conn, target string) {
 	defer client.Close()
 	log := p.log.With("listener", l.name, "peer", client.RemoteAddr().String())
-	if l.tcpTarget == "" {
-		log.Warn("opaque connection has no destination: the outbound listener routes HTTP by authority only; use --outbound-route for TCP")
+	if target == "" {
+		log.Warn("opaque connection has no destination: the outbound listener routes HTTP by authority only; use --outbound-route for TCP, or proxy init to redirect connections")
 		return
 	}
 	release := p.conns.add(client)
@@ -148,19 +148,19 @@ func (p *proxy) proxyTCP(ctx context.Context, l *listener, client net.Conn) {
 
 	var dest *balance.Destination
 	if l.hp.direction == Outbound && p.resolver != nil {
-		dest = p.resolver.Lookup(l.tcpTarget)
+		dest = p.resolver.Lookup(target)
 	}
 	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
 	var server net.Conn
 	var tried []*balance.Endpoint
 	for {
-		addr, dst := l.tcpTarget, metrics.Dst{}
+		addr, dst := target, metrics.Dst{}
 		var ep *balance.Endpoint
 		if dest != nil {
 			var err error
 			if ep, err = dest.Pick(tried...); err != nil {
-				log.Warn("opaque connection dropped", "target", l.tcpTarget, "err", err)
+				log.Warn("opaque connection dropped", "target", target, "err", err)
 				return
 			}
 			addr, dst = ep.Addr, dstOf(ep.DstLabels)

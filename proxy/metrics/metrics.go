@@ -59,6 +59,7 @@ type Metrics struct {
 	tcpRead     *prometheus.CounterVec
 	tcpWrite    *prometheus.CounterVec
 	tcpDuration *prometheus.HistogramVec
+	tcpRefused  *prometheus.CounterVec
 
 	http bound[HTTPKey, *HTTPSeries]
 	tcp  bound[TCPKey, *TCPSeries]
@@ -129,8 +130,11 @@ func New(reg prometheus.Registerer) *Metrics {
 			Buckets: DurationBuckets,
 		}, tcpLabels),
 	}
+	m.tcpRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tcp_refused_total", Help: "TCP connections accepted and closed at once, not proxied, by reason (proxy-loop: its destination is the proxy itself).",
+	}, []string{"direction", "reason"})
 	reg.MustRegister(m.requests, m.responses, m.latency,
-		m.tcpOpen, m.tcpClose, m.tcpOpenNow, m.tcpRead, m.tcpWrite, m.tcpDuration)
+		m.tcpOpen, m.tcpClose, m.tcpOpenNow, m.tcpRead, m.tcpWrite, m.tcpDuration, m.tcpRefused)
 	return m
 }
 
@@ -257,6 +261,11 @@ func (m *Metrics) bindTCP(k TCPKey) *TCPSeries {
 func overflowTCP(k TCPKey) TCPKey {
 	k.TargetAddr = OverflowAuthority
 	return k
+}
+
+// Refused counts a connection of direction closed at once for reason, from a small fixed set.
+func (m *Metrics) Refused(direction, reason string) {
+	m.tcpRefused.WithLabelValues(direction, reason).Inc()
 }
 
 // Opened counts a connection opening.
