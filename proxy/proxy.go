@@ -69,8 +69,8 @@ type listener struct {
 	// (SO_ORIGINAL_DST), when it was redirected (the outbound listener, the inbound one without
 	// --inbound-forward).
 	origDst bool
-	conns     *connListener
-	server    *http.Server
+	conns   *connListener
+	server  *http.Server
 	// hp proxies the listener's HTTP requests; its direction and dialer serve its opaque connections too.
 	hp *httpProxy
 }
@@ -258,7 +258,6 @@ func (p *proxy) originalDst(l *listener, c net.Conn) (orig string, loop bool) {
 	}
 	return netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port()).String(), false
 }
-
 
 func (p *proxy) closeListeners() {
 	if p.adminLn != nil {
