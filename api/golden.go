@@ -24,10 +24,19 @@ type Stats struct {
 	LatencyP99 *float64 `json:"latency_ms_p99"`
 	// TCPConnections is the number of open TCP connections.
 	TCPConnections float64 `json:"tcp_connections"`
+	// TCPReadBytesPerSec and TCPWriteBytesPerSec are the bytes per second
+	// from and to the TCP peers (clients, for inbound); TCPFailuresPerSec the
+	// connections per second closed with a failure. A workload that speaks
+	// only opaque TCP shows these instead of "no traffic".
+	TCPReadBytesPerSec  float64 `json:"tcp_read_bytes_per_sec"`
+	TCPWriteBytesPerSec float64 `json:"tcp_write_bytes_per_sec"`
+	TCPFailuresPerSec   float64 `json:"tcp_failures_per_sec"`
 	// MeshedUp of MeshedTotal proxies answer their scrapes; both zero where
 	// meshed does not apply (edges).
 	MeshedUp    int `json:"meshed_up"`
 	MeshedTotal int `json:"meshed_total"`
+	// Trend, set by Worst only, compares the row with its own last hour.
+	*Trend
 }
 
 // Row is one group of a table: its grouping labels and its golden metrics.
@@ -65,6 +74,9 @@ const (
 	MetricP95     = "latency p95"
 	MetricP99     = "latency p99"
 	MetricTCP     = "TCP connections"
+	MetricTCPRead = "TCP bytes read/s"
+	MetricTCPOut  = "TCP bytes written/s"
+	MetricTCPFail = "TCP connection failures/s"
 	MetricMeshed  = "meshed proxies"
 )
 
@@ -72,18 +84,28 @@ const (
 // metric however many rows, run concurrently. With meshed, the proxies'
 // scrape targets count how many are up per row.
 func (q *Querier) Golden(ctx context.Context, sc Scope, meshed bool) Table {
-	type part struct {
-		metric string
-		query  string
-		set    func(*Stats, float64)
-	}
-	ptr := func(f func(*Stats) **float64) func(*Stats, float64) {
-		return func(s *Stats, v float64) {
-			if !math.IsNaN(v) && !math.IsInf(v, 0) {
-				*f(s) = &v
-			}
+	return q.golden(ctx, sc, meshed, nil)
+}
+
+// part is one metric of a table: its query and where its value goes.
+type part struct {
+	metric string
+	query  string
+	set    func(*Stats, float64)
+}
+
+// setPtr sets the pointer field f returns to a value, unless NaN or infinite
+// (no traffic).
+func setPtr(f func(*Stats) **float64) func(*Stats, float64) {
+	return func(s *Stats, v float64) {
+		if !math.IsNaN(v) && !math.IsInf(v, 0) {
+			*f(s) = &v
 		}
 	}
+}
+
+func (q *Querier) golden(ctx context.Context, sc Scope, meshed bool, extra []part) Table {
+	ptr := setPtr
 	parts := []part{
 		{MetricSuccess, SuccessRateQuery(sc), ptr(func(s *Stats) **float64 { return &s.SuccessRate })},
 		{MetricRPS, RPSQuery(sc), func(s *Stats, v float64) { s.RPS = v }},
@@ -91,7 +113,11 @@ func (q *Querier) Golden(ctx context.Context, sc Scope, meshed bool) Table {
 		{MetricP95, LatencyQuery(sc, 0.95), ptr(func(s *Stats) **float64 { return &s.LatencyP95 })},
 		{MetricP99, LatencyQuery(sc, 0.99), ptr(func(s *Stats) **float64 { return &s.LatencyP99 })},
 		{MetricTCP, TCPQuery(sc), func(s *Stats, v float64) { s.TCPConnections = v }},
+		{MetricTCPRead, TCPReadBytesQuery(sc), func(s *Stats, v float64) { s.TCPReadBytesPerSec = v }},
+		{MetricTCPOut, TCPWriteBytesQuery(sc), func(s *Stats, v float64) { s.TCPWriteBytesPerSec = v }},
+		{MetricTCPFail, TCPFailuresQuery(sc), func(s *Stats, v float64) { s.TCPFailuresPerSec = v }},
 	}
+	parts = append(parts, extra...)
 	var (
 		mu   sync.Mutex
 		wg   sync.WaitGroup

@@ -129,9 +129,48 @@ func LatencyQuery(sc Scope, q float64) string {
 // for inbound, to destinations (peer dst) for outbound edges. Without the
 // peer matcher each proxied connection would count twice, once per side.
 func TCPQuery(sc Scope) string {
-	peer := "src"
+	return sumBy(sc.By, sc.selector("tcp_open_connections", sc.peer()))
+}
+
+// peer is the side of a proxied TCP connection a scope counts: the client
+// (src) for inbound, the destination (dst) for outbound edges, so that no
+// connection counts twice.
+func (sc Scope) peer() Match {
 	if sc.Direction == "outbound" {
-		peer = "dst"
+		return Match{"peer", "dst"}
 	}
-	return sumBy(sc.By, sc.selector("tcp_open_connections", Match{"peer", peer}))
+	return Match{"peer", "src"}
+}
+
+// TCPReadBytesQuery is bytes per second read from the peer: from clients
+// (into the workload) for inbound.
+func TCPReadBytesQuery(sc Scope) string {
+	return sumBy(sc.By, sc.rate("tcp_read_bytes_total", sc.peer()))
+}
+
+// TCPWriteBytesQuery is bytes per second written to the peer: to clients
+// (out of the workload) for inbound.
+func TCPWriteBytesQuery(sc Scope) string {
+	return sumBy(sc.By, sc.rate("tcp_write_bytes_total", sc.peer()))
+}
+
+// TCPFailuresQuery is connections per second closed with a failure.
+func TCPFailuresQuery(sc Scope) string {
+	return sumBy(sc.By, sc.rate("tcp_close_total", sc.peer(), Match{"classification", "failure"}))
+}
+
+// SuccessUnderQuery is the success rate only where it is under slo: as a
+// range query it returns the unhealthy moments of unhealthy rows alone, so
+// one query finds since when every row of a table has been unhealthy.
+func SuccessUnderQuery(sc Scope, slo float64) string {
+	return "(" + SuccessRateQuery(sc) + ") < " + strconv.FormatFloat(slo, 'f', -1, 64)
+}
+
+// DataSinceQuery is the time of the proxies' earliest scrape within window w
+// (to w/60 at worst): when it is later than the window's start the window is
+// not full. The scrape health series "up" exists from a target's first scrape.
+func DataSinceQuery(w time.Duration) string {
+	step := max(w/60, time.Second).Truncate(time.Second)
+	return "min_over_time(min(timestamp(up{job=" + strconv.Quote(Job) + "}))[" +
+		model.Duration(w).String() + ":" + model.Duration(step).String() + "])"
 }

@@ -36,9 +36,11 @@ type Data struct {
 	// Banners name a failing backend and its error, or its warnings.
 	Banners  []string
 	Warnings []string
-	Summary  *Summary
-	Charts   []Chart
-	Tables   []Table
+	// Notes qualify the figures, e.g. a window not full yet.
+	Notes   []string
+	Summary *Summary
+	Charts  []Chart
+	Tables  []Table
 }
 
 // Summary is the golden metrics of the page's own resource.
@@ -78,6 +80,8 @@ type Table struct {
 	Empty string
 	// Error says what the panel could not get; empty when it got everything.
 	Error string
+	// Trend adds each row's Delta and Since after its success rate.
+	Trend bool
 }
 
 // Row is one resource of a table.
@@ -92,6 +96,10 @@ type Row struct {
 	P95     string
 	P99     string
 	TCP     string
+	// Delta is the change against the last hour; Since, for an unhealthy
+	// row, since when it has been under the SLO (tables with Trend).
+	Delta Cell
+	Since string
 }
 
 // Chart is a server-side SVG line chart; geometry is computed by the caller.

@@ -124,6 +124,12 @@ func browseDashboard(t *testing.T, dash string) {
 	t.Logf("/namespaces through the real stack: first contentful paint %.0f ms, DOMContentLoaded %.0f ms, first byte %.0f ms (budget 1000 ms, not asserted)",
 		paint.FCP, paint.DCL, paint.TTFB)
 	b.screenshot(t, dir, "namespaces")
+	const worst = `[data-testid=workloads] [data-testid=row]`
+	b.do(t, "see the worst workload first", chromedp.WaitVisible(worst+`[data-name="shop/voting"] [data-testid=since]`))
+	top := browserRun(t, b, "worst workloads", chromedp.Evaluate[[]string](`[...document.querySelectorAll('`+worst+`:first-child td')].map(td => td.textContent.trim())`))
+	if len(top) < 5 || top[0] != "shop/voting" || !strings.Contains(top[3], " pt") || !strings.Contains(top[4], " UTC, ") {
+		t.Errorf("first worst workload reads %q, want shop/voting with its change (pt) and since when (UTC)", top)
+	}
 
 	b.do(t, "follow the namespace link",
 		chromedp.Click(shopRow+` [data-testid=name] a`),

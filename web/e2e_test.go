@@ -89,6 +89,27 @@ func TestEndToEndWithRealPrometheusAndProxies(t *testing.T) {
 		Refresh: time.Second, GrafanaURL: "http://grafana.test:3000"})
 	const w = "?window=10s"
 
+	t.Run("the first window says it is not full, with the time data starts", func(t *testing.T) {
+		eventually(t, 60*time.Second, "window note at 1m", func() error {
+			var d namespacesData
+			if err := getJSON(t, dash+"/api/v1/namespaces?window=1m", &d); err != nil {
+				return err
+			}
+			if d.Window.Full || d.Window.DataSince == nil {
+				return fmt.Errorf("window %+v, want not full with data_since", d.Window)
+			}
+			want := "window not full: data since " + d.Window.DataSince.Format("15:04:05") + " UTC"
+			if !strings.HasPrefix(d.Window.Note, want) || d.Window.Seconds >= 60 {
+				return fmt.Errorf("window %+v, want a note starting %q and under 60 s", d.Window, want)
+			}
+			_, _, body := getBody(t, dash+"/namespaces?window=1m")
+			if note := parseDoc(t, body).Find(`[data-testid=window-note]`).Text(); !strings.HasPrefix(note, "window not full: data since ") {
+				return fmt.Errorf("page note %q", note)
+			}
+			return nil
+		})
+	})
+
 	t.Run("JSON twin of a namespace shows each deployment's success rate and RPS", func(t *testing.T) {
 		eventually(t, 90*time.Second, "golden metrics of shop", func() error {
 			var d namespaceData
@@ -221,8 +242,45 @@ func TestEndToEndWithRealPrometheusAndProxies(t *testing.T) {
 		})
 	})
 
+	t.Run("the first screen lists the failing workload first, with its change and since when", func(t *testing.T) {
+		eventually(t, 60*time.Second, "voting first", func() error {
+			var d namespacesData
+			if err := getJSON(t, dash+"/api/v1/namespaces"+w, &d); err != nil {
+				return err
+			}
+			if len(d.Workloads.Rows) < 2 {
+				return fmt.Errorf("%d workloads, want voting and web", len(d.Workloads.Rows))
+			}
+			first := d.Workloads.Rows[0]
+			if workloadName(first) != "shop/voting" || first.Trend == nil || first.UnhealthySince == nil || first.SuccessRateLastHour == nil {
+				return fmt.Errorf("first workload %v (trend %+v), want shop/voting with since and last hour", first.Labels, first.Trend)
+			}
+			if web := d.Workloads.Rows[1]; workloadName(web) != "shop/web" || web.UnhealthySince != nil {
+				return fmt.Errorf("second workload %v, want shop/web, healthy", web.Labels)
+			}
+			return nil
+		})
+	})
+
 	t.Run("a real browser follows links, changes the window and sees the refresh", func(t *testing.T) {
 		browseDashboard(t, dash)
+	})
+
+	t.Run("the window note goes once the window is full", func(t *testing.T) {
+		eventually(t, 60*time.Second, "no window note at 10s", func() error {
+			var d namespacesData
+			if err := getJSON(t, dash+"/api/v1/namespaces"+w, &d); err != nil {
+				return err
+			}
+			if !d.Window.Full || d.Window.Note != "" || d.Window.Seconds != 10 {
+				return fmt.Errorf("window %+v, want full, 10 s, no note", d.Window)
+			}
+			_, _, body := getBody(t, dash+"/namespaces"+w)
+			if n := parseDoc(t, body).Find(`[data-testid=window-note]`).Length(); n != 0 {
+				return fmt.Errorf("%d window notes on the page", n)
+			}
+			return nil
+		})
 	})
 
 	t.Run("Prometheus stopped: pages degrade, then recover", func(t *testing.T) {

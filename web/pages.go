@@ -1,8 +1,10 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/url"
 	"sync"
@@ -113,8 +115,85 @@ func edges(w time.Duration, match ...api.Match) api.Scope {
 		Match: match, Window: w}
 }
 
+// worstShown is how many workloads the first screen lists, worst first.
+const worstShown = 10
+
+// windowInfo says over what the figures of a page are computed: the window
+// asked for, or, when the data begins inside it, the part since then.
+type windowInfo struct {
+	Requested string `json:"requested"`
+	// Seconds is the window the rates are computed over.
+	Seconds float64 `json:"seconds"`
+	// Full is false when the data begins inside the requested window.
+	Full bool `json:"full"`
+	// DataSince is the proxies' first sample in the window, when not full.
+	DataSince *time.Time `json:"data_since,omitempty"`
+	// Note says so in words ("window not full: data since 22:41:03 UTC").
+	Note    string       `json:"note,omitempty"`
+	Failure *api.Failure `json:"failure,omitempty"`
+}
+
+// honestWindow finds how much of v's window has data and returns the window
+// to compute over: the part that exists, so that rates over a young mesh are
+// not divided by time it did not run. One query per page.
+func (s *server) honestWindow(ctx context.Context, v viewState) (windowInfo, time.Duration, []string) {
+	info := windowInfo{Requested: windowNames[v.window], Seconds: v.window.Seconds(), Full: true}
+	since, full, ws, err := s.prom.DataSince(ctx, v.window)
+	switch {
+	case err != nil:
+		f := api.Failure{Metric: "data since", Error: err.Error(), Err: err}
+		info.Failure = &f
+		return info, v.window, ws
+	case full:
+		return info, v.window, ws
+	}
+	info.Full = false
+	if since.IsZero() {
+		info.Note = "window not full: no data yet"
+		return info, v.window, ws
+	}
+	eff := min(max(time.Since(since).Round(time.Second), time.Second), v.window)
+	info.DataSince, info.Seconds = &since, eff.Seconds()
+	info.Note = "window not full: data since " + since.Format("15:04:05") + " UTC; figures cover the last " + eff.String()
+	return info, eff, ws
+}
+
+// notes are the window's note, for the top of the page's data.
+func (w windowInfo) notes() []string {
+	if w.Note == "" {
+		return nil
+	}
+	return []string{w.Note}
+}
+
+func (w windowInfo) problems() []api.Failure {
+	if w.Failure == nil {
+		return nil
+	}
+	return []api.Failure{*w.Failure}
+}
+
+// worst is the worst workloads of scope sc, worst first: every row's trend
+// against its own last hour and, for the unhealthy, since when.
+func (s *server) worst(ctx context.Context, sc api.Scope) api.Table {
+	return s.prom.Worst(ctx, sc, true, time.Hour, s.cfg.slo())
+}
+
 type namespacesData struct {
-	Namespaces api.Table `json:"namespaces"`
+	Window windowInfo `json:"window"`
+	// Workloads are the worst deployments of every namespace, at most
+	// worstShown of WorkloadsTotal, worst first.
+	Workloads      api.Table `json:"workloads"`
+	WorkloadsTotal int       `json:"workloads_total"`
+	Namespaces     api.Table `json:"namespaces"`
+}
+
+func workloadName(r api.Row) string {
+	return r.Labels[api.LabelNamespace] + "/" + r.Labels[api.LabelDeployment]
+}
+
+func labelName(label string) func(api.Row) string {
+	return func(r api.Row) string { return r.Labels[label] }
 }
 
 func (s *server) namespacesPage(w http.ResponseWriter, r *http.Request) error {
@@ -122,13 +201,40 @@ func (s *server) namespacesPage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	d := namespacesData{Namespaces: s.prom.Golden(r.Context(), byNamespace(v.window), true)}
+	ctx := r.Context()
+	var d namespacesData
+	var (
+		win time.Duration
+		ws  []string
+	)
+	d.Window, win, ws = s.honestWindow(ctx, v)
+	fetch(
+		func() {
+			d.Workloads = s.worst(ctx, api.Scope{Direction: "inbound", By: []string{api.LabelNamespace, api.LabelDeployment}, Window: win})
+		},
+		func() { d.Namespaces = s.prom.Golden(ctx, byNamespace(win), true) },
+	)
+	s.sortRows(d.Workloads.Rows, "worst", workloadName)
+	d.WorkloadsTotal = len(d.Workloads.Rows)
+	d.Workloads.Rows = d.Workloads.Rows[:min(worstShown, len(d.Workloads.Rows))]
+	s.sortRows(d.Namespaces.Rows, v.sort, labelName(api.LabelNamespace))
 	if s.isAPI(r) {
 		return s.writeJSON(w, r, d)
 	}
 	here := func(q url.Values) string { return s.url("/namespaces", q) }
 	q := s.query(v)
-	t := s.table(here, v, "Golden metrics per namespace", "namespaces", "Namespace", d.Namespaces, api.LabelNamespace,
+	title := "Worst workloads"
+	if d.WorkloadsTotal > worstShown {
+		title = fmt.Sprintf("Worst workloads (%d of %d)", worstShown, d.WorkloadsTotal)
+	}
+	worst := s.table(here, v, title, "workloads", "Deployment", d.Workloads, workloadName,
+		"no workloads: Prometheus has no proxies of job "+api.Job,
+		func(row api.Row) (string, string) {
+			ns, dep := row.Labels[api.LabelNamespace], row.Labels[api.LabelDeployment]
+			return s.url("/namespaces/{ns}/deployments/{name}", q, ns, dep), s.grafana("meshscope-deployment", "deployment", ns, dep, "")
+		})
+	worst.Columns = s.columns(func(url.Values) string { return here(q) }, viewState{window: v.window, sort: "worst"}, "Deployment", true)
+	t := s.table(here, v, "Golden metrics per namespace", "namespaces", "Namespace", d.Namespaces, labelName(api.LabelNamespace),
 		"no namespaces: Prometheus has no proxies of job "+api.Job,
 		func(row api.Row) (string, string) {
 			ns := row.Labels[api.LabelNamespace]
@@ -140,14 +246,16 @@ func (s *server) namespacesPage(w http.ResponseWriter, r *http.Request) error {
 		Grafana: s.grafana("meshscope-top-line", "top-line", "", "", ""),
 		Windows: s.windows(here, v),
 	}
-	fs, ws := problems(d.Namespaces)
-	p.Data = s.data(here(q), nil, nil, []views.Table{t}, fs, ws)
+	fs, tws := problems(d.Workloads, d.Namespaces)
+	p.Data = s.data(here(q), nil, nil, []views.Table{worst, t}, append(d.Window.problems(), fs...), append(ws, tws...))
+	p.Data.Notes = d.Window.notes()
 	return s.render(w, r, http.StatusOK, s.shell(r, "Namespaces", nil), views.ResourcePage(p), views.DataFragment(p.Data))
 }
 
 type namespaceData struct {
-	Deployments api.Table `json:"deployments"`
-	Pods        api.Table `json:"pods"`
+	Window      windowInfo `json:"window"`
+	Deployments api.Table  `json:"deployments"`
+	Pods        api.Table  `json:"pods"`
 }
 
 func (s *server) namespacePage(w http.ResponseWriter, r *http.Request) error {
@@ -160,26 +268,34 @@ func (s *server) namespacePage(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	var d namespaceData
+	var (
+		win time.Duration
+		ws  []string
+	)
 	ctx := r.Context()
+	d.Window, win, ws = s.honestWindow(ctx, v)
 	fetch(
-		func() { d.Deployments = s.prom.Golden(ctx, deploymentsOf(ns, v.window), true) },
+		func() { d.Deployments = s.worst(ctx, deploymentsOf(ns, win)) },
 		func() {
-			d.Pods = s.prom.Golden(ctx, podsOf(v.window, api.Match{Label: api.LabelNamespace, Value: ns}), true)
+			d.Pods = s.prom.Golden(ctx, podsOf(win, api.Match{Label: api.LabelNamespace, Value: ns}), true)
 		},
 	)
+	s.sortRows(d.Deployments.Rows, cmp.Or(v.sort, "worst"), labelName(api.LabelDeployment))
+	s.sortRows(d.Pods.Rows, v.sort, labelName(api.LabelPod))
 	if s.isAPI(r) {
 		return s.writeJSON(w, r, d)
 	}
 	here := func(q url.Values) string { return s.url("/namespaces/{ns}", q, ns) }
 	q := s.query(v)
-	deps := s.table(here, v, "Deployments", "deployments", "Deployment", d.Deployments, api.LabelDeployment,
+	deps := s.table(here, v, "Deployments, worst first", "deployments", "Deployment", d.Deployments, labelName(api.LabelDeployment),
 		"no deployments with proxies in namespace "+ns,
 		func(row api.Row) (string, string) {
 			dep := row.Labels[api.LabelDeployment]
 			return s.url("/namespaces/{ns}/deployments/{name}", q, ns, dep),
 				s.grafana("meshscope-deployment", "deployment", ns, dep, "")
 		})
-	pods := s.table(here, v, "Pods", "pods", "Pod", d.Pods, api.LabelPod,
+	deps.Columns = s.columns(here, viewState{window: v.window, sort: cmp.Or(v.sort, "worst")}, "Deployment", true)
+	pods := s.table(here, v, "Pods", "pods", "Pod", d.Pods, labelName(api.LabelPod),
 		"no pods with proxies in namespace "+ns, s.podLinks(v, ns))
 	p := views.Resource{
 		Heading: "Namespace " + ns,
@@ -188,8 +304,9 @@ func (s *server) namespacePage(w http.ResponseWriter, r *http.Request) error {
 		Grafana: s.grafana("meshscope-namespace", "namespace", ns, "", ""),
 		Windows: s.windows(here, v),
 	}
-	fs, ws := problems(d.Deployments, d.Pods)
-	p.Data = s.data(here(q), nil, nil, []views.Table{deps, pods}, fs, ws)
+	fs, tws := problems(d.Deployments, d.Pods)
+	p.Data = s.data(here(q), nil, nil, []views.Table{deps, pods}, append(d.Window.problems(), fs...), append(ws, tws...))
+	p.Data.Notes = d.Window.notes()
 	return s.render(w, r, http.StatusOK, s.shell(r, "Namespace "+ns, nil), views.ResourcePage(p), views.DataFragment(p.Data))
 }
 
@@ -204,11 +321,14 @@ func (s *server) podLinks(v viewState, ns string) func(api.Row) (string, string)
 // resourceData is a deployment's or a pod's page: its own golden metrics,
 // their history, who calls it (inbound edges), what it calls (outbound).
 type resourceData struct {
+	Window   windowInfo `json:"window"`
 	Summary  api.Table  `json:"summary"`
 	Inbound  api.Table  `json:"inbound"`
 	Outbound api.Table  `json:"outbound"`
 	Pods     *api.Table `json:"pods,omitempty"`
 	History  history    `json:"history"`
+	// warnings are the window query's, for the page's banner.
+	warnings []string
 }
 
 type history struct {
@@ -224,8 +344,14 @@ func chartSpan(w time.Duration) (span, step time.Duration) {
 	return span, max(span/120, time.Second)
 }
 
-func (s *server) resource(ctx context.Context, v viewState, self api.Scope, inbound, outbound api.Scope, pods *api.Scope) resourceData {
+// resource fetches a deployment's or pod's page; scopes gives its scopes at
+// the window that has data: itself, its callers, its callees, its pods (nil:
+// none). Its tables are sorted as v asks.
+func (s *server) resource(ctx context.Context, v viewState, scopes func(w time.Duration) (self, inbound, outbound api.Scope, pods *api.Scope)) resourceData {
 	var d resourceData
+	var win time.Duration
+	d.Window, win, d.warnings = s.honestWindow(ctx, v)
+	self, inbound, outbound, pods := scopes(win)
 	span, step := chartSpan(v.window)
 	fns := []func(){
 		func() { d.Summary = s.prom.Golden(ctx, self, true) },
@@ -240,7 +366,23 @@ func (s *server) resource(ctx context.Context, v viewState, self api.Scope, inbo
 		})
 	}
 	fetch(fns...)
+	s.sortRows(d.Inbound.Rows, v.sort, edgeName(false))
+	s.sortRows(d.Outbound.Rows, v.sort, edgeName(true))
+	if d.Pods != nil {
+		s.sortRows(d.Pods.Rows, v.sort, labelName(api.LabelPod))
+	}
 	return d
+}
+
+// problems are the failures and warnings of every part of the page.
+func (d resourceData) problems() ([]api.Failure, []string) {
+	tables := []api.Table{d.Summary, d.Inbound, d.Outbound}
+	if d.Pods != nil {
+		tables = append(tables, *d.Pods)
+	}
+	fs, ws := problems(tables...)
+	hf, hw := d.History.problems()
+	return append(append(d.Window.problems(), fs...), hf...), append(append(d.warnings, ws...), hw...)
 }
 
 func (s *server) deploymentPage(w http.ResponseWriter, r *http.Request) error {
@@ -257,12 +399,13 @@ func (s *server) deploymentPage(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	self := []api.Match{{Label: api.LabelNamespace, Value: ns}, {Label: api.LabelDeployment, Value: name}}
-	pods := podsOf(v.window, self...)
-	d := s.resource(r.Context(), v,
-		api.Scope{Direction: "inbound", By: []string{api.LabelNamespace, api.LabelDeployment}, Match: self, Window: v.window},
-		edges(v.window, api.Match{Label: api.LabelDstNamespace, Value: ns}, api.Match{Label: api.LabelDstDeployment, Value: name}),
-		edges(v.window, self...),
-		&pods)
+	d := s.resource(r.Context(), v, func(w time.Duration) (api.Scope, api.Scope, api.Scope, *api.Scope) {
+		pods := podsOf(w, self...)
+		return api.Scope{Direction: "inbound", By: []string{api.LabelNamespace, api.LabelDeployment}, Match: self, Window: w},
+			edges(w, api.Match{Label: api.LabelDstNamespace, Value: ns}, api.Match{Label: api.LabelDstDeployment, Value: name}),
+			edges(w, self...),
+			&pods
+	})
 	if s.isAPI(r) {
 		return s.writeJSON(w, r, d)
 	}
@@ -271,7 +414,7 @@ func (s *server) deploymentPage(w http.ResponseWriter, r *http.Request) error {
 	tables := []views.Table{
 		s.edgeTable(here, v, "Inbound: who calls "+name, "inbound", "Caller", d.Inbound, false),
 		s.edgeTable(here, v, "Outbound: what "+name+" calls", "outbound", "Callee", d.Outbound, true),
-		s.table(here, v, "Pods", "pods", "Pod", *d.Pods, api.LabelPod, "no pods with proxies in deployment "+name, s.podLinks(v, ns)),
+		s.table(here, v, "Pods", "pods", "Pod", *d.Pods, labelName(api.LabelPod), "no pods with proxies in deployment "+name, s.podLinks(v, ns)),
 	}
 	p := views.Resource{
 		Heading: "Deployment " + name,
@@ -281,9 +424,9 @@ func (s *server) deploymentPage(w http.ResponseWriter, r *http.Request) error {
 		Windows: s.windows(here, v),
 		Live:    views.LiveCalls(s.liveCalls(api.Selector{Namespace: ns, Deployment: name})),
 	}
-	fs, ws := problems(d.Summary, d.Inbound, d.Outbound, *d.Pods)
-	hf, hw := d.History.problems()
-	p.Data = s.data(here(q), summary(d.Summary), charts(d.History), tables, append(fs, hf...), append(ws, hw...))
+	fs, ws := d.problems()
+	p.Data = s.data(here(q), s.summary(d.Summary), charts(d.History), tables, fs, ws)
+	p.Data.Notes = d.Window.notes()
 	return s.render(w, r, http.StatusOK, s.shell(r, "Deployment "+ns+"/"+name, nil), views.ResourcePage(p), views.DataFragment(p.Data))
 }
 
@@ -301,11 +444,12 @@ func (s *server) podPage(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	self := []api.Match{{Label: api.LabelNamespace, Value: ns}, {Label: api.LabelPod, Value: pod}}
-	d := s.resource(r.Context(), v,
-		podsOf(v.window, self...),
-		edges(v.window, api.Match{Label: api.LabelDstNamespace, Value: ns}, api.Match{Label: "dst_pod", Value: pod}),
-		edges(v.window, self...),
-		nil)
+	d := s.resource(r.Context(), v, func(w time.Duration) (api.Scope, api.Scope, api.Scope, *api.Scope) {
+		return podsOf(w, self...),
+			edges(w, api.Match{Label: api.LabelDstNamespace, Value: ns}, api.Match{Label: "dst_pod", Value: pod}),
+			edges(w, self...),
+			nil
+	})
 	if s.isAPI(r) {
 		return s.writeJSON(w, r, d)
 	}
@@ -329,9 +473,9 @@ func (s *server) podPage(w http.ResponseWriter, r *http.Request) error {
 		Windows: s.windows(here, v),
 		Live:    views.LiveCalls(s.liveCalls(api.Selector{Namespace: ns, Pod: pod})),
 	}
-	fs, ws := problems(d.Summary, d.Inbound, d.Outbound)
-	hf, hw := d.History.problems()
-	p.Data = s.data(here(q), summary(d.Summary), charts(d.History), tables, append(fs, hf...), append(ws, hw...))
+	fs, ws := d.problems()
+	p.Data = s.data(here(q), s.summary(d.Summary), charts(d.History), tables, fs, ws)
+	p.Data.Notes = d.Window.notes()
 	return s.render(w, r, http.StatusOK, s.shell(r, "Pod "+ns+"/"+pod, nil), views.ResourcePage(p), views.DataFragment(p.Data))
 }
 

@@ -46,13 +46,24 @@ var sortKeys = map[string]sortKey{
 func trimDesc(sort string) string { return strings.TrimPrefix(sort, "-") }
 
 // sortRows orders rows by sort (default: worst success rate first), ties
-// and rows without a value broken by name.
-func sortRows(rows []api.Row, sort string, name func(api.Row) string) {
+// and rows without a value broken by name. "worst" is the on-call order of
+// worstFirst.
+func sortRows(rows []api.Row, sort string, slo float64, name func(api.Row) string) {
 	if sort == "" {
 		sort = "success"
 	}
-	key := sortKeys[trimDesc(sort)]
 	reverse := strings.HasPrefix(sort, "-")
+	if trimDesc(sort) == "worst" {
+		slices.SortStableFunc(rows, func(a, b api.Row) int {
+			c := worstFirst(a, b, slo)
+			if reverse {
+				c = -c
+			}
+			return cmp.Or(c, strings.Compare(name(a), name(b)))
+		})
+		return
+	}
+	key := sortKeys[trimDesc(sort)]
 	type item struct {
 		name  string
 		value *float64
@@ -98,6 +109,55 @@ func sortRows(rows []api.Row, sort string, name func(api.Row) string) {
 	copy(rows, sorted)
 }
 
+// worstFirst is the order an engineer paged at night wants: rows with traffic
+// under the SLO, lowest success first; then the other rows with traffic,
+// slowest against their own last hour (p99 now over p99 then) first; then
+// rows with TCP traffic only; then idle rows.
+func worstFirst(a, b api.Row, slo float64) int {
+	rank := func(r api.Row) int {
+		switch {
+		case r.SuccessRate != nil && *r.SuccessRate < slo:
+			return 0
+		case r.SuccessRate != nil:
+			return 1
+		case tcpOnly(r):
+			return 2
+		}
+		return 3
+	}
+	ra, rb := rank(a), rank(b)
+	if ra != rb {
+		return cmp.Compare(ra, rb)
+	}
+	switch ra {
+	case 0:
+		return cmp.Compare(*a.SuccessRate, *b.SuccessRate)
+	case 1:
+		return -cmp.Compare(latencyRatio(a), latencyRatio(b))
+	}
+	return 0
+}
+
+// latencyRatio is p99 now over p99 over the last hour; 0 when either is
+// missing, so that rows without a comparison come after the slowed ones.
+func latencyRatio(r api.Row) float64 {
+	if r.Trend == nil || r.LatencyP99 == nil || r.LatencyP99LastHour == nil || *r.LatencyP99LastHour <= 0 {
+		return 0
+	}
+	return *r.LatencyP99 / *r.LatencyP99LastHour
+}
+
+// tcpOnly is a row without HTTP responses but with TCP traffic: opaque
+// TCP, which must not read as "no traffic".
+func tcpOnly(r api.Row) bool {
+	return r.SuccessRate == nil && (r.TCPConnections > 0 || r.TCPReadBytesPerSec > 0 || r.TCPWriteBytesPerSec > 0 || r.TCPFailuresPerSec > 0)
+}
+
+// sortRows sorts with the server's SLO.
+func (s *server) sortRows(rows []api.Row, sort string, name func(api.Row) string) {
+	sortRows(rows, sort, s.cfg.slo(), name)
+}
+
 // windows is the window selector: the same page at every window.
 func (s *server) windows(here func(url.Values) string, v viewState) []views.Link {
 	var links []views.Link
@@ -114,13 +174,25 @@ var columns = []struct{ label, key string }{
 	{"P50", "p50"}, {"P95", "p95"}, {"P99", "p99"}, {"TCP", "tcp"},
 }
 
-func (s *server) columns(here func(url.Values) string, v viewState, nameLabel string) []views.Column {
+// trendColumns follow Success in the tables of workloads: the change against
+// the last hour, and since when a workload is under the SLO (sorting by it is
+// the "worst" order).
+var trendColumns = []struct{ label, key string }{{"vs last hour", ""}, {"Unhealthy since", "worst"}}
+
+// columns are a table's headers, each linking to the page sorted by it;
+// with here nil they are plain headers.
+func (s *server) columns(here func(url.Values) string, v viewState, nameLabel string, trend bool) []views.Column {
 	current := v.sort
 	if current == "" {
 		current = "success"
 	}
-	var cols []views.Column
-	for _, c := range columns {
+	cols := columns[:3:3]
+	if trend {
+		cols = append(cols, trendColumns...)
+	}
+	cols = append(cols, columns[3:]...)
+	var out []views.Column
+	for _, c := range cols {
 		label := c.label
 		if c.key == "name" {
 			label = nameLabel
@@ -138,59 +210,70 @@ func (s *server) columns(here func(url.Values) string, v viewState, nameLabel st
 				}
 				col.Label = label
 			}
-			col.Href = here(s.query(next))
+			if here != nil {
+				col.Href = here(s.query(next))
+			}
 		}
-		cols = append(cols, col)
+		out = append(out, col)
 	}
-	return cols
+	return out
 }
 
-// table turns one api.Table into a sorted panel; link gives each row its
-// page and Grafana dashboard.
-func (s *server) table(here func(url.Values) string, v viewState, title, testID, nameLabel string, t api.Table, label, empty string,
+// table turns one api.Table, already sorted, into a panel; link gives each
+// row its page and Grafana dashboard.
+func (s *server) table(here func(url.Values) string, v viewState, title, testID, nameLabel string, t api.Table, name func(api.Row) string, empty string,
 	link func(api.Row) (string, string)) views.Table {
-	name := func(r api.Row) string { return r.Labels[label] }
-	vt := views.Table{Title: title, TestID: testID, Columns: s.columns(here, v, nameLabel), Empty: empty, Error: panelError(t)}
-	rows := slices.Clone(t.Rows)
-	sortRows(rows, v.sort, name)
+	vt := views.Table{Title: title, TestID: testID, Columns: s.columns(here, v, nameLabel, false), Empty: empty, Error: panelError(t)}
 	failed := failedMetrics(t.Failures)
-	for _, r := range rows {
-		vr := row(r, failed, true)
+	for _, r := range t.Rows {
+		vr := s.row(r, failed, true)
 		vr.Name = name(r)
-		if vr.Name == "" {
-			vr.Name = "(no " + label + " label)"
+		if vr.Name == "" || strings.HasSuffix(vr.Name, "/") {
+			vr.Name = "(no label)"
 		} else {
 			vr.Href, vr.Grafana = link(r)
 		}
 		vt.Rows = append(vt.Rows, vr)
+		vt.Trend = vt.Trend || r.Trend != nil
+	}
+	if vt.Trend {
+		vt.Columns = s.columns(here, v, nameLabel, true)
 	}
 	return vt
 }
 
-// edgeTable shows the deployments on the other side of each edge: callers
-// for inbound, callees for outbound.
-func (s *server) edgeTable(here func(url.Values) string, v viewState, title, testID, nameLabel string, t api.Table, callee bool) views.Table {
+// edgeName names the deployment on the other side of an edge: the caller
+// for inbound, the callee for outbound.
+func edgeName(callee bool) func(api.Row) string {
 	nsLabel, depLabel := api.LabelNamespace, api.LabelDeployment
 	if callee {
 		nsLabel, depLabel = api.LabelDstNamespace, api.LabelDstDeployment
 	}
-	name := func(r api.Row) string {
+	return func(r api.Row) string {
 		if r.Labels[depLabel] == "" {
 			return "(outside the mesh)"
 		}
 		return r.Labels[nsLabel] + "/" + r.Labels[depLabel]
 	}
+}
+
+// edgeTable shows the deployments on the other side of each edge, in the
+// order of t.
+func (s *server) edgeTable(here func(url.Values) string, v viewState, title, testID, nameLabel string, t api.Table, callee bool) views.Table {
+	nsLabel, depLabel := api.LabelNamespace, api.LabelDeployment
+	if callee {
+		nsLabel, depLabel = api.LabelDstNamespace, api.LabelDstDeployment
+	}
+	name := edgeName(callee)
 	empty := "no callers in this window"
 	if callee {
 		empty = "no calls to other services in this window"
 	}
-	vt := views.Table{Title: title, TestID: testID, Columns: s.columns(here, v, nameLabel), Empty: empty, Error: panelError(t)}
-	rows := slices.Clone(t.Rows)
-	sortRows(rows, v.sort, name)
+	vt := views.Table{Title: title, TestID: testID, Columns: s.columns(here, v, nameLabel, false), Empty: empty, Error: panelError(t)}
 	failed := failedMetrics(t.Failures)
 	q := s.query(v)
-	for _, r := range rows {
-		vr := row(r, failed, false)
+	for _, r := range t.Rows {
+		vr := s.row(r, failed, false)
 		vr.Name = name(r)
 		ns, dep := r.Labels[nsLabel], r.Labels[depLabel]
 		if api.ValidNamespace(ns) == nil && api.ValidName("deployment", dep) == nil {
@@ -213,7 +296,7 @@ func failedMetrics(fs []api.Failure) map[string]bool {
 // unknown stands for a value whose query failed: not zero, not "no traffic".
 const unknown = "?"
 
-func row(r api.Row, failed map[string]bool, meshed bool) views.Row {
+func (s *server) row(r api.Row, failed map[string]bool, meshed bool) views.Row {
 	pick := func(metric, text string) string {
 		if failed[metric] {
 			return unknown
@@ -229,13 +312,82 @@ func row(r api.Row, failed map[string]bool, meshed bool) views.Row {
 		P99:     pick(api.MetricP99, formatLatency(r.LatencyP99)),
 		TCP:     pick(api.MetricTCP, strconv.FormatFloat(r.TCPConnections, 'f', 0, 64)),
 	}
-	if failed[api.MetricSuccess] {
+	switch {
+	case failed[api.MetricSuccess]:
 		vr.Success = views.Cell{Text: unknown, Class: "none"}
+	case tcpOnly(r):
+		vr.Success = views.Cell{Text: tcpText(r), Class: "tcp"}
 	}
 	if meshed {
 		vr.Meshed = pick(api.MetricMeshed, strconv.Itoa(r.MeshedUp)+"/"+strconv.Itoa(r.MeshedTotal))
 	}
+	if r.Trend != nil {
+		vr.Delta = deltaCell(r)
+		vr.Since = s.sinceText(r)
+	}
 	return vr
+}
+
+// tcpText is what an opaque-TCP workload shows instead of "no traffic".
+func tcpText(r api.Row) string {
+	return fmt.Sprintf("TCP: %s conns · %s in · %s out · %s failed/s",
+		strconv.FormatFloat(r.TCPConnections, 'f', 0, 64), formatBytes(r.TCPReadBytesPerSec),
+		formatBytes(r.TCPWriteBytesPerSec), formatRPS(r.TCPFailuresPerSec))
+}
+
+func formatBytes(perSec float64) string {
+	switch {
+	case perSec >= 1<<20:
+		return strconv.FormatFloat(perSec/(1<<20), 'f', 1, 64) + " MiB/s"
+	case perSec >= 1<<10:
+		return strconv.FormatFloat(perSec/(1<<10), 'f', 1, 64) + " KiB/s"
+	}
+	return strconv.FormatFloat(perSec, 'f', 0, 64) + " B/s"
+}
+
+// deltaCell is a row's change against its own last hour: success rate in
+// percentage points, p99 in percent; red when success fell by a point or
+// more, or p99 grew by half or more.
+func deltaCell(r api.Row) views.Cell {
+	var parts []string
+	bad := false
+	if r.SuccessRate != nil && r.SuccessRateLastHour != nil {
+		d := 100 * (*r.SuccessRate - *r.SuccessRateLastHour)
+		parts = append(parts, fmt.Sprintf("%+.2f pt", d))
+		bad = d <= -1
+	}
+	if ratio := latencyRatio(r); ratio > 0 {
+		parts = append(parts, fmt.Sprintf("p99 %+.0f%%", 100*(ratio-1)))
+		bad = bad || ratio >= 1.5
+	}
+	if len(parts) == 0 {
+		return views.Cell{Text: "—", Class: "none"}
+	}
+	c := views.Cell{Text: strings.Join(parts, " · ")}
+	if bad {
+		c.Class = "bad"
+	}
+	return c
+}
+
+// sinceText says since when an unhealthy row has been under the SLO.
+func (s *server) sinceText(r api.Row) string {
+	if r.UnhealthySince == nil {
+		return "—"
+	}
+	ago := time.Since(*r.UnhealthySince)
+	if ago >= api.UnhealthyLookback-api.UnhealthyStep {
+		return "over " + api.UnhealthyLookback.String()
+	}
+	return r.UnhealthySince.UTC().Format("15:04") + " UTC, " + formatAgo(ago) + " ago"
+}
+
+// formatAgo is a duration to the minute: "<1m", "7m", "2h13m".
+func formatAgo(d time.Duration) string {
+	if d < time.Minute {
+		return "<1m"
+	}
+	return strings.TrimSuffix(d.Truncate(time.Minute).String(), "0s")
 }
 
 func successCell(rate *float64) views.Cell {
@@ -296,13 +448,13 @@ func cause(f api.Failure) string {
 }
 
 // summary is the big numbers of a deployment or pod page.
-func summary(t api.Table) *views.Summary {
+func (s *server) summary(t api.Table) *views.Summary {
 	failed := failedMetrics(t.Failures)
 	r := api.Row{}
 	if len(t.Rows) > 0 {
 		r = t.Rows[0]
 	}
-	vr := row(r, failed, true)
+	vr := s.row(r, failed, true)
 	return &views.Summary{
 		Cells: []views.SummaryCell{
 			{Label: "Success rate", Value: vr.Success, TestID: "summary-success"},

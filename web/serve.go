@@ -40,6 +40,9 @@ type config struct {
 	QueryTimeout time.Duration
 	// Refresh is how often pages refresh their data; zero means 5s.
 	Refresh time.Duration
+	// SLO is the success rate under which a workload is unhealthy (its
+	// "since when" starts); zero means 0.99.
+	SLO float64
 	// ShutdownGrace bounds how long open requests may finish on shutdown;
 	// zero means 10s.
 	ShutdownGrace time.Duration
@@ -75,6 +78,13 @@ func (c config) window() time.Duration {
 		return time.Minute
 	}
 	return c.Window
+}
+
+func (c config) slo() float64 {
+	if c.SLO <= 0 {
+		return 0.99
+	}
+	return c.SLO
 }
 
 func (c config) queryTimeout() time.Duration {
@@ -207,6 +217,7 @@ MESHSCOPE_WEB_<FLAG> (e.g. MESHSCOPE_WEB_PROMETHEUS_URL); flags win.
 	fs.Var(regexpFlag{&cfg.EnforcedHost}, "enforced-host", "`regex` the request's Host header must match in full (default: localhost, 127.0.0.1, [::1], any port)")
 	fs.StringVar(&cfg.BasePath, "base-path", "", "URL `prefix` to serve under, e.g. /meshscope behind a reverse proxy")
 	fs.DurationVar(&cfg.Refresh, "refresh", 5*time.Second, "how often pages refresh their data")
+	fs.Float64Var(&cfg.SLO, "slo", 0.99, "success `rate` (0 to 1) under which a workload is unhealthy: the first screen says since when it has been under it")
 	fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 10*time.Second, "how long open requests may finish on shutdown")
 	backendFlags(fs, &cfg)
 	if err := parseFlags(fs, args, os.Getenv); err != nil {
@@ -236,6 +247,9 @@ func (c *config) validate() error {
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return fmt.Errorf("%s %q: want an http(s) URL", name, raw)
 		}
+	}
+	if c.SLO < 0 || c.SLO >= 1 {
+		return fmt.Errorf("--slo %v: want a success rate above 0 and below 1, e.g. 0.99", c.SLO)
 	}
 	if _, ok := windowNames[c.window()]; !ok {
 		return fmt.Errorf("--window %v: want one of 10s, 1m, 5m, 15m, 1h", c.Window)

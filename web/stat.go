@@ -129,7 +129,7 @@ func stat(ctx context.Context, q *api.Querier, kind, namespace string, all bool,
 		sc.Match = nil
 	}
 	t := q.Golden(ctx, sc, true)
-	sortRows(t.Rows, "", func(r api.Row) string { return r.Labels[api.LabelNamespace] + "/" + r.Labels[label] })
+	sortRows(t.Rows, "", okRate, func(r api.Row) string { return r.Labels[api.LabelNamespace] + "/" + r.Labels[label] })
 	rows := make([]statRow, 0, len(t.Rows))
 	for _, r := range t.Rows {
 		rows = append(rows, statRow{Namespace: r.Labels[api.LabelNamespace], Name: r.Labels[label], Stats: r.Stats})
