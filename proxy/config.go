@@ -39,6 +39,9 @@ type Config struct {
 	OpaquePorts []int
 	// DetectTimeout is how long a client may stay silent before its connection is proxied as opaque TCP.
 	DetectTimeout time.Duration
+	// HeaderTimeout bounds how long a client may take to send a request's head (slowloris), its request line
+	// included: a connection that began one and is still on it then is refused, not proxied as TCP.
+	HeaderTimeout time.Duration
 	// TapToken authorizes /tap clients; empty lets only loopback peers tap.
 	TapToken string
 	// LogLevel is the initial log level; /log-level changes it at run time.
@@ -89,8 +92,9 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer) 
 		cfg.OpaquePorts = ports
 		return err
 	})
-	cfg.DetectTimeout, cfg.ShutdownGrace = 10*time.Second, 10*time.Second
+	cfg.DetectTimeout, cfg.HeaderTimeout, cfg.ShutdownGrace = 10*time.Second, 30*time.Second, 10*time.Second
 	fs.Var(durationValue{&cfg.DetectTimeout}, "detect-timeout", "how long (a `duration`) a client may stay silent before its connection is proxied as opaque TCP (server-speaks-first protocols)")
+	fs.Var(durationValue{&cfg.HeaderTimeout}, "header-timeout", "how long (a `duration`) a client may take to send a request's head; a connection whose first line starts as HTTP and is unfinished then is answered 408, never proxied as TCP")
 	fs.StringVar(&cfg.TapToken, "tap-token", "", "bearer `token` that /tap clients must present; without one, only loopback clients may tap")
 	fs.TextVar(&cfg.LogLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error (changeable at run time with PUT /log-level)")
 	fs.Var(durationValue{&cfg.ShutdownGrace}, "shutdown-grace", "on SIGTERM, how long (a `duration`) in-flight requests and connections may take to finish")
@@ -158,6 +162,9 @@ func (c Config) validate() error {
 	}
 	if c.DetectTimeout <= 0 {
 		return fmt.Errorf("--detect-timeout %v: must be positive", c.DetectTimeout)
+	}
+	if c.HeaderTimeout <= 0 {
+		return fmt.Errorf("--header-timeout %v: must be positive", c.HeaderTimeout)
 	}
 	if c.ShutdownGrace < 0 {
 		return fmt.Errorf("--shutdown-grace %v: must not be negative", c.ShutdownGrace)
@@ -247,7 +254,9 @@ A connection whose destination is the proxy's own listener is refused (proxy-loo
 In a pod, run "proxy init" first (see "proxy init --help") and the proxy as its --proxy-uid (2102).
 
 Every connection's protocol is detected from its first bytes (HTTP/2 preface, HTTP/1 request line, else
-opaque TCP); a client silent for --detect-timeout is proxied as TCP.
+opaque TCP); a client silent for --detect-timeout is proxied as TCP. Bytes that start as an HTTP request but
+are not a valid one (an HTTP/1.2 or non-ASCII request line, or one unfinished after --header-timeout) are
+answered 400 or 408 and counted, never proxied as TCP, unless the port is in --opaque-ports.
 
 Every flag has an environment twin, MESHSCOPE_PROXY_<FLAG IN UPPER SNAKE CASE> (e.g.
 MESHSCOPE_PROXY_INBOUND_FORWARD); a flag on the command line wins over its twin.

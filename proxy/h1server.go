@@ -98,10 +98,11 @@ type clientConn struct {
 	cancel context.CancelFunc
 	busy   atomic.Bool // a request is being read or answered
 	// draining is the proxy's h1Conns.draining: set, responses say "Connection: close" and end the connection.
-	draining *atomic.Bool
-	hr       bytes.Reader // the head being parsed
-	res      h1Response   // the response being written
-	held     []byte       // response body held back (h1HoldBack)
+	draining    *atomic.Bool
+	headTimeout time.Duration // --header-timeout
+	hr          bytes.Reader  // the head being parsed
+	res         h1Response    // the response being written
+	held        []byte        // response body held back (h1HoldBack)
 
 	// The watcher of a request in flight: started by watchTimer, it reads ahead on the connection.
 	watchTimer *time.Timer
@@ -115,7 +116,7 @@ type clientConn struct {
 // serveHTTP1 serves conn, detected as HTTP/1.1, on the fast path until it closes or is handed to l's server.
 // orig is its original destination, empty when it was not redirected.
 func (p *proxy) serveHTTP1(l *listener, conn net.Conn, orig string) {
-	c := &clientConn{conn: conn, remote: conn.RemoteAddr().String(), draining: &p.h1conns.draining, watchDone: make(chan struct{}, 1)}
+	c := &clientConn{conn: conn, remote: conn.RemoteAddr().String(), draining: &p.h1conns.draining, headTimeout: p.cfg.HeaderTimeout, watchDone: make(chan struct{}, 1)}
 	if !p.h1conns.add(c) {
 		conn.Close()
 		return
@@ -152,7 +153,7 @@ func (p *proxy) serveHTTP1(l *listener, conn net.Conn, orig string) {
 // serve answers the connection's requests until it ends (nil) or one is for net/http's server: then it
 // returns the connection, replaying the bytes read but not answered.
 func (c *clientConn) serve(hp *httpProxy) net.Conn {
-	c.conn.SetReadDeadline(time.Now().Add(readHeaderTimeout))
+	c.conn.SetReadDeadline(time.Now().Add(c.headTimeout))
 	for {
 		if _, err := c.br.Peek(1); err != nil {
 			return nil
@@ -204,7 +205,7 @@ func (c *clientConn) readRequest() (*http.Request, int, error) {
 }
 
 // peekHead returns the buffered request head up to and including its empty line, reading more as needed
-// within readHeaderTimeout; errHandOff when it does not fit the buffer.
+// within headTimeout; errHandOff when it does not fit the buffer.
 func (c *clientConn) peekHead() ([]byte, error) {
 	from := 0
 	for {
@@ -225,8 +226,8 @@ func (c *clientConn) peekHead() ([]byte, error) {
 			return nil, errHandOff
 		}
 		if from == 0 {
-			// The head came in pieces: the rest of it has readHeaderTimeout (slowloris).
-			c.conn.SetReadDeadline(time.Now().Add(readHeaderTimeout))
+			// The head came in pieces: the rest of it has headTimeout (slowloris).
+			c.conn.SetReadDeadline(time.Now().Add(c.headTimeout))
 		}
 		from = max(len(buf)-2, 1)
 		if _, err := c.br.Peek(len(buf) + 1); err != nil {

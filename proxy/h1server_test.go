@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -259,6 +260,9 @@ func FuzzHTTP1RequestAnsweredAsNetHTTPAnswersIt(f *testing.F) {
 		"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
 		"GET /a?b=c HTTP/1.1\nHost: a\nX-Y: z\n\n",
 		"HEAD / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+		"HEAD / HTTP/1.1\r\nHost: a\r\nConnectiAon: close\r\n\r\n", // a HEAD reply has no body to wait for
+		"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n",
+		"GET / HTTP/1.2\r\nHost: a\r\n\r\n",
 		"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
 		"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
@@ -300,7 +304,10 @@ func FuzzHTTP1RequestAnsweredAsNetHTTPAnswersIt(f *testing.F) {
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(wait))
 		c.Write(raw)
-		res, err := http.ReadResponse(bufio.NewReader(c), nil)
+		// The response is framed by its request: the answer to HEAD has no body, whatever its Content-Length
+		// says (read as the answer to a GET, it would wait for one). Unparsable bytes get a body-less 400.
+		req, _ := http.ReadRequest(bufio.NewReader(bytes.NewReader(raw)))
+		res, err := http.ReadResponse(bufio.NewReader(c), req)
 		if err != nil {
 			return 0
 		}
@@ -309,7 +316,15 @@ func FuzzHTTP1RequestAnsweredAsNetHTTPAnswersIt(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		raw = append(raw, "\r\n\r\n"...) // most inputs then end a head rather than wait for one
-		if detect.Classify(raw) != detect.HTTP1 {
+		switch detect.Classify(raw) {
+		case detect.Malformed:
+			// Starts as HTTP but is not: refused by the proxy whatever a lenient app would do.
+			if got := firstStatus(t, p.addr("--inbound-listen").String(), raw, 30*time.Second); got != http.StatusBadRequest {
+				t.Errorf("proxy answered %d to malformed %q, want 400", got, raw)
+			}
+			return
+		case detect.HTTP1:
+		default:
 			return // proxied as opaque TCP or HTTP/2, not answered by the proxy
 		}
 		// An input net/http leaves waiting (a body announced but not sent, a head not ended) says nothing.

@@ -25,6 +25,7 @@ func testConfig(forward string) Config {
 		OutboundListen: "127.0.0.1:0",
 		AdminListen:    "127.0.0.1:0",
 		DetectTimeout:  10 * time.Second,
+		HeaderTimeout:  30 * time.Second,
 		ShutdownGrace:  10 * time.Second,
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -28,8 +29,6 @@ import (
 const (
 	// dialTimeout bounds connecting to an upstream; past it a request is answered 504.
 	dialTimeout = 10 * time.Second
-	// readHeaderTimeout bounds how long a client may take to send a request's headers (slowloris).
-	readHeaderTimeout = 30 * time.Second
 	// idleTimeout closes client connections idle between requests.
 	idleTimeout = 5 * time.Minute
 )
@@ -164,7 +163,7 @@ func (p *proxy) addListener(name, addr string, hp *httpProxy, tcpTarget, srcTarg
 	l.server = &http.Server{
 		Handler:           hp,
 		Protocols:         protocols,
-		ReadHeaderTimeout: readHeaderTimeout,
+		ReadHeaderTimeout: p.cfg.HeaderTimeout,
 		IdleTimeout:       idleTimeout,
 		// No ReadTimeout or WriteTimeout: a proxied stream (long poll, server-sent events, a gRPC stream)
 		// may rightly last as long as its client and server want.
@@ -390,24 +389,72 @@ func (p *proxy) serveConn(ctx context.Context, l *listener, c net.Conn) {
 	}
 	src := newCountingConn(c, p.metrics.TCP(metrics.TCPKey{Direction: l.hp.direction, Peer: "src", TargetAddr: srcTarget}))
 	if opaque {
+		p.metrics.Detected(l.hp.direction, l.srcTarget, detect.Opaque.String(), reasonOpaquePort)
 		p.proxyTCP(ctx, l, src, target)
 		return
 	}
-	proto, conn, err := detect.Peek(src, p.cfg.DetectTimeout)
+	proto, reason, conn, err := detect.Peek(src, p.cfg.DetectTimeout, p.cfg.HeaderTimeout)
 	if err != nil {
 		p.log.Debug("connection failed during protocol detection", "listener", l.name, "peer", c.RemoteAddr().String(), "err", err)
 		src.Close()
 		return
 	}
-	p.log.Debug("connection accepted", "listener", l.name, "peer", c.RemoteAddr().String(), "target", target, "protocol", proto.String())
+	// The listener's own target labels the count, not a redirected connection's original destination:
+	// those are as many as the addresses the app calls.
+	p.metrics.Detected(l.hp.direction, l.srcTarget, proto.String(), string(reason))
+	p.log.Debug("connection accepted", "listener", l.name, "peer", c.RemoteAddr().String(), "target", target, "protocol", proto.String(), "reason", reason)
 	switch proto {
 	case detect.Opaque:
 		p.proxyTCP(ctx, l, conn, target)
+	case detect.Malformed:
+		p.refuse(l, conn, srcTarget, reason)
 	case detect.HTTP1:
 		p.serveHTTP1(l, conn, orig)
 	default:
 		l.conns.push(conn, orig)
 	}
+}
+
+// reasonOpaquePort is protocol_detect_total's reason for a connection of a listener that skips detection.
+const reasonOpaquePort = "opaque-port"
+
+// refuse answers a connection that starts as an HTTP request but is not a valid one (400), or did not finish
+// its request line in time (408), and closes it. It is counted, and tapped, as an HTTP request of the
+// listener without method or authority: what the app never saw is still visible.
+func (p *proxy) refuse(l *listener, c net.Conn, target string, reason detect.Reason) {
+	defer c.Close()
+	status := http.StatusBadRequest
+	if reason == detect.RequestLineTimeout {
+		status = http.StatusRequestTimeout
+	}
+	ex := Exchange{
+		Direction:   l.hp.direction,
+		Source:      c.RemoteAddr().String(),
+		Destination: target,
+		Start:       time.Now(),
+		GRPCStatus:  metrics.NoGRPCStatus,
+		hub:         p.tap,
+	}
+	ex.requestHeaders(p.metrics)
+	body := "meshscope proxy: " + string(reason) + ": not a valid HTTP/1.1 request line\n"
+	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n%s: %s\r\nContent-Length: %d\r\n\r\n%s",
+		status, http.StatusText(status), ProxyErrorHeader, reason, len(body), body)
+	ex.responseHeaders(status, nil)
+	ex.Bytes = int64(len(body))
+	ex.end()
+	lingerClose(c)
+}
+
+// lingerClose ends c's write side and reads what the client still sends, for a moment and up to a bound,
+// before the deferred close: closing with unread input would reset the connection and could destroy the
+// answer before the client reads it (net/http's server lingers the same way).
+func lingerClose(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	c.SetReadDeadline(time.Now().Add(time.Second))
+	io.Copy(io.Discard, io.LimitReader(c, 64<<10))
 }
 
 // connListener is the net.Listener an http.Server serves: it yields the connections found to speak HTTP.

@@ -58,7 +58,7 @@ func TestOpaqueTCP(t *testing.T) {
 		{"server speaks first after the detection timeout", func(c *Config) { c.DetectTimeout = 50 * time.Millisecond }, ""},
 		{"opaque port skips detection", func(c *Config) { c.OpaquePorts = []int{port} }, ""},
 		{"client bytes that are not HTTP", func(c *Config) {}, "\x00binary hello\n"},
-		{"text that looks like HTTP but is not", func(c *Config) {}, "GET / HTTP/3.0\n"},
+		{"a text protocol that is not HTTP", func(c *Config) {}, "HELO client.example\n"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

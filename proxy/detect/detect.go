@@ -1,6 +1,8 @@
 // Package detect tells which protocol a freshly accepted connection speaks by peeking at its first bytes:
-// the HTTP/2 prior-knowledge preface, an HTTP/1.x request line, or anything else (opaque TCP).
-// The peeked bytes are never lost: Peek returns a connection that replays them before reading on.
+// the HTTP/2 prior-knowledge preface, an HTTP/1.x request line, something that starts as an HTTP request
+// but is not a valid one (Malformed: the proxy refuses it rather than pass it on unobserved), or anything
+// else (opaque TCP). The peeked bytes are never lost: Peek returns a connection that replays them before
+// reading on.
 package detect
 
 import (
@@ -25,6 +27,11 @@ const (
 	HTTP2
 	// Opaque is anything else: proxied as TCP.
 	Opaque
+	// Malformed starts as an HTTP/1 request (a known method and a space, or a first line naming an HTTP/
+	// version) but is not one the proxy can parse, or its request line did not arrive in time. Passed on as
+	// TCP, an app lenient enough to answer it would be talking HTTP that no metric or tap sees: it is
+	// refused instead.
+	Malformed
 )
 
 func (p Protocol) String() string {
@@ -35,6 +42,8 @@ func (p Protocol) String() string {
 		return "h2"
 	case Opaque:
 		return "opaque"
+	case Malformed:
+		return "malformed"
 	}
 	return "unknown"
 }
@@ -42,9 +51,10 @@ func (p Protocol) String() string {
 // Preface is the HTTP/2 client connection preface.
 const Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-// MaxPeek is the most bytes Classify needs to decide: an HTTP/1 request line longer than this is treated as
-// opaque (net/http itself would refuse a request target this long).
-const MaxPeek = 8192
+// MaxPeek is the most bytes Classify needs to decide: a request line longer than this is Malformed (refused
+// as too long; net/http's servers accept heads up to 1 MiB, but a 64 KiB request target is an attack or a
+// bug).
+const MaxPeek = 64 << 10
 
 // Classify decides from the first bytes of a connection. It returns Unknown while b is a prefix of
 // something it could still recognise and shorter than MaxPeek. Once it decides for b, it decides the same for
@@ -56,8 +66,67 @@ func Classify(b []byte) Protocol {
 		}
 		return Unknown
 	}
-	return classifyRequestLine(b)
+	if p := classifyRequestLine(b); p != Opaque {
+		return p
+	}
+	return classifyHTTPLike(b)
 }
+
+// methods are the request methods of RFC 9110 section 9 and PATCH (RFC 5789): a connection that begins with
+// one of them and a space is an HTTP request, valid or not. Case matters, as in HTTP: memcached's "get k"
+// stays opaque.
+var methods = []string{"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+
+// classifyHTTPLike tells, for bytes that are not a valid HTTP/1 request line, whether they start as an HTTP
+// request anyway (Malformed), might still (Unknown), or are something else (Opaque). Lenient servers skip
+// leading empty lines and accept extra spaces, other versions, any token as method and raw non-ASCII bytes
+// in the target, so the test is loose: after any leading whitespace, a token and a space or tab, then either
+// the token is a known method or the first line names an "HTTP/" version. Text protocols whose first line is
+// like that (RTSP, SIP, Redis inline commands) need --opaque-ports.
+func classifyHTTPLike(b []byte) Protocol {
+	i := 0
+	for i < len(b) && isSpace(b[i]) {
+		i++
+	}
+	start := i
+	for i < len(b) && isTokenChar(b[i]) {
+		i++
+	}
+	if i == len(b) {
+		return needMoreLike(b)
+	}
+	if i == start || (b[i] != ' ' && b[i] != '\t') {
+		return Opaque
+	}
+	for _, m := range methods {
+		if string(b[start:i]) == m {
+			return Malformed
+		}
+	}
+	line := b[i:]
+	end := bytes.IndexByte(line, '\n')
+	if end < 0 {
+		return needMoreLike(b)
+	}
+	line = line[:end]
+	for j := 0; j+6 <= len(line); j++ {
+		if (line[j] == ' ' || line[j] == '\t') && bytes.EqualFold(line[j+1:j+6], []byte("HTTP/")) {
+			return Malformed
+		}
+	}
+	return Opaque
+}
+
+// needMoreLike is needMore for bytes that may yet start as an HTTP request: past MaxPeek without an end of
+// line they are refused as too long, not passed on.
+func needMoreLike(b []byte) Protocol {
+	if len(b) >= MaxPeek {
+		return Malformed
+	}
+	return Unknown
+}
+
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
 
 // classifyRequestLine recognises `method SP request-target SP HTTP/1.x CRLF` (RFC 9112 section 3).
 func classifyRequestLine(b []byte) Protocol {
@@ -128,35 +197,76 @@ func isTokenChar(c byte) bool {
 	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
 }
 
-// Peek reads from c until Classify decides, the client goes quiet for timeout (a server-speaks-first
-// protocol: Opaque), or the client closes (Opaque). It returns the protocol and a connection that yields every
-// peeked byte before the rest of c's stream. err is set only when c failed in a way that leaves nothing to proxy.
-func Peek(c net.Conn, timeout time.Duration) (Protocol, net.Conn, error) {
+// Reason says why a connection was found not to speak HTTP, or was refused: the reason label of the
+// proxy's protocol_detect_total. Empty for a connection detected as HTTP.
+type Reason string
+
+const (
+	// NotHTTP: the first bytes are not HTTP (a binary or other text protocol).
+	NotHTTP Reason = "not-http"
+	// Silent: the client sent nothing for the silence timeout (a server-speaks-first protocol).
+	Silent Reason = "silent"
+	// ClientClosed: the client ended its stream before its bytes could be told apart.
+	ClientClosed Reason = "client-closed"
+	// BadRequest: the bytes start as an HTTP request but are not a valid one (Malformed).
+	BadRequest Reason = "bad-request"
+	// RequestLineTimeout: bytes that may yet be an HTTP request did not end their first line within the
+	// head timeout (Malformed).
+	RequestLineTimeout Reason = "request-line-timeout"
+)
+
+// Peek reads from c until Classify decides. A client silent for silence is Opaque (a server-speaks-first
+// protocol); one that has sent the start of what may be an HTTP request has until head, from the start, to
+// finish its first line, else it is Malformed: a slow request line is not a way to be proxied unobserved.
+// A client that closes before Classify decides is Opaque. Peek returns the protocol, the reason when it is
+// not HTTP, and a connection that yields every peeked byte before the rest of c's stream. err is set only
+// when c failed in a way that leaves nothing to proxy.
+func Peek(c net.Conn, silence, head time.Duration) (Protocol, Reason, net.Conn, error) {
 	buf := make([]byte, 0, 1024)
-	if err := c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
-		return Opaque, c, err
+	start := time.Now()
+	if err := c.SetReadDeadline(start.Add(silence)); err != nil {
+		return Opaque, ClientClosed, c, err
 	}
 	defer c.SetReadDeadline(time.Time{})
+	extended := false
 	for {
 		if len(buf) == cap(buf) {
 			buf = append(buf, 0)[:len(buf)]
 		}
 		n, err := c.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
-		if p := Classify(buf); p != Unknown {
-			return p, Replay(c, buf), nil
+		switch p := Classify(buf); p {
+		case Unknown:
+		case Opaque:
+			return p, NotHTTP, Replay(c, buf), nil
+		case Malformed:
+			return p, BadRequest, Replay(c, buf), nil
+		default:
+			return p, "", Replay(c, buf), nil
 		}
-		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				return Opaque, Replay(c, buf), nil
-			}
-			if len(buf) > 0 || errors.Is(err, io.EOF) {
-				// The client half-closed before we could tell: whatever it sent (perhaps nothing, for a
-				// server-speaks-first protocol) is still proxied as TCP.
-				return Opaque, Replay(c, buf), nil
-			}
-			return Opaque, c, err
+		if err == nil {
+			continue
 		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if len(buf) == 0 {
+				return Opaque, Silent, c, nil
+			}
+			if !extended && head > silence {
+				extended = true
+				if err := c.SetReadDeadline(start.Add(head)); err != nil {
+					return Opaque, ClientClosed, c, err
+				}
+				continue
+			}
+			return Malformed, RequestLineTimeout, Replay(c, buf), nil
+		}
+		if len(buf) > 0 || errors.Is(err, io.EOF) {
+			// The client half-closed before we could tell: whatever it sent (perhaps nothing, for a
+			// server-speaks-first protocol) is still proxied as TCP. No server answers a request line
+			// that never ended, so this hides no HTTP.
+			return Opaque, ClientClosed, Replay(c, buf), nil
+		}
+		return Opaque, ClientClosed, c, err
 	}
 }
 

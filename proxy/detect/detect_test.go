@@ -27,18 +27,29 @@ func TestClassify(t *testing.T) {
 		{"partial version needs more", "GET / HTTP/1", Unknown},
 		{"version without CRLF needs more", "GET / HTTP/1.1", Unknown},
 		{"CR without LF needs more", "GET / HTTP/1.1\r", Unknown},
-		{"http/2 request line is opaque", "GET / HTTP/2.0\r\n", Opaque},
-		{"http/1.2 is opaque", "GET / HTTP/1.2\r\n", Opaque},
-		{"junk after version is opaque", "GET / HTTP/1.1x\r\n", Opaque},
-		{"CR then junk is opaque", "GET / HTTP/1.1\rx", Opaque},
+		{"http/2 request line is malformed", "GET / HTTP/2.0\r\n", Malformed},
+		{"http/1.2 is malformed", "GET / HTTP/1.2\r\n", Malformed},
+		{"junk after version is malformed", "GET / HTTP/1.1x\r\n", Malformed},
+		{"CR then junk is malformed", "GET / HTTP/1.1\rx", Malformed},
+		{"non-ASCII target is malformed at once", "GET /caf\xc3\xa9", Malformed},
+		{"known method and space is malformed at the first bad byte", "DELETE \x01", Malformed},
+		{"lower-case known method is not a method", "get key\r\n", Opaque},
+		{"unknown method naming an HTTP version is malformed", "FOO /caf\xc3\xa9 HTTP/1.1\r\n", Malformed},
+		{"unknown method, version in any case", "FOO /x\thttp/1.1\n", Malformed},
+		{"unknown method needs the line end", "FOO /caf\xc3\xa9 HTT", Unknown},
+		{"leading empty lines are malformed", "\r\nGET / HTTP/1.1\r\n", Malformed},
+		{"leading space is malformed", " GET / HTTP/1.1\r\n", Malformed},
+		{"empty target is malformed", "GET  HTTP/1.1\r\n", Malformed},
+		{"control byte in target is malformed", "GET /\x01 HTTP/1.1\r\n", Malformed},
+		{"overlong request line is malformed", "GET /" + strings.Repeat("a", MaxPeek), Malformed},
+		{"overlong unknown-method line is malformed", "FOO /" + strings.Repeat("a", MaxPeek), Malformed},
+		{"PRI that diverges from preface is malformed", "PRI * HTTP/2.1\r\n", Malformed},
 		{"mysql-like binary is opaque", "\x4a\x00\x00\x00\x0a8.0", Opaque},
 		{"tls client hello is opaque", "\x16\x03\x01\x02\x00", Opaque},
-		{"leading space is opaque", " GET / HTTP/1.1\r\n", Opaque},
-		{"empty target is opaque", "GET  HTTP/1.1\r\n", Opaque},
-		{"control byte in target is opaque", "GET /\x01 HTTP/1.1\r\n", Opaque},
+		{"redis protocol is opaque", "*1\r\n$4\r\nPING\r\n", Opaque},
+		{"memcached text is opaque", "set k 0 0 5\r\nhello\r\n", Opaque},
 		{"smtp-like line is opaque", "EHLO example.com\r\n", Opaque},
-		{"overlong request line is opaque", "GET /" + strings.Repeat("a", MaxPeek), Opaque},
-		{"PRI that diverges from preface is opaque", "PRI * HTTP/2.1\r\n", Opaque},
+		{"stomp frame is opaque", "CONNECT\naccept-version:1.2\n\n", Opaque},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -52,7 +63,7 @@ func TestClassify(t *testing.T) {
 // FuzzClassify checks that detection never panics, never asks for more than MaxPeek bytes, and never changes
 // its mind when more bytes arrive.
 func FuzzClassify(f *testing.F) {
-	for _, s := range []string{Preface, "GET / HTTP/1.1\r\n", "\x16\x03\x01", "EHLO x\r\n", "PUT /a HTTP/1.0\n"} {
+	for _, s := range []string{Preface, "GET / HTTP/1.1\r\n", "\x16\x03\x01", "EHLO x\r\n", "PUT /a HTTP/1.0\n", "FOO /\xff HTTP/1.1\n", "\r\nGE"} {
 		f.Add([]byte(s), []byte("more"))
 	}
 	f.Fuzz(func(t *testing.T, b, more []byte) {
@@ -75,14 +86,16 @@ func TestPeekReplaysEveryByteInOrder(t *testing.T) {
 		chunks []string // written by the client, one write each
 		close  bool     // client half-closes after writing
 		want   Protocol
-		quiet  bool // the client stays silent past the detection timeout, which is then short
+		reason Reason
+		quiet  bool // the client stays silent past the detection timeouts, which are then short
 	}{
-		{"http1 split across writes", []string{"GE", "T / HT", "TP/1.1\r\nHost: x\r\n\r\nbody"}, false, HTTP1, false},
-		{"h2 preface byte by byte then frames", append(strings.Split(Preface, ""), "frames"), false, HTTP2, false},
-		{"binary protocol", []string{"\x00\x01\x02 binary"}, false, Opaque, false},
-		{"silent client is opaque after timeout", nil, false, Opaque, true},
-		{"partial line then silence is opaque", []string{"GET /slow"}, false, Opaque, true},
-		{"half-close before deciding is opaque", []string{"GET"}, true, Opaque, false},
+		{"http1 split across writes", []string{"GE", "T / HT", "TP/1.1\r\nHost: x\r\n\r\nbody"}, false, HTTP1, "", false},
+		{"h2 preface byte by byte then frames", append(strings.Split(Preface, ""), "frames"), false, HTTP2, "", false},
+		{"binary protocol", []string{"\x00\x01\x02 binary"}, false, Opaque, NotHTTP, false},
+		{"http/1.2", []string{"GET / HTTP/1.2\r\n\r\n"}, false, Malformed, BadRequest, false},
+		{"silent client is opaque after timeout", nil, false, Opaque, Silent, true},
+		{"partial line then silence is held, then malformed", []string{"GET /slow"}, false, Malformed, RequestLineTimeout, true},
+		{"half-close before deciding is opaque", []string{"GET"}, true, Opaque, ClientClosed, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -98,16 +111,16 @@ func TestPeekReplaysEveryByteInOrder(t *testing.T) {
 					client.(*net.TCPConn).CloseWrite()
 				}
 			}()
-			timeout := time.Minute
+			silence, head := time.Minute, 2*time.Minute
 			if tt.quiet {
-				timeout = 100 * time.Millisecond
+				silence, head = 50*time.Millisecond, 100*time.Millisecond
 			}
-			p, conn, err := Peek(server, timeout)
+			p, reason, conn, err := Peek(server, silence, head)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if p != tt.want {
-				t.Fatalf("protocol = %v, want %v", p, tt.want)
+			if p != tt.want || reason != tt.reason {
+				t.Fatalf("protocol = %v (%q), want %v (%q)", p, reason, tt.want, tt.reason)
 			}
 			// Everything the client sent, then a marker written after detection, arrives in order.
 			<-written

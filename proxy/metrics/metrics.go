@@ -61,6 +61,8 @@ type Metrics struct {
 	tcpDuration *prometheus.HistogramVec
 	tcpRefused  *prometheus.CounterVec
 
+	detect *prometheus.CounterVec
+
 	http bound[HTTPKey, *HTTPSeries]
 	tcp  bound[TCPKey, *TCPSeries]
 }
@@ -133,9 +135,21 @@ func New(reg prometheus.Registerer) *Metrics {
 	m.tcpRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tcp_refused_total", Help: "TCP connections accepted and closed at once, not proxied, by reason (proxy-loop: its destination is the proxy itself).",
 	}, []string{"direction", "reason"})
+	m.detect = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "protocol_detect_total",
+		Help: "Connections accepted, by the protocol found: http/1, h2, opaque (proxied as TCP) or malformed " +
+			"(starts as HTTP but is not: refused), and why a connection is not HTTP.",
+	}, []string{"direction", "target_addr", "protocol", "reason"})
 	reg.MustRegister(m.requests, m.responses, m.latency,
-		m.tcpOpen, m.tcpClose, m.tcpOpenNow, m.tcpRead, m.tcpWrite, m.tcpDuration, m.tcpRefused)
+		m.tcpOpen, m.tcpClose, m.tcpOpenNow, m.tcpRead, m.tcpWrite, m.tcpDuration, m.tcpRefused, m.detect)
 	return m
+}
+
+// Detected counts one accepted connection of a listener whose connections go to targetAddr (empty for the
+// outbound listener, which routes by authority) as protocol, with the reason it is not HTTP. Every value
+// comes from the proxy's configuration or a small fixed set: the family stays small.
+func (m *Metrics) Detected(direction, targetAddr, protocol, reason string) {
+	m.detect.WithLabelValues(direction, targetAddr, protocol, reason).Inc()
 }
 
 // HTTPKey selects one HTTP series.
