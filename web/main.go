@@ -18,6 +18,7 @@ const usage = `usage: web [serve] [flags]          serve the dashboard (default)
        web stat RESOURCE [flags]      golden metrics as a table (ns, deploy, po)
        web top [RESOURCE] [flags]     live requests aggregated by path
        web tap [RESOURCE] [flags]     live stream of requests
+       web install [flags]            print the control plane to kubectl apply
 
 Run "web COMMAND --help" for the flags of a command.
 `
@@ -45,6 +46,8 @@ func cli(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = topCmd(ctx, args, stdout, stderr)
 	case "tap":
 		err = tapCmd(ctx, args, stdout, stderr)
+	case "install":
+		err = installCmd(ctx, args, stdout, stderr)
 	case "help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -23,6 +24,16 @@ import (
 // real first, since the server refuses objects in a namespace that does not exist. The error names
 // the first object refused and the server's reason.
 func (s *Server) DryRun(ctx context.Context, manifests []byte) error {
+	return s.create(ctx, manifests, []string{metav1.DryRunAll})
+}
+
+// Create creates every object in manifests, as DryRun checks them, for real: what `kubectl create
+// -f` would do.
+func (s *Server) Create(ctx context.Context, manifests []byte) error {
+	return s.create(ctx, manifests, nil)
+}
+
+func (s *Server) create(ctx context.Context, manifests []byte, dryRun []string) error {
 	objs, err := decodeAll(manifests)
 	if err != nil {
 		return err
@@ -44,7 +55,7 @@ func (s *Server) DryRun(ctx context.Context, manifests []byte) error {
 			return fmt.Errorf("%s: %w", name, err)
 		}
 		var client dynamic.ResourceInterface = dyn.Resource(mapping.Resource)
-		if mapping.Scope.Name() == "namespace" {
+		if mapping.Scope.Name() == meta.RESTScopeNameNamespace {
 			ns := obj.GetNamespace()
 			if ns == "" {
 				ns = "default"
@@ -54,7 +65,7 @@ func (s *Server) DryRun(ctx context.Context, manifests []byte) error {
 			}
 			client = dyn.Resource(mapping.Resource).Namespace(ns)
 		}
-		_, err = client.Create(ctx, obj, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict"})
+		_, err = client.Create(ctx, obj, metav1.CreateOptions{DryRun: dryRun, FieldValidation: "Strict"})
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}

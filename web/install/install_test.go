@@ -1,0 +1,224 @@
+package install
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshscope/meshscope/api/kube"
+	"github.com/meshscope/meshscope/dev/kubetest"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/yaml"
+)
+
+func TestMain(m *testing.M) { os.Exit(kubetest.Run(m)) }
+
+func render(t *testing.T, o Options) []byte {
+	t.Helper()
+	if o.TLS == nil {
+		var err error
+		if o.TLS, err = NewTLS(o.namespace(), time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := Render(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// kinds lists each document's kind/name, in order.
+func kinds(t *testing.T, manifests []byte) []string {
+	t.Helper()
+	var out []string
+	for doc := range strings.SplitSeq(string(manifests), "---\n") {
+		var obj struct {
+			Kind     string
+			Metadata struct{ Name string }
+		}
+		if err := yaml.UnmarshalStrict([]byte(doc), &obj); err != nil && !strings.Contains(err.Error(), "unknown field") {
+			t.Fatalf("not YAML: %v\n%s", err, doc)
+		}
+		out = append(out, obj.Kind+"/"+obj.Metadata.Name)
+	}
+	return out
+}
+
+var optionCases = []struct {
+	name string
+	o    Options
+}{
+	{"defaults", Options{}},
+	{"every option", Options{
+		Namespace: "mesh-ops", Registry: "registry.example/team", Tag: "v9.9.9", PrometheusImage: "registry.example/prometheus:v3",
+		DashboardReplicas: 2, DestinationReplicas: 3, InjectorReplicas: 2, Retention: "24h", RetentionSize: "5GB",
+		GrafanaURL: "https://grafana.example",
+	}},
+	{"the user's own Prometheus", Options{Namespace: "mesh-byo", PrometheusURL: "https://thanos.example:10902"}},
+}
+
+// TestInstallAcceptedByAPIServer: every object, with and without options, is created by a real API
+// server with dryRun=All and strict field validation.
+func TestInstallAcceptedByAPIServer(t *testing.T) {
+	srv := kubetest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, tc := range optionCases {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := srv.DryRun(ctx, render(t, tc.o)); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func TestInstallPrintsTheControlPlane(t *testing.T) {
+	common := []string{
+		"Namespace/meshscope",
+		"ServiceAccount/meshscope-dashboard", "ServiceAccount/meshscope-destination", "ServiceAccount/meshscope-injector",
+	}
+	t.Run("defaults install Prometheus with bounded retention", func(t *testing.T) {
+		out := render(t, Options{})
+		got := strings.Join(kinds(t, out), " ")
+		for _, want := range append(common, "ServiceAccount/meshscope-prometheus", "ClusterRole/meshscope-prometheus-meshscope",
+			"ConfigMap/meshscope-prometheus", "Deployment/meshscope-prometheus", "Service/meshscope-prometheus",
+			"Secret/meshscope-injector-tls", "MutatingWebhookConfiguration/meshscope-proxy-injector-meshscope",
+			"Deployment/meshscope-dashboard", "Deployment/meshscope-destination", "Deployment/meshscope-injector") {
+			if !strings.Contains(got, want) {
+				t.Errorf("no %s in %s", want, got)
+			}
+		}
+		for _, want := range []string{
+			"--storage.tsdb.retention.time=6h", "--storage.tsdb.retention.size=1GB",
+			"--prometheus-url=http://meshscope-prometheus.meshscope.svc.cluster.local:9090",
+			"image: meshscope/web:v0.1.0", "image: meshscope/proxy:v0.1.0", "kubernetes_sd_configs",
+			"failurePolicy: Ignore", "readOnlyRootFilesystem: true", "runAsNonRoot: true",
+			"path: /healthz", "path: /readyz",
+		} {
+			if !bytes.Contains(out, []byte(want)) {
+				t.Errorf("no %q in the output", want)
+			}
+		}
+	})
+	t.Run("--prometheus-url installs no Prometheus and points the dashboard at it", func(t *testing.T) {
+		out := render(t, Options{PrometheusURL: "https://thanos.example:10902"})
+		if bytes.Contains(out, []byte("meshscope-prometheus")) {
+			t.Error("a Prometheus object is printed with --prometheus-url")
+		}
+		if !bytes.Contains(out, []byte("--prometheus-url=https://thanos.example:10902")) {
+			t.Error("the dashboard does not query the given Prometheus")
+		}
+	})
+	t.Run("options reach every object", func(t *testing.T) {
+		out := render(t, optionCases[1].o)
+		for _, want := range []string{
+			"namespace: mesh-ops", "image: registry.example/team/web:v9.9.9", "image: registry.example/team/proxy:v9.9.9",
+			"--image=registry.example/team/proxy:v9.9.9", "replicas: 3", "--grafana-url=https://grafana.example",
+			"--storage.tsdb.retention.time=24h", "image: registry.example/prometheus:v3",
+			"--destination-addr=meshscope-destination.mesh-ops.svc.cluster.local:8086",
+		} {
+			if !bytes.Contains(out, []byte(want)) {
+				t.Errorf("no %q in the output", want)
+			}
+		}
+		if bytes.Contains(out, []byte("namespace: meshscope\n")) {
+			t.Error("an object is still in namespace meshscope")
+		}
+	})
+}
+
+func TestInstallRefusesBadOptions(t *testing.T) {
+	for _, tc := range []struct {
+		o    Options
+		want string
+	}{
+		{Options{Namespace: "Mesh_Scope"}, `namespace "Mesh_Scope": want lower-case letters, digits and inner dashes (an RFC 1123 label)`},
+		{Options{PrometheusURL: "thanos:10902"}, `prometheus-url "thanos:10902": want an http(s) URL`},
+		{Options{GrafanaURL: "ftp://grafana"}, `grafana-url "ftp://grafana": want an http(s) URL`},
+		{Options{DashboardReplicas: -1}, `dashboard-replicas -1: want 1 or more`},
+		{Options{RetentionSize: "lots"}, `retention-size "lots": want a size like 512MB or 2GB`},
+	} {
+		if err := tc.o.Validate(); err == nil || err.Error() != tc.want {
+			t.Errorf("%+v: error %v, want %s", tc.o, err, tc.want)
+		}
+	}
+}
+
+// TestInstallIsStable: the same options and certificate give the same bytes, and an install that
+// asks the cluster reuses the certificate the last one left there, so running it again changes
+// nothing.
+func TestInstallIsStable(t *testing.T) {
+	srv := kubetest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	o := Options{Namespace: "mesh-stable"}
+	first := render(t, o)
+	if err := srv.Create(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	reused, err := ClusterTLS(ctx, srv.Client, o.Namespace, time.Now())
+	if err != nil || reused == nil {
+		t.Fatalf("the installed certificate was not reused: %v", err)
+	}
+	o.TLS = reused
+	if again := render(t, o); !bytes.Equal(first, again) {
+		t.Error("installing again with the cluster's certificate printed different bytes")
+	}
+	if expiring, _ := ClusterTLS(ctx, srv.Client, o.Namespace, time.Now().Add(certLifetime-renewBefore/2)); expiring != nil {
+		t.Error("a certificate about to expire was reused")
+	}
+	if other, _ := ClusterTLS(ctx, srv.Client, "mesh-none", time.Now()); other != nil {
+		t.Error("a namespace without an install has a certificate")
+	}
+}
+
+// TestInstalledPermissionsAreLeast applies the RBAC for real and asks the API server what each
+// component's ServiceAccount may do: what it watches, and not Secrets.
+func TestInstalledPermissionsAreLeast(t *testing.T) {
+	srv := kubetest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ns := "mesh-rbac"
+	if err := srv.Create(ctx, render(t, Options{Namespace: ns})); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		sa                  string
+		group, resource, vb string
+		allowed             bool
+	}{
+		{kube.Injector, "", "namespaces", "get", true},
+		{kube.Injector, "", "pods", "list", false},
+		{kube.Destination, "discovery.k8s.io", "endpointslices", "watch", true},
+		{kube.Destination, "", "secrets", "list", false},
+		{kube.Prometheus, "", "pods", "list", true},
+		{kube.Prometheus, "", "secrets", "get", false},
+		{kube.Dashboard, "", "pods", "list", true},
+		{kube.Dashboard, "", "pods", "delete", false},
+	} {
+		cfg := rest.CopyConfig(srv.Config)
+		cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + tc.sa}
+		client, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		review, err := client.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authorizationv1.SelfSubjectAccessReview{
+			Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Group: tc.group, Resource: tc.resource, Verb: tc.vb,
+			}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if review.Status.Allowed != tc.allowed {
+			t.Errorf("%s %s %s: allowed %v, want %v", tc.sa, tc.vb, tc.resource, review.Status.Allowed, tc.allowed)
+		}
+	}
+}
