@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/meshscope/meshscope/api/rules"
 	"github.com/meshscope/meshscope/dev/demo"
 	"github.com/meshscope/meshscope/dev/promengine"
 )
@@ -262,15 +263,15 @@ func writeFiles(dir string, m demo.Mesh) (demoFiles, error) {
 	if err != nil {
 		return f, err
 	}
-	targetsPath := filepath.Join(dir, filepath.FromSlash(targetsFile))
-	if err := os.MkdirAll(filepath.Dir(targetsPath), 0o700); err != nil {
-		return f, err
-	}
 	for path, b := range map[string][]byte{
 		f.prometheusYML: prometheusYML,
 		f.destinations:  dest,
-		targetsPath:     targets,
+		filepath.Join(dir, filepath.FromSlash(targetsFile)): targets,
+		filepath.Join(dir, filepath.FromSlash(rulesFile)):   rules.YAML(),
 	} {
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return f, err
+		}
 		if err := os.WriteFile(path, b, 0o600); err != nil {
 			return f, err
 		}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/meshscope/meshscope/api/rules"
 	"github.com/meshscope/meshscope/dev/demo"
 )
 
@@ -11,16 +12,21 @@ import (
 // directory, whose "targets/*.json" glob finds it.
 const targetsFile = "targets/meshscope-proxy.json"
 
+// rulesFile is the recording rules file (api/rules), relative to
+// prometheus.yml's directory, whose "rules/*.yml" rule_files glob finds it.
+const rulesFile = "rules/" + rules.FileName
+
 // Files of the Procfile layout, relative to the repository root, where
 // Procfile runners start processes.
 const (
 	procfileDestinations = "dev/destinations.yaml"
 	procfileTargets      = "dev/" + targetsFile
+	procfileRules        = "dev/" + rulesFile
 )
 
 // procfile renders the Procfile for m: the same processes as "go run ./dev"
 // with the real Prometheus, for foreman, honcho or overmind. The files it
-// names (procfileDestinations, procfileTargets) are committed, generated
+// names (procfileDestinations, procfileTargets, procfileRules) are committed, generated
 // from the same layout.
 //
 // Every line execs its program (after a cached go build, not go run) so that

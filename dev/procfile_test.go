@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/meshscope/meshscope/api/rules"
 )
 
 var update = flag.Bool("update", false, "rewrite the Procfile and its files from the default layout")
@@ -35,6 +37,7 @@ func TestProcfileMatchesTheDefaultLayout(t *testing.T) {
 		"Procfile":           procfile(m, cfg.DashboardListen, cfg.PrometheusListen),
 		procfileDestinations: string(dest),
 		procfileTargets:      string(targets),
+		procfileRules:        string(rules.YAML()),
 	}
 	for name, want := range files {
 		t.Run(name, func(t *testing.T) {

@@ -1,5 +1,5 @@
 // Package promengine is the demo's embedded metrics backend: Prometheus' own
-// discovery, scrape, tsdb, promql and HTTP API packages wired together in one
+// discovery, scrape, tsdb, promql and rules packages wired together in one
 // process, for machines without a prometheus binary. It reads the same
 // configuration file as the real Prometheus and answers the subset of the
 // HTTP API the dashboard uses (query, query_range, targets) in Prometheus'
@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -26,7 +27,9 @@ import (
 	"github.com/prometheus/prometheus/config"
 	"github.com/prometheus/prometheus/discovery"
 	_ "github.com/prometheus/prometheus/discovery/file" // file_sd_configs, the only discovery the demo uses
+	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/promql"
+	"github.com/prometheus/prometheus/rules"
 	"github.com/prometheus/prometheus/scrape"
 	"github.com/prometheus/prometheus/tsdb"
 )
@@ -53,7 +56,13 @@ type Engine struct {
 	engine    *promql.Engine
 	discovery *discovery.Manager
 	scrape    *scrape.Manager
-	handler   http.Handler
+	rules     *rules.Manager
+	// ruleFiles, ruleInterval and ruleLabels are what Run hands the rules
+	// manager.
+	ruleFiles    []string
+	ruleInterval time.Duration
+	ruleLabels   labels.Labels
+	handler      http.Handler
 	// stop ends discovery and Run; done closes when Run has returned.
 	stop   context.Context
 	cancel context.CancelFunc
@@ -133,6 +142,9 @@ func New(opts Options) (_ *Engine, err error) {
 	if err := e.discovery.ApplyConfig(sdConfigs); err != nil {
 		return nil, fmt.Errorf("apply discovery config: %w", err)
 	}
+	if err := e.newRules(ctx, cfg, reg); err != nil {
+		return nil, err
+	}
 	e.handler = e.newHandler()
 	return e, nil
 }
@@ -151,6 +163,11 @@ func (e *Engine) Run(ctx context.Context) error {
 	go func() { discoveryDone <- e.discovery.Run() }()
 	scrapeDone := make(chan error, 1)
 	go func() { scrapeDone <- e.scrape.Run(e.discovery.SyncCh()) }()
+	rulesDone := make(chan struct{})
+	go func() { e.rules.Run(); close(rulesDone) }()
+	if err := e.rules.Update(e.ruleInterval, e.ruleFiles, e.ruleLabels, "", nil); err != nil {
+		e.logger.Error("recording rules not evaluated", "err", err)
+	}
 	select {
 	case <-ctx.Done():
 	case <-e.stop.Done():
@@ -161,6 +178,37 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	e.cancel() // stops discovery
 	e.scrape.Stop()
+	e.rules.Stop()
+	<-rulesDone
+	return nil
+}
+
+// newRules prepares a rules manager that evaluates the configuration's
+// rule files (globs, as in Prometheus) with the engine into the tsdb. It
+// loads them once here so that a bad file fails New; Run starts them.
+func (e *Engine) newRules(ctx context.Context, cfg *config.Config, reg prometheus.Registerer) error {
+	for _, pattern := range cfg.RuleFiles {
+		matches, err := filepath.Glob(pattern)
+		if err != nil {
+			return fmt.Errorf("rule_files %q: %w", pattern, err)
+		}
+		e.ruleFiles = append(e.ruleFiles, matches...)
+	}
+	e.ruleInterval = time.Duration(cfg.GlobalConfig.EvaluationInterval)
+	e.ruleLabels = cfg.GlobalConfig.ExternalLabels
+	e.rules = rules.NewManager(&rules.ManagerOptions{
+		AppendableV2: e.db,
+		Queryable:    e.db,
+		QueryFunc:    rules.EngineQueryFunc(e.engine, e.db),
+		// The demo has no Alertmanager: alerting rules evaluate, nothing is sent.
+		NotifyFunc: func(context.Context, string, ...*rules.Alert) {},
+		Context:    ctx,
+		Logger:     e.logger.With("component", "rule manager"),
+		Registerer: reg,
+	})
+	if _, errs := e.rules.LoadGroups(e.ruleInterval, e.ruleLabels, "", nil, false, e.ruleFiles...); len(errs) > 0 {
+		return fmt.Errorf("load rule files: %w", errors.Join(errs...))
+	}
 	return nil
 }
 

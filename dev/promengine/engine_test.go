@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,17 +18,23 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/common/model"
+
+	"github.com/meshscope/meshscope/api/rules"
 )
 
 // startEngine runs an engine scraping a real client_golang /metrics endpoint
-// whose counter grows by 100 per second of wall time, so rate() has a known
-// answer whatever the scrape timing.
+// whose counters grow by 100 per second of wall time, so rate() has a known
+// answer whatever the scrape timing, and evaluating Meshscope's recording
+// rules (one of the counters is an inbound request_total).
 func startEngine(t *testing.T) (v1.API, string) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
+	growth := func() float64 { return float64(time.Now().UnixMilli()) / 10 }
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "demo_work_total", Help: "Work done, 100 per second.",
-	}, func() float64 { return float64(time.Now().UnixMilli()) / 10 }))
+	}, growth), prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "request_total", Help: "Requests, 100 per second.", ConstLabels: prometheus.Labels{"direction": "inbound"},
+	}, growth))
 	target := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	t.Cleanup(target.Close)
 
@@ -37,7 +44,10 @@ func startEngine(t *testing.T) (v1.API, string) {
 		"labels":  map[string]string{"namespace": "shop", "deployment": "web", "pod": "web-0"},
 	}}
 	writeJSON(t, filepath.Join(dir, "targets.json"), groups)
-	cfg := "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: meshscope-proxy\n    file_sd_configs:\n      - files: [targets.json]\n"
+	if err := os.WriteFile(filepath.Join(dir, rules.FileName), rules.YAML(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := "global:\n  scrape_interval: 1s\nrule_files: [" + rules.FileName + "]\nscrape_configs:\n  - job_name: meshscope-proxy\n    file_sd_configs:\n      - files: [targets.json]\n"
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -175,6 +185,40 @@ func TestEngineServesPrometheusAPIToClientGolang(t *testing.T) {
 		}
 	})
 
+	t.Run("the recording rules record the 1m rate per deployment and per namespace", func(t *testing.T) {
+		// A group first runs at an offset of up to its interval (1m) after
+		// the start, then once a minute.
+		deadline := time.Now().Add(3 * time.Minute)
+		for _, name := range []string{"deployment:request_total:rate1m", "namespace:request_total:rate1m"} {
+			for {
+				err := func() error {
+					val, _, _, err := prom.Query(ctx, name, time.Now())
+					if err != nil {
+						return err
+					}
+					vec, ok := val.(model.Vector)
+					if !ok || len(vec) != 1 {
+						return fmt.Errorf("%s: result %v, want one series", name, val)
+					}
+					if vec[0].Metric["namespace"] != "shop" || vec[0].Metric["direction"] != "inbound" {
+						return fmt.Errorf("%s: labels %v, want namespace=shop, direction=inbound", name, vec[0].Metric)
+					}
+					if v := float64(vec[0].Value); v < 90 || v > 110 {
+						return fmt.Errorf("%s: %v, want 100±10", name, v)
+					}
+					return nil
+				}()
+				if err == nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal(err)
+				}
+				time.Sleep(time.Second)
+			}
+		}
+	})
+
 	t.Run("bad PromQL is a bad_data error", func(t *testing.T) {
 		_, _, _, err := prom.Query(ctx, `sum(rate(demo_work_total[5s]`, time.Now())
 		var apiErr *v1.Error
@@ -256,5 +300,20 @@ func TestNewRejectsAMissingConfig(t *testing.T) {
 	_, err := New(Options{ConfigFile: filepath.Join(t.TempDir(), "absent.yml")})
 	if err == nil {
 		t.Fatal("no error for a missing config file")
+	}
+}
+
+func TestNewRejectsABadRuleFile(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "bad.yml"), []byte("groups:\n  - name: g\n    rules:\n      - record: x\n        expr: sum(\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := "rule_files: [bad.yml]\n"
+	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := New(Options{ConfigFile: filepath.Join(dir, "prometheus.yml")})
+	if err == nil || !strings.Contains(err.Error(), "bad.yml") {
+		t.Fatalf("New: %v, want an error naming bad.yml", err)
 	}
 }

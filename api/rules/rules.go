@@ -1,0 +1,83 @@
+// Package rules holds Meshscope's recording rules (meshscope.rules.yml, the
+// file users load into their Prometheus or ruler) and the names of the series
+// they record, which the dashboard queries when the backend has them. It
+// imports nothing of Prometheus, so the dashboard and `web install` can use it.
+package rules
+
+import (
+	_ "embed"
+	"slices"
+	"time"
+)
+
+//go:embed meshscope.rules.yml
+var file []byte
+
+// FileName is the rules file's name, e.g. for a ConfigMap key.
+const FileName = "meshscope.rules.yml"
+
+// YAML returns the rules file: Prometheus' rule file format.
+func YAML() []byte { return slices.Clone(file) }
+
+// Interval is how often every group is evaluated, and the window of the
+// recorded rates: a window of k Intervals is the average of the last k
+// recorded rates.
+const Interval = time.Minute
+
+// The raw metrics the rules record: the counters as 1m rates, the gauge as
+// a sum.
+const (
+	Requests  = "request_total"
+	Responses = "response_total"
+	Latency   = "response_latency_ms_bucket"
+	TCPOpen   = "tcp_open_connections"
+)
+
+// Level is one aggregation level of the rules: the direction of the proxy
+// series it reads and the labels it keeps (besides direction and the
+// classification, le or peer that selections need).
+type Level struct {
+	// Name is the level part of level:metric:operations; empty means no
+	// level (raw series).
+	Name      string
+	Direction string
+	Labels    []string
+}
+
+// Levels are the levels the rules record, narrowest first.
+func Levels() []Level {
+	return []Level{
+		{Name: "namespace", Direction: "inbound", Labels: []string{"namespace"}},
+		{Name: "deployment", Direction: "inbound", Labels: []string{"namespace", "deployment"}},
+		{Name: "edge", Direction: "outbound", Labels: []string{"namespace", "deployment", "dst_namespace", "dst_deployment"}},
+	}
+}
+
+// Series is the recorded name of raw metric at level l:
+// level:request_total:rate1m for the counters, level:tcp_open_connections:sum
+// for the gauge.
+func (l Level) Series(metric string) string {
+	if metric == TCPOpen {
+		return l.Name + ":" + metric + ":sum"
+	}
+	return l.Name + ":" + metric + ":rate1m"
+}
+
+// Names are every series the level records.
+func (l Level) Names() []string {
+	return []string{l.Series(Requests), l.Series(Responses), l.Series(Latency), l.Series(TCPOpen)}
+}
+
+// Covers tells whether the level keeps every label in labels for series of
+// direction, so a query grouping and selecting by them can read it.
+func (l Level) Covers(direction string, labels []string) bool {
+	if l.Direction != direction {
+		return false
+	}
+	for _, name := range labels {
+		if !slices.Contains(l.Labels, name) {
+			return false
+		}
+	}
+	return true
+}
