@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -12,8 +14,9 @@ import (
 	"github.com/meshscope/meshscope/proxy/taphub"
 )
 
-// adminRoutes mounts every admin endpoint: metrics, readiness, liveness, log level and tap.
-func (p *proxy) adminRoutes() *http.ServeMux {
+// adminRoutes mounts every admin endpoint: metrics, readiness, liveness, log level and tap, behind the
+// Host check.
+func (p *proxy) adminRoutes() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(p.registry, promhttp.HandlerOpts{
 		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelWarn),
@@ -34,6 +37,12 @@ func (p *proxy) adminRoutes() *http.ServeMux {
 		io.WriteString(w, strings.ToLower(p.level.Level().String())+"\n")
 	})
 	mux.HandleFunc("PUT /log-level", func(w http.ResponseWriter, r *http.Request) {
+		// The one mutation: from the pod itself (kubectl port-forward arrives on loopback), or with the
+		// tap token; never from whoever reaches the admin port.
+		if !taphub.Loopback(r.RemoteAddr) && (p.cfg.TapToken == "" || !taphub.BearerIs(r, p.cfg.TapToken)) {
+			http.Error(w, "log level: only loopback clients, or clients sending the --tap-token as a bearer token, may change it", http.StatusForbidden)
+			return
+		}
 		body, err := io.ReadAll(io.LimitReader(r.Body, 64))
 		if err != nil {
 			http.Error(w, "reading body: "+err.Error(), http.StatusBadRequest)
@@ -49,5 +58,31 @@ func (p *proxy) adminRoutes() *http.ServeMux {
 		p.log.Info("log level changed", "from", old, "to", level, "peer", r.RemoteAddr)
 		io.WriteString(w, strings.ToLower(level.String())+"\n")
 	})
-	return mux
+	return p.adminHostCheck(mux)
+}
+
+// adminHostCheck refuses requests whose Host is not localhost or an IP address and does not match
+// --admin-enforced-host: a web page whose name its attacker points at 127.0.0.1 (DNS rebinding, through
+// kubectl port-forward) would otherwise read /metrics and loopback-only /tap, and set the log level. The
+// probes stay open: they say nothing, and the kubelet must reach them.
+func (p *proxy) adminHostCheck(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/live" || r.URL.Path == "/ready" || p.adminHostAllowed(r.Host) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		http.Error(w, fmt.Sprintf("admin: Host %q is not localhost or an IP address; start the proxy with --admin-enforced-host set to a regex matching it to allow it", r.Host), http.StatusForbidden)
+	})
+}
+
+func (p *proxy) adminHostAllowed(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if _, err := netip.ParseAddr(host); err == nil || strings.EqualFold(host, "localhost") {
+		return true
+	}
+	return p.cfg.AdminHost != nil && p.cfg.AdminHost.MatchString(host)
 }

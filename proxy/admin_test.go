@@ -1,18 +1,23 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/meshscope/meshscope/proxy/netns"
+	"github.com/meshscope/meshscope/proxy/netns/netnstest"
 )
 
 func TestAdminEndpoints(t *testing.T) {
@@ -202,5 +207,120 @@ func TestShutdownCutsWhatOutlivesTheGrace(t *testing.T) {
 	}
 	if err := <-failed; err == nil {
 		t.Error("the request outliving the grace succeeded; want it cut")
+	}
+}
+
+// rawRequest sends one HTTP/1.1 request over c, with host as its Host and token, when set, as its bearer
+// token, and returns the response's status and body.
+func rawRequest(t *testing.T, c net.Conn, method, path, host, token, body string) (int, string) {
+	t.Helper()
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Minute)) // a hang guard only
+	req, _ := http.NewRequest(method, "http://"+host+path, strings.NewReader(body))
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	req.Close = true
+	if err := req.Write(c); err != nil {
+		t.Fatal(err)
+	}
+	res, err := http.ReadResponse(bufio.NewReader(c), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	return res.StatusCode, string(b)
+}
+
+// Finding 3 of the hardening review: a web page whose name resolves to 127.0.0.1 (DNS rebinding through
+// kubectl port-forward) must not read /metrics or loopback-only /tap, nor set the log level.
+func TestAdminRefusesHostsThatAreNotAddresses(t *testing.T) {
+	cfg := testConfig("127.0.0.1:1")
+	cfg.AdminHost = regexp.MustCompile(`^(?:proxy\.internal)$`)
+	p := startProxy(t, cfg)
+	admin := p.addr("--admin-listen").String()
+	_, port, _ := net.SplitHostPort(admin)
+	tests := []struct {
+		method, path, host string
+		want               int
+	}{
+		{"GET", "/metrics", "rebind.attacker.example:" + port, 403},
+		{"GET", "/tap", "rebind.attacker.example:" + port, 403},
+		{"PUT", "/log-level", "rebind.attacker.example", 403},
+		{"GET", "/log-level", "rebind.attacker.example", 403},
+		{"GET", "/live", "rebind.attacker.example", 200},
+		{"GET", "/ready", "rebind.attacker.example", 200},
+		{"GET", "/metrics", admin, 200},
+		{"GET", "/metrics", "localhost:" + port, 200},
+		{"GET", "/metrics", "[::1]:" + port, 200},
+		{"GET", "/metrics", "proxy.internal:" + port, 200},
+		{"GET", "/metrics", "proxy.internal.attacker.example", 403},
+	}
+	for _, tt := range tests {
+		c, err := net.Dial("tcp", admin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if status, body := rawRequest(t, c, tt.method, tt.path, tt.host, "", "error"); status != tt.want {
+			t.Errorf("%s %s Host %s: %d %q, want %d", tt.method, tt.path, tt.host, status, body, tt.want)
+		}
+	}
+	if p.level.Level() != slog.LevelDebug {
+		t.Errorf("log level %v: a refused PUT changed it", p.level.Level())
+	}
+}
+
+// PUT /log-level from another address than loopback needs the tap token. The proxy runs in a network
+// namespace of the test's own, where the client has a second, non-loopback address.
+func TestLogLevelChangesOnlyFromLoopbackOrWithTheToken(t *testing.T) {
+	netnstest.Require(t)
+	ns := "msi16-admin"
+	path := netnstest.Add(t, ns)
+	const other = "10.250.16.1"
+	netnstest.IP(t, "-n", ns, "addr", "add", other+"/32", "dev", "lo")
+	for _, token := range []string{"", "s3cret"} {
+		t.Run("token="+token, func(t *testing.T) {
+			cfg := testConfig("127.0.0.1:1")
+			cfg.AdminListen, cfg.TapToken = "0.0.0.0:0", token
+			var p *proxy
+			level := new(slog.LevelVar)
+			if err := netns.Do(path, func() (err error) {
+				p, err = newProxy(cfg, slog.New(slog.NewTextHandler(testLog{t}, nil)), level)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			serve(t, p)
+			_, port, _ := net.SplitHostPort(p.addr("--admin-listen").String())
+			put := func(from, token, level string) int {
+				var c net.Conn
+				if err := netns.Do(path, func() (err error) {
+					d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+					c, err = d.Dial("tcp", net.JoinHostPort(from, port))
+					return err
+				}); err != nil {
+					t.Fatal(err)
+				}
+				status, _ := rawRequest(t, c, "PUT", "/log-level", net.JoinHostPort(from, port), token, level)
+				return status
+			}
+			if got := put(other, "", "error"); got != 403 {
+				t.Errorf("PUT from %s without a token: %d, want 403", other, got)
+			}
+			if got := put(other, "wrong", "error"); got != 403 {
+				t.Errorf("PUT from %s with a wrong token: %d, want 403", other, got)
+			}
+			if level.Level() != slog.LevelInfo {
+				t.Fatalf("level %v after refused PUTs", level.Level())
+			}
+			if token != "" {
+				if got := put(other, token, "warn"); got != 200 || level.Level() != slog.LevelWarn {
+					t.Errorf("PUT from %s with the token: %d, level %v; want 200, warn", other, got, level.Level())
+				}
+			}
+			if got := put("127.0.0.1", "", "debug"); got != 200 || level.Level() != slog.LevelDebug {
+				t.Errorf("PUT from loopback: %d, level %v; want 200, debug", got, level.Level())
+			}
+		})
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -42,6 +43,9 @@ type Config struct {
 	// HeaderTimeout bounds how long a client may take to send a request's head (slowloris), its request line
 	// included: a connection that began one and is still on it then is refused, not proxied as TCP.
 	HeaderTimeout time.Duration
+	// AdminHost, when set, matches (anchored) the host names, besides localhost and IP addresses, that a
+	// request's Host may name to reach the admin server's data (DNS rebinding); nil allows none.
+	AdminHost *regexp.Regexp
 	// TapToken authorizes /tap clients; empty lets only loopback peers tap.
 	TapToken string
 	// LogLevel is the initial log level; /log-level changes it at run time.
@@ -95,6 +99,11 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer) 
 	cfg.DetectTimeout, cfg.HeaderTimeout, cfg.ShutdownGrace = 10*time.Second, 30*time.Second, 10*time.Second
 	fs.Var(durationValue{&cfg.DetectTimeout}, "detect-timeout", "how long (a `duration`) a client may stay silent before its connection is proxied as opaque TCP (server-speaks-first protocols)")
 	fs.Var(durationValue{&cfg.HeaderTimeout}, "header-timeout", "how long (a `duration`) a client may take to send a request's head; a connection whose first line starts as HTTP and is unfinished then is answered 408, never proxied as TCP")
+	fs.Func("admin-enforced-host", "`regex` matching in full (without the port) the host names, besides localhost and IP addresses, that admin requests but /live and /ready may carry in Host; by default none, so that no web page reaches /metrics, /tap or /log-level through DNS rebinding", func(s string) error {
+		re, err := regexp.Compile("^(?:" + s + ")$")
+		cfg.AdminHost = re
+		return err
+	})
 	fs.StringVar(&cfg.TapToken, "tap-token", "", "bearer `token` that /tap clients must present; without one, only loopback clients may tap")
 	fs.TextVar(&cfg.LogLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error (changeable at run time with PUT /log-level)")
 	fs.Var(durationValue{&cfg.ShutdownGrace}, "shutdown-grace", "on SIGTERM, how long (a `duration`) in-flight requests and connections may take to finish")

@@ -112,22 +112,27 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // message to answer with.
 func (h *Handler) authorize(r *http.Request) (int, string) {
 	if h.Token == "" {
-		if !loopback(r.RemoteAddr) {
+		if !Loopback(r.RemoteAddr) {
 			return http.StatusForbidden, "tap: this proxy has no --tap-token, so only loopback clients may tap"
 		}
 		return 0, ""
 	}
-	scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
-	// Hashing first makes the comparison's time independent of the lengths.
-	got, want := sha256.Sum256([]byte(strings.TrimSpace(token))), sha256.Sum256([]byte(h.Token))
-	if !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
+	if !BearerIs(r, h.Token) {
 		return http.StatusUnauthorized, "tap: missing or wrong bearer token"
 	}
 	return 0, ""
 }
 
-// loopback reports whether the peer address host:port is a loopback address.
-func loopback(remoteAddr string) bool {
+// BearerIs reports whether r carries "Authorization: Bearer <token>", comparing in constant time.
+func BearerIs(r *http.Request, token string) bool {
+	scheme, got, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+	// Hashing first makes the comparison's time independent of the lengths.
+	a, b := sha256.Sum256([]byte(strings.TrimSpace(got))), sha256.Sum256([]byte(token))
+	return strings.EqualFold(scheme, "Bearer") && subtle.ConstantTimeCompare(a[:], b[:]) == 1
+}
+
+// Loopback reports whether the peer address host:port is a loopback address.
+func Loopback(remoteAddr string) bool {
 	host, _, err := net.SplitHostPort(remoteAddr)
 	if err != nil {
 		return false
