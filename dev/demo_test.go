@@ -65,7 +65,8 @@ func startDemo(t *testing.T, backend string, cfgDemo demo.Config) running {
 	// Free ports are chosen before use; a test running at the same time may
 	// take one in between, which the launcher reports by name: try again.
 	for attempt := 1; ; attempt++ {
-		cfg := config{DashboardListen: addr(), PrometheusListen: addr(), Ports: free, Backend: backend, PrometheusBin: "prometheus", Demo: cfgDemo}
+		cfg := config{DashboardListen: addr(), PrometheusListen: addr(), Ports: free, Backend: backend, PrometheusBin: "prometheus", Demo: cfgDemo,
+			DemoFile: filepath.Join(t.TempDir(), "demo.json")}
 		var ctx context.Context
 		ctx, cancel = context.WithCancel(context.Background())
 		errc = make(chan error, 1)
@@ -350,6 +351,11 @@ func TestDemoShowsItsStoryThroughTheDashboard(t *testing.T) {
 			eventually(t, "edges match the call graph", func() error { return checkEdges(r.DashboardURL, r.Mesh) })
 			eventually(t, "both catalog pods take traffic", func() error { return checkBalancing(r.DashboardURL) })
 			eventually(t, "tap shows calls", func() error { return checkTap(r.DashboardURL) })
+			eventually(t, "the first screen shows checkout first, with since when", func() error { return checkFirstScreen(r.DashboardURL) })
+			if backend == "prometheus" {
+				eventually(t, "web top and tap work with the demo's file alone", func() error { return checkCLI(r) })
+				checkCLIRefused(t, r)
+			}
 			eventually(t, "every Grafana expression returns data", func() error { return checkGrafana(r.PrometheusURL) })
 		})
 	}
@@ -374,5 +380,74 @@ func TestDemoRefusesOneAddressForTwoListeners(t *testing.T) {
 	code := cli(context.Background(), []string{"--port-base=0", "--dashboard-listen=127.0.0.1:1", "--prometheus-listen=127.0.0.1:1"}, &out, &errOut)
 	if code != 1 || !strings.Contains(errOut.String(), "127.0.0.1:1 is given to both the dashboard and the metrics backend") {
 		t.Fatalf("exit %d, stderr %q: want 1 and a message naming both listeners", code, errOut.String())
+	}
+}
+
+// checkFirstScreen: checkout, failing 15% of its calls, is the first of the
+// worst workloads, with its change against the last hour and since when.
+func checkFirstScreen(dash string) error {
+	var d struct {
+		Workloads struct {
+			Rows []struct {
+				Labels              map[string]string
+				SuccessRate         *float64   `json:"success_rate"`
+				SuccessRateLastHour *float64   `json:"success_rate_last_hour"`
+				UnhealthySince      *time.Time `json:"unhealthy_since"`
+			}
+		}
+	}
+	if err := getJSON(dash+"api/v1/namespaces", &d); err != nil {
+		return err
+	}
+	if len(d.Workloads.Rows) == 0 {
+		return errors.New("no workloads on the first screen")
+	}
+	first := d.Workloads.Rows[0]
+	if first.Labels["deployment"] != "checkout" || first.UnhealthySince == nil || first.SuccessRateLastHour == nil {
+		return fmt.Errorf("first workload %v since %v last hour %v, want checkout with both", first.Labels, first.UnhealthySince, first.SuccessRateLastHour)
+	}
+	return nil
+}
+
+// webCLI runs the demo's web binary with args, reading the demo's file, for
+// at most d, and returns its output.
+func webCLI(r running, d time.Duration, args ...string) (stdout, stderr string, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, r.WebBin, args...)
+	cmd.Env = append(os.Environ(), "MESHSCOPE_WEB_DEMO_FILE="+r.DemoFile)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err = cmd.Run()
+	if ctx.Err() != nil {
+		err = nil // stopped by the deadline: the normal end of a live view
+	}
+	return out.String(), errOut.String(), err
+}
+
+// checkCLI: right after the demo is up, "web top" and "web tap" show calls
+// with no flag but the resource: the demo's file gives Prometheus and token.
+func checkCLI(r running) error {
+	out, errOut, err := webCLI(r, 8*time.Second, "top", "deploy/web", "-n", "shop", "-o", "json", "--interval", "1s")
+	if err != nil || !strings.Contains(out, `"destination":"web-`) {
+		return fmt.Errorf("web top: %v; stdout %.300q; stderr %.300q", err, out, errOut)
+	}
+	out, errOut, err = webCLI(r, 6*time.Second, "tap", "deploy/web", "-n", "shop", "-o", "json")
+	if err != nil || !strings.Contains(out, `"type":"request"`) {
+		return fmt.Errorf("web tap: %v; stdout %.300q; stderr %.300q", err, out, errOut)
+	}
+	return nil
+}
+
+// checkCLIRefused: with a wrong token every proxy refuses; tap and top say
+// so and exit 1 instead of showing nothing forever.
+func checkCLIRefused(t *testing.T, r running) {
+	for _, cmd := range []string{"tap", "top"} {
+		_, errOut, err := webCLI(r, time.Minute, cmd, "deploy/catalog", "-n", "shop", "--tap-token", "wrong")
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(errOut, "every proxy selected (2) refused the tap") ||
+			!strings.Contains(errOut, "tap token rejected") {
+			t.Errorf("web %s with a wrong token: %v, stderr %q; want exit 1 naming the refusal", cmd, err, errOut)
+		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/meshscope/meshscope/api/democonfig"
 	"github.com/meshscope/meshscope/api/rules"
 	"github.com/meshscope/meshscope/dev/demo"
 	"github.com/meshscope/meshscope/dev/promengine"
@@ -36,6 +37,9 @@ type running struct {
 	DashboardURL, PrometheusURL string
 	Backend                     string
 	Mesh                        demo.Mesh
+	// WebBin is the dashboard binary the demo built, whose terminal twins
+	// read DemoFile.
+	WebBin, DemoFile string
 }
 
 // run starts the whole demo and blocks until ctx ends or a component fails,
@@ -183,8 +187,17 @@ func run(ctx context.Context, cfg config, con *console, started func(running)) (
 	}
 	fmt.Fprintf(logw, "the demo is up (metrics backend: %s at %s)\n", backend, promURL)
 	fmt.Fprintf(logw, "open the dashboard: %s   (Ctrl-C stops everything)\n", dashURL)
+	if cfg.DemoFile != "" {
+		pid := os.Getpid()
+		if err := democonfig.Write(cfg.DemoFile, democonfig.Demo{DashboardURL: dashURL, PrometheusURL: promURL, TapToken: token, PID: pid}); err != nil {
+			return fmt.Errorf("--demo-file: %w", err)
+		}
+		defer democonfig.Remove(cfg.DemoFile, pid)
+		fmt.Fprintf(logw, "from a terminal: go run ./web stat deploy -n shop | go run ./web top deploy/web -n shop | go run ./web tap deploy/web -n shop\n")
+		fmt.Fprintf(logw, "  (they read the demo's Prometheus and tap token from %s while it runs)\n", cfg.DemoFile)
+	}
 	if started != nil {
-		started(running{DashboardURL: dashURL, PrometheusURL: promURL, Backend: backend, Mesh: m})
+		started(running{DashboardURL: dashURL, PrometheusURL: promURL, Backend: backend, Mesh: m, WebBin: bins.web, DemoFile: cfg.DemoFile})
 	}
 	select {
 	case <-ctx.Done():

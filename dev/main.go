@@ -21,6 +21,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/meshscope/meshscope/api/democonfig"
 	"github.com/meshscope/meshscope/dev/demo"
 )
 
@@ -57,6 +58,9 @@ type config struct {
 	PrometheusBin string
 	// GrafanaURL, when set, makes the dashboard link to Grafana.
 	GrafanaURL string
+	// DemoFile is where the running demo tells the terminal twins its
+	// Prometheus and tap token; empty writes none.
+	DemoFile string
 	// Demo is the services' behaviour and the load.
 	Demo demo.Config
 }
@@ -72,6 +76,7 @@ func flags(name string, cfg *config, apps bool) *flag.FlagSet {
 		fs.StringVar(&cfg.Backend, "backend", "auto", "metrics backend: auto (prometheus when on PATH, else embedded), prometheus, or embedded")
 		fs.StringVar(&cfg.PrometheusBin, "prometheus-bin", "prometheus", "the Prometheus `binary` for --backend=prometheus/auto")
 		fs.StringVar(&cfg.GrafanaURL, "grafana-url", "", "Grafana base `URL` the dashboard links to (dev/grafana has the dashboards)")
+		fs.StringVar(&cfg.DemoFile, "demo-file", democonfig.DefaultPath(), "`file` telling \"web stat|top|tap\" the demo's Prometheus and tap token while it runs (empty: none)")
 	}
 	cfg.Demo = demo.DefaultConfig()
 	cfg.Demo.RegisterFlags(fs)

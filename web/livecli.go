@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -9,6 +10,7 @@ import (
 	"iter"
 	"log/slog"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -84,6 +86,7 @@ type liveCLI struct {
 	cfg       config
 	namespace string
 	filter    func() url.Values
+	demoFile  *string
 }
 
 func (l *liveCLI) register(fs *flag.FlagSet) {
@@ -91,6 +94,17 @@ func (l *liveCLI) register(fs *flag.FlagSet) {
 	fs.StringVar(&l.namespace, "n", "", "`namespace` of the resource")
 	fs.StringVar(&l.namespace, "namespace", "", "`namespace` of the resource")
 	l.filter = filterFlags(fs)
+	l.demoFile = demoFileFlag(fs)
+}
+
+// parse reads the command line, then the running demo's file for the
+// backend flags not given.
+func (l *liveCLI) parse(fs *flag.FlagSet, args []string, stderr io.Writer) ([]string, error) {
+	pos, err := parseInterspersed(fs, args, os.Getenv)
+	if err != nil {
+		return nil, err
+	}
+	return pos, demoDefaults(fs, &l.cfg, *l.demoFile, os.Getenv, stderr)
 }
 
 // request parses the optional RESOURCE argument and the filter flags.
@@ -168,13 +182,25 @@ func fanInEvents(ctx context.Context, fanin *api.FanIn, lr liveRequest, stderr i
 	return func(yield func(*tap.Event, error) bool) {
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
+		watch, err := newRefusals(ctx, fanin, lr.sel)
+		if err != nil {
+			yield(nil, err)
+			return
+		}
 		events := make(chan *tap.Event, 1024)
-		var mu sync.Mutex // guards dropped
+		var mu sync.Mutex // guards dropped and refused
 		var dropped uint64
+		var refused error
 		status := statusPrinter(stderr)
 		emit := func(it api.TapItem) {
 			if it.Event == nil {
 				status(it)
+				if err := watch.observe(it); err != nil {
+					mu.Lock()
+					refused = cmp.Or(refused, err)
+					mu.Unlock()
+					cancel()
+				}
 				return
 			}
 			select {
@@ -195,8 +221,11 @@ func fanInEvents(ctx context.Context, fanin *api.FanIn, lr liveRequest, stderr i
 		for {
 			select {
 			case <-runDone:
-				if runErr != nil {
-					yield(nil, runErr)
+				mu.Lock()
+				err := cmp.Or(refused, runErr)
+				mu.Unlock()
+				if err != nil {
+					yield(nil, err)
 				}
 				return
 			case ev := <-events:
@@ -213,4 +242,55 @@ func fanInEvents(ctx context.Context, fanin *api.FanIn, lr liveRequest, stderr i
 			}
 		}
 	}
+}
+
+// refusals ends a terminal live view that can show nothing: every proxy it
+// selected has failed (refused the token, cannot be reached) and none
+// streams. The dashboard keeps retrying instead; a terminal must not sit
+// blank or hang without saying why.
+type refusals struct {
+	mu        sync.Mutex
+	want      int
+	failed    map[api.Proxy]string
+	streaming map[api.Proxy]bool
+}
+
+// newRefusals lists the proxies sel picks, failing when there are none.
+func newRefusals(ctx context.Context, fanin *api.FanIn, sel api.Selector) (*refusals, error) {
+	proxies, err := api.ListProxies(ctx, fanin.Targets, sel)
+	if err != nil {
+		return nil, err
+	}
+	if len(proxies) == 0 {
+		return nil, fmt.Errorf("no proxy of job %s matches %s", api.Job, sel)
+	}
+	return &refusals{want: len(proxies), failed: map[api.Proxy]string{}, streaming: map[api.Proxy]bool{}}, nil
+}
+
+// observe takes the news of a proxy and returns an error once nothing can
+// be shown: no proxy matches any more, or all have failed and none streams.
+func (r *refusals) observe(it api.TapItem) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch it.State {
+	case api.NoProxies:
+		return errors.New(it.Err)
+	case api.ProxyStreaming:
+		r.streaming[it.Proxy] = true
+		delete(r.failed, it.Proxy)
+	case api.ProxyFailed:
+		r.failed[it.Proxy] = it.Err
+		delete(r.streaming, it.Proxy)
+	case api.ProxyGone:
+		delete(r.failed, it.Proxy)
+		delete(r.streaming, it.Proxy)
+	}
+	if len(r.streaming) > 0 || len(r.failed) < r.want {
+		return nil
+	}
+	cause := it.Err
+	if strings.Contains(cause, api.ErrTapTokenRejected.Error()) {
+		cause = errTapTokenRejected.Error()
+	}
+	return fmt.Errorf("every proxy selected (%d) refused the tap; proxy %s: %s", len(r.failed), it.Proxy.Name(), cause)
 }

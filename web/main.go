@@ -20,7 +20,9 @@ const usage = `usage: web [serve] [flags]          serve the dashboard (default)
        web tap [RESOURCE] [flags]     live stream of requests
        web install [flags]            print the control plane to kubectl apply
 
-Run "web COMMAND --help" for the flags of a command.
+Run "web COMMAND --help" for the flags of a command ("web serve --help" for the
+dashboard's). Right after "go run ./dev", stat, top and tap find the demo by
+themselves (see --demo-file).
 `
 
 func main() {
@@ -33,7 +35,10 @@ func main() {
 // with a flag) and returns the process exit code: 0, 1 for a failure, 2 for bad usage.
 func cli(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	name := "serve"
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+	switch {
+	case len(args) == 1 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help"):
+		name = "help"
+	case len(args) > 0 && !strings.HasPrefix(args[0], "-"):
 		name, args = args[0], args[1:]
 	}
 	var err error

@@ -112,7 +112,8 @@ func (c config) shutdownGrace() time.Duration {
 func backendFlags(fs *flag.FlagSet, c *config) {
 	fs.StringVar(&c.PrometheusURL, "prometheus-url", "http://127.0.0.1:9090", "Prometheus HTTP API `URL` the golden metrics come from")
 	fs.StringVar(&c.TapToken, "tap-token", "", "bearer `token` for the proxies' tap endpoints")
-	fs.DurationVar(&c.Window, "window", time.Minute, "default rate `window` of the golden metrics (10s, 1m, 5m, 15m, 1h)")
+	c.Window = time.Minute
+	fs.Var(windowFlag{&c.Window}, "window", "default rate `window` of the golden metrics: 10s, 1m, 5m, 15m or 1h")
 	fs.DurationVar(&c.QueryTimeout, "query-timeout", 10*time.Second, "timeout of every Prometheus call")
 }
 
@@ -145,13 +146,43 @@ func parseInterspersed(fs *flag.FlagSet, args []string, getenv func(string) stri
 	}
 }
 
-// parseArgs parses the command line; its errors are usage errors.
+// parseArgs parses the command line; its errors are usage errors, said once
+// by the caller in one line: the flag package's own copy of the error and
+// the usage after it are kept for --help.
 func parseArgs(fs *flag.FlagSet, args []string) error {
+	out, usage := fs.Output(), fs.Usage
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
 	err := fs.Parse(args)
-	if err != nil && !errors.Is(err, flag.ErrHelp) {
-		return usageError{err}
+	fs.SetOutput(out)
+	fs.Usage = usage
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fs.Usage()
+		return err
+	case err != nil:
+		return usageError{fmt.Errorf("%w (see --help)", err)}
 	}
-	return err
+	return nil
+}
+
+// windowFlag is a rate window, one of those the pages offer.
+type windowFlag struct{ d *time.Duration }
+
+func (f windowFlag) String() string {
+	if f.d == nil {
+		return ""
+	}
+	return f.d.String()
+}
+
+func (f windowFlag) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if _, ok := windowNames[d]; err != nil || !ok {
+		return errors.New("want one of 10s, 1m, 5m, 15m, 1h")
+	}
+	*f.d = d
+	return nil
 }
 
 // applyEnv sets the flags of fs not given on the command line from their

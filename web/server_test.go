@@ -201,7 +201,7 @@ func TestCommandsRefuseBadUsageInOneLineWithExit2(t *testing.T) {
 		want string
 	}{
 		{[]string{"serve", "--base-path", "mesh/"}, "--base-path"},
-		{[]string{"serve", "--window", "2m"}, "--window"},
+		{[]string{"serve", "--window", "2m"}, "flag -window"},
 		{[]string{"serve", "--prometheus-url", "ftp://x"}, "--prometheus-url"},
 		{[]string{"serve", "--enforced-host", "("}, "enforced-host"},
 		{[]string{"top", "--no-such-flag"}, "no-such-flag"},
@@ -209,11 +209,30 @@ func TestCommandsRefuseBadUsageInOneLineWithExit2(t *testing.T) {
 		{[]string{"stat"}, "missing RESOURCE"},
 		{[]string{"stat", "deploy", "-n", "shop", "web", "extra"}, `unexpected argument "extra"`},
 		{[]string{"stat", "svc"}, `unknown resource "svc"`},
+		{[]string{"stat", "deploy", "--window", "bogus"}, "want one of 10s, 1m, 5m, 15m, 1h"},
+		{[]string{"top", "--window", "2m"}, "want one of 10s, 1m, 5m, 15m, 1h"},
 	} {
 		var stdout, stderr strings.Builder
 		code := cli(context.Background(), tc.args, &stdout, &stderr)
-		if code != 2 || !strings.Contains(stderr.String(), tc.want) {
-			t.Errorf("%v: exit %d, stderr %q; want 2 naming %s", tc.args, code, stderr.String(), tc.want)
+		if code != 2 || strings.Count(stderr.String(), tc.want) != 1 {
+			t.Errorf("%v: exit %d, stderr %q; want 2 naming %s once", tc.args, code, stderr.String(), tc.want)
+		}
+		if strings.Contains(tc.want, "flag") && strings.Count(strings.TrimSpace(stderr.String()), "\n") > 0 {
+			t.Errorf("%v: stderr %q, want one line", tc.args, stderr.String())
+		}
+	}
+}
+
+func TestHelpListsEverySubcommand(t *testing.T) {
+	for _, args := range [][]string{{"--help"}, {"-h"}, {"help"}} {
+		var stdout, stderr strings.Builder
+		if code := cli(context.Background(), args, &stdout, &stderr); code != 0 {
+			t.Fatalf("%v: exit %d", args, code)
+		}
+		for _, sub := range []string{"serve", "stat", "top", "tap"} {
+			if !strings.Contains(stdout.String(), "web "+sub) {
+				t.Errorf("%v: usage does not list %s:\n%s", args, sub, stdout.String())
+			}
 		}
 	}
 }

@@ -55,8 +55,12 @@ Examples:
 	fs.BoolVar(&all, "A", false, "deployments or pods of all namespaces")
 	fs.StringVar(&output, "o", "table", "output `format`: table or json")
 	backendFlags(fs, &cfg)
+	demoFile := demoFileFlag(fs)
 	pos, err := parseInterspersed(fs, args, os.Getenv)
 	if err != nil {
+		return err
+	}
+	if err := demoDefaults(fs, &cfg, *demoFile, os.Getenv, stderr); err != nil {
 		return err
 	}
 	switch {
@@ -83,6 +87,11 @@ Examples:
 	if kind != "namespace" && !all {
 		if err := api.ValidNamespace(namespace); err != nil {
 			return usageError{err}
+		}
+		given := false
+		fs.Visit(func(f *flag.Flag) { given = given || f.Name == "n" })
+		if !given {
+			fmt.Fprintf(stderr, "namespace %s (choose one with -n NAMESPACE, or -A for all)\n", namespace)
 		}
 	}
 	q, err := api.Dial(cfg.prometheusURL(), api.Options{Timeout: cfg.queryTimeout()})

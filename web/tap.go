@@ -9,7 +9,6 @@ import (
 	"iter"
 	"net"
 	"net/http"
-	"os"
 	"strconv"
 	"time"
 	"unicode"
@@ -52,7 +51,7 @@ func tapCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	proxy := fs.String("proxy", "", "admin `address` (host:port) of the proxy to tap, e.g. 127.0.0.1:4191")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long connecting to the proxy and its answer may take")
 	output := fs.String("o", "", "output `format`: empty for one line per event, wide to add workload labels, json for NDJSON")
-	args, err := parseInterspersed(fs, args, os.Getenv)
+	args, err := l.parse(fs, args, stderr)
 	if err != nil {
 		return err
 	}

@@ -35,7 +35,7 @@ func topCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	interval := fs.Duration("interval", 2*time.Second, "how often the table is redrawn")
 	rows := fs.Int("rows", 20, "how many rows to show")
 	output := fs.String("o", "table", "output `format`: table, or json (one snapshot per line)")
-	args, err := parseInterspersed(fs, args, os.Getenv)
+	args, err := l.parse(fs, args, stderr)
 	if err != nil {
 		return err
 	}
@@ -53,11 +53,22 @@ func topCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
+	watch, err := newRefusals(ctx, fanin, lr.sel)
+	if err != nil {
+		return err
+	}
 	var top api.Top
 	status := statusPrinter(stderr)
+	refused := make(chan error, 1)
 	emit := func(it api.TapItem) {
 		if it.Event == nil {
 			status(it)
+			if err := watch.observe(it); err != nil {
+				select {
+				case refused <- err:
+				default:
+				}
+			}
 			return
 		}
 		top.Add(it)
@@ -72,6 +83,10 @@ func topCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	for {
 		select {
 		case err := <-runErr:
+			return err
+		case err := <-refused:
+			cancel()
+			<-runErr
 			return err
 		case <-ctx.Done():
 			cancel()
