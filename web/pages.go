@@ -42,8 +42,8 @@ func (s *server) viewState(r *http.Request) (viewState, error) {
 		}
 		v.window = d
 	}
-	if _, ok := sortKeys[trimDesc(v.sort)]; v.sort != "" && !ok {
-		return v, badRequest("sort %q: want one of name, success, rps, p50, p95, p99, tcp, optionally prefixed by -", v.sort)
+	if _, ok := sortKeys[trimDesc(v.sort)]; v.sort != "" && !ok && trimDesc(v.sort) != "worst" {
+		return v, badRequest("sort %q: want one of name, success, rps, p50, p95, p99, tcp, worst, optionally prefixed by -", v.sort)
 	}
 	return v, nil
 }

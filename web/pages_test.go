@@ -349,3 +349,81 @@ func TestEveryLinkHonoursBasePath(t *testing.T) {
 		t.Errorf("only %d same-origin URLs checked", n)
 	}
 }
+
+// TestJSONTwinsFollowEveryPageParameter: for every sort and window a page
+// takes, its JSON twin lists the same rows in the same order as the page.
+func TestJSONTwinsFollowEveryPageParameter(t *testing.T) {
+	_, h := memServer(t, 30, config{})
+	type table struct {
+		testID string
+		rows   func(body []byte) ([]api.Row, error)
+		name   func(api.Row) string
+	}
+	rowsOf := func(field string) func([]byte) ([]api.Row, error) {
+		return func(b []byte) ([]api.Row, error) {
+			var m map[string]json.RawMessage
+			if err := json.Unmarshal(b, &m); err != nil {
+				return nil, err
+			}
+			var tb api.Table
+			err := json.Unmarshal(m[field], &tb)
+			return tb.Rows, err
+		}
+	}
+	pages := map[string][]table{
+		"/namespaces/shop": {
+			{"deployments", rowsOf("deployments"), labelName(api.LabelDeployment)},
+			{"pods", rowsOf("pods"), labelName(api.LabelPod)},
+		},
+		"/namespaces/shop/deployments/dep-1": {
+			{"inbound", rowsOf("inbound"), edgeName(false)},
+			{"outbound", rowsOf("outbound"), edgeName(true)},
+			{"pods", rowsOf("pods"), labelName(api.LabelPod)},
+		},
+	}
+	var sorts []string
+	for k := range sortKeys {
+		sorts = append(sorts, k, "-"+k)
+	}
+	sorts = append(sorts, "", "worst", "-worst")
+	for path, tables := range pages {
+		for _, sort := range sorts {
+			for _, window := range []string{"", "10s", "1h"} {
+				q := url.Values{}
+				if sort != "" {
+					q.Set("sort", sort)
+				}
+				if window != "" {
+					q.Set("window", window)
+				}
+				page := request(h, path+"?"+q.Encode())
+				twin := request(h, "/api/v1"+path+"?"+q.Encode())
+				if page.Code != 200 || twin.Code != 200 {
+					t.Fatalf("%s?%s: page %d, twin %d", path, q.Encode(), page.Code, twin.Code)
+				}
+				doc, err := goquery.NewDocumentFromReader(page.Body)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body := twin.Body.Bytes()
+				for _, tb := range tables {
+					var onPage []string
+					doc.Find(`[data-testid=` + tb.testID + `] [data-testid=row]`).Each(func(_ int, s *goquery.Selection) {
+						onPage = append(onPage, s.AttrOr("data-name", ""))
+					})
+					rows, err := tb.rows(body)
+					if err != nil {
+						t.Fatal(err)
+					}
+					var inJSON []string
+					for _, r := range rows {
+						inJSON = append(inJSON, tb.name(r))
+					}
+					if len(onPage) == 0 || strings.Join(onPage, ",") != strings.Join(inJSON, ",") {
+						t.Errorf("%s?%s %s: page %v, JSON %v", path, q.Encode(), tb.testID, onPage, inJSON)
+					}
+				}
+			}
+		}
+	}
+}
