@@ -4,6 +4,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -49,6 +50,9 @@ type Options struct {
 	Timeout time.Duration
 	// MaxResponseBytes caps each response body; zero means 32 MiB.
 	MaxResponseBytes int64
+	// Transport carries the requests; nil means client_golang's default. `web check` reaches an
+	// in-cluster Prometheus through the API server's service proxy with the kubeconfig's credentials.
+	Transport http.RoundTripper
 }
 
 // Dial returns a Querier for the Prometheus HTTP API at url.
@@ -59,7 +63,7 @@ func Dial(url string, o Options) (*Querier, error) {
 	}
 	c, err := promapi.NewClient(promapi.Config{
 		Address:      url,
-		RoundTripper: limitTransport{next: promapi.DefaultRoundTripper, max: max},
+		RoundTripper: limitTransport{next: cmp.Or(o.Transport, promapi.DefaultRoundTripper), max: max},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("prometheus url %q: %w", url, err)

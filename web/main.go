@@ -19,6 +19,7 @@ const usage = `usage: web [serve] [flags]          serve the dashboard (default)
        web top [RESOURCE] [flags]     live requests aggregated by path
        web tap [RESOURCE] [flags]     live stream of requests
        web install [flags]            print the control plane to kubectl apply
+       web check [flags]              what is wrong with Meshscope in the cluster
 
 Run "web COMMAND --help" for the flags of a command ("web serve --help" for the
 dashboard's). Right after "go run ./dev", stat, top and tap find the demo by
@@ -53,6 +54,8 @@ func cli(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = tapCmd(ctx, args, stdout, stderr)
 	case "install":
 		err = installCmd(ctx, args, stdout, stderr)
+	case "check":
+		err = checkCmd(ctx, args, stdout, stderr)
 	case "help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"math/big"
+	"net"
 	"slices"
 	"time"
 
@@ -41,6 +42,21 @@ func serviceNames(namespace string) []string {
 
 // NewTLS makes a CA and a serving certificate for the injector's Service in namespace.
 func NewTLS(namespace string, now time.Time) (*TLS, error) {
+	return NewTLSFor(now, serviceNames(namespace)...)
+}
+
+// NewTLSFor makes a CA and a serving certificate for hosts (DNS names or IP addresses), e.g. a
+// webhook served on loopback outside a cluster.
+func NewTLSFor(now time.Time, hosts ...string) (*TLS, error) {
+	var names []string
+	var ips []net.IP
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			ips = append(ips, ip)
+		} else {
+			names = append(names, h)
+		}
+	}
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -50,7 +66,7 @@ func NewTLS(namespace string, now time.Time) (*TLS, error) {
 		return n
 	}
 	caTmpl := &x509.Certificate{
-		SerialNumber: serial(), Subject: pkix.Name{CommonName: "meshscope-injector-ca." + namespace},
+		SerialNumber: serial(), Subject: pkix.Name{CommonName: "meshscope-injector-ca"},
 		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(certLifetime),
 		IsCA: true, BasicConstraintsValid: true, MaxPathLenZero: true,
 		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
@@ -67,9 +83,8 @@ func NewTLS(namespace string, now time.Time) (*TLS, error) {
 	if err != nil {
 		return nil, err
 	}
-	names := serviceNames(namespace)
 	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
-		SerialNumber: serial(), Subject: pkix.Name{CommonName: names[0]}, DNSNames: names,
+		SerialNumber: serial(), Subject: pkix.Name{CommonName: hosts[0]}, DNSNames: names, IPAddresses: ips,
 		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(certLifetime),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}, ca, &key.PublicKey, caKey)
