@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/meshscope/meshscope/proxy/flagenv"
 )
 
@@ -46,6 +48,11 @@ type Config struct {
 	// AdminHost, when set, matches (anchored) the host names, besides localhost and IP addresses, that a
 	// request's Host may name to reach the admin server's data (DNS rebinding); nil allows none.
 	AdminHost *regexp.Regexp
+	// MaxConnections bounds each listener's open accepted connections; past it, new ones are closed at once.
+	// 0: no bound.
+	MaxConnections int
+	// OpaqueIdleTimeout closes an opaque connection once no byte went either way for it; 0: never.
+	OpaqueIdleTimeout time.Duration
 	// TapToken authorizes /tap clients; empty lets only loopback peers tap.
 	TapToken string
 	// LogLevel is the initial log level; /log-level changes it at run time.
@@ -104,6 +111,9 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer) 
 		cfg.AdminHost = re
 		return err
 	})
+	fs.IntVar(&cfg.MaxConnections, "max-connections", defaultMaxConnections(), "how many accepted connections (a `number`) each listener holds open at most; past it, new ones are closed at once and counted in tcp_refused_total{reason=\"max-connections\"}; 0 for no bound (default: a quarter of the open-file limit, at most 10000, so that a listener's connections and their upstream connections fit)")
+	cfg.OpaqueIdleTimeout = time.Hour
+	fs.Var(durationValue{&cfg.OpaqueIdleTimeout}, "opaque-idle-timeout", "an opaque TCP connection over which no byte went either way for this `duration` is closed; 0 for never")
 	fs.StringVar(&cfg.TapToken, "tap-token", "", "bearer `token` that /tap clients must present; without one, only loopback clients may tap")
 	fs.TextVar(&cfg.LogLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error (changeable at run time with PUT /log-level)")
 	fs.Var(durationValue{&cfg.ShutdownGrace}, "shutdown-grace", "on SIGTERM, how long (a `duration`) in-flight requests and connections may take to finish")
@@ -123,6 +133,17 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer) 
 		return cfg, err
 	}
 	return cfg, cfg.validate()
+}
+
+// defaultMaxConnections is --max-connections' default: a quarter of the open-file limit (which Go raises
+// to its hard limit at start), at most 10,000. Each connection may hold two descriptors, its own and its
+// upstream's, so one listener at its bound uses at most half of them.
+func defaultMaxConnections() int {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil || lim.Cur/4 >= 10000 {
+		return 10000
+	}
+	return int(max(lim.Cur/4, 1))
 }
 
 // durationValue is a duration flag whose error says what is wrong with the value (flag's own says only
@@ -174,6 +195,12 @@ func (c Config) validate() error {
 	}
 	if c.HeaderTimeout <= 0 {
 		return fmt.Errorf("--header-timeout %v: must be positive", c.HeaderTimeout)
+	}
+	if c.MaxConnections < 0 {
+		return fmt.Errorf("--max-connections %d: must not be negative", c.MaxConnections)
+	}
+	if c.OpaqueIdleTimeout < 0 {
+		return fmt.Errorf("--opaque-idle-timeout %v: must not be negative", c.OpaqueIdleTimeout)
 	}
 	if c.ShutdownGrace < 0 {
 		return fmt.Errorf("--shutdown-grace %v: must not be negative", c.ShutdownGrace)

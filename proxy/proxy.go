@@ -72,7 +72,12 @@ type listener struct {
 	server  *http.Server
 	// hp proxies the listener's HTTP requests; its direction and dialer serve its opaque connections too.
 	hp *httpProxy
+	// active counts the listener's accepted connections not yet closed, against --max-connections.
+	active atomic.Int64
 }
+
+// release is called once when one of the listener's accepted connections closes.
+func (l *listener) release() { l.active.Add(-1) }
 
 // newProxy validates what can only be checked by trying (the destinations file, binding every address)
 // and returns a proxy ready to Serve. On error nothing is left open.
@@ -362,6 +367,16 @@ func (p *proxy) accept(ctx context.Context, l *listener) {
 			continue
 		}
 		delay = 0
+		if max := int64(p.cfg.MaxConnections); max > 0 && l.active.Load() >= max {
+			// Refused at once, before a byte is read or an upstream dialled: every silent or slow
+			// connection past the bound would otherwise hold a descriptor, a goroutine and, once opaque, an
+			// upstream connection of its own.
+			p.metrics.Refused(l.hp.direction, reasonMaxConnections)
+			p.log.Debug("connection refused: --max-connections reached", "listener", l.name, "peer", c.RemoteAddr().String(), "max", max)
+			c.Close()
+			continue
+		}
+		l.active.Add(1)
 		go p.serveConn(ctx, l, c)
 	}
 }
@@ -380,6 +395,7 @@ func (p *proxy) serveConn(ctx context.Context, l *listener, c net.Conn) {
 			p.log.Warn("connection refused: its destination is this proxy (proxy-loop); without --inbound-forward the inbound listener takes only connections that proxy init's rules redirected",
 				"listener", l.name, "peer", c.RemoteAddr().String(), "to", c.LocalAddr().String())
 			c.Close()
+			l.release()
 			return
 		}
 		if orig != "" {
@@ -388,6 +404,7 @@ func (p *proxy) serveConn(ctx context.Context, l *listener, c net.Conn) {
 		}
 	}
 	src := newCountingConn(c, p.metrics.TCP(metrics.TCPKey{Direction: l.hp.direction, Peer: "src", TargetAddr: srcTarget}))
+	src.release = l.release
 	if opaque {
 		p.metrics.Detected(l.hp.direction, l.srcTarget, detect.Opaque.String(), reasonOpaquePort)
 		p.proxyTCP(ctx, l, src, target)
@@ -414,6 +431,9 @@ func (p *proxy) serveConn(ctx context.Context, l *listener, c net.Conn) {
 		l.conns.push(conn, orig)
 	}
 }
+
+// reasonMaxConnections is tcp_refused_total's reason for a connection past --max-connections.
+const reasonMaxConnections = "max-connections"
 
 // reasonOpaquePort is protocol_detect_total's reason for a connection of a listener that skips detection.
 const reasonOpaquePort = "opaque-port"

@@ -21,6 +21,8 @@ type countingConn struct {
 	raw    *rawIO
 	opened time.Time
 	closed atomic.Bool
+	// release, when set, is called once when the connection closes (the listener's connection count).
+	release func()
 
 	mu  sync.Mutex
 	err error // the first error that made the connection fail
@@ -80,6 +82,9 @@ func (c *countingConn) Close() error {
 		err := c.err
 		c.mu.Unlock()
 		c.series.Closed(time.Since(c.opened), err)
+		if c.release != nil {
+			c.release()
+		}
 	}
 	return c.Conn.Close()
 }
@@ -188,34 +193,83 @@ func (p *proxy) proxyTCP(ctx context.Context, l *listener, client net.Conn, targ
 	release2 := p.conns.add(server)
 	defer release2()
 	log.Debug("opaque connection", "target", server.RemoteAddr().String())
-	pipe(client, server)
+	if pipe(client, server, p.cfg.OpaqueIdleTimeout) {
+		p.metrics.LimitReached(limitOpaqueIdle)
+		log.Debug("opaque connection closed: idle for --opaque-idle-timeout", "idle", p.cfg.OpaqueIdleTimeout)
+	}
 }
 
-// pipe copies both ways; an end of stream is passed on as a half-close, an error closes both.
-func pipe(a, b net.Conn) {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		copyHalf(b, a)
-	}()
-	copyHalf(a, b)
-	<-done
+// limitOpaqueIdle is limit_reached_total's limit for opaque connections closed by --opaque-idle-timeout.
+const limitOpaqueIdle = "opaque-idle-timeout"
+
+// pipe copies both ways; an end of stream is passed on as a half-close, an error closes both. With idle
+// set, both close once no byte has gone either way for idle (a one-way stream stays open while it flows);
+// pipe reports whether that happened.
+func pipe(a, b net.Conn, idle time.Duration) (idled bool) {
+	var last atomic.Int64 // when a byte last went either way, in UnixNano
+	last.Store(time.Now().UnixNano())
+	done := make(chan bool, 1)
+	go func() { done <- copyHalf(b, a, idle, &last) }()
+	idled = copyHalf(a, b, idle, &last)
+	return <-done || idled
 }
 
-func copyHalf(dst, src net.Conn) {
+// copyHalf copies src to dst until src ends (dst is then half-closed), either fails, or, with idle set,
+// neither direction carried a byte for idle (both are closed; it reports true).
+func copyHalf(dst, src net.Conn, idle time.Duration, last *atomic.Int64) (idled bool) {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
-	_, err := io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
+	var err error
+	if idle <= 0 {
+		_, err = io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
+	} else {
+		err = copyIdle(dst, src, *bp, idle, last)
+		idled = errors.Is(err, errIdle)
+	}
 	if err != nil {
 		dst.Close()
 		src.Close()
-		return
+		return idled
 	}
 	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()
-		return
+		return false
 	}
 	dst.Close()
+	return false
+}
+
+var errIdle = errors.New("idle")
+
+// copyIdle is io.CopyBuffer with reads and writes bounded by idle, extended while the other direction moves
+// (its bytes are noted in last); it returns errIdle once neither moved for idle.
+func copyIdle(dst, src net.Conn, buf []byte, idle time.Duration, last *atomic.Int64) error {
+	for {
+		src.SetReadDeadline(time.Now().Add(idle))
+		n, err := src.Read(buf)
+		if n > 0 {
+			last.Store(time.Now().UnixNano())
+			dst.SetWriteDeadline(time.Now().Add(idle))
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				if errors.Is(werr, os.ErrDeadlineExceeded) {
+					return errIdle
+				}
+				return werr
+			}
+		}
+		switch {
+		case err == nil:
+		case errors.Is(err, io.EOF):
+			return nil
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			if time.Since(time.Unix(0, last.Load())) < idle {
+				continue // the other direction is moving
+			}
+			return errIdle
+		default:
+			return err
+		}
+	}
 }
 
 // tracker keeps the connections the HTTP servers do not (opaque TCP, upgraded HTTP), so that shutdown can

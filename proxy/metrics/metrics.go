@@ -62,6 +62,7 @@ type Metrics struct {
 	tcpRefused  *prometheus.CounterVec
 
 	detect *prometheus.CounterVec
+	limits *prometheus.CounterVec
 
 	http bound[HTTPKey, *HTTPSeries]
 	tcp  bound[TCPKey, *TCPSeries]
@@ -140,8 +141,14 @@ func New(reg prometheus.Registerer) *Metrics {
 		Help: "Connections accepted, by the protocol found: http/1, h2, opaque (proxied as TCP) or malformed " +
 			"(starts as HTTP but is not: refused), and why a connection is not HTTP.",
 	}, []string{"direction", "target_addr", "protocol", "reason"})
+	m.limits = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "limit_reached_total",
+		Help: "Times a bound on resources stopped something: opaque-idle-timeout (an idle opaque connection closed), " +
+			"tap-event-truncated (a tap event's headers cut to size), tap-subscriber-bytes (an event dropped: its " +
+			"subscriber holds too many bytes), h2-rapid-reset (an HTTP/2 client sent GOAWAY for cancelling too many streams).",
+	}, []string{"limit"})
 	reg.MustRegister(m.requests, m.responses, m.latency,
-		m.tcpOpen, m.tcpClose, m.tcpOpenNow, m.tcpRead, m.tcpWrite, m.tcpDuration, m.tcpRefused, m.detect)
+		m.tcpOpen, m.tcpClose, m.tcpOpenNow, m.tcpRead, m.tcpWrite, m.tcpDuration, m.tcpRefused, m.detect, m.limits)
 	return m
 }
 
@@ -150,6 +157,11 @@ func New(reg prometheus.Registerer) *Metrics {
 // comes from the proxy's configuration or a small fixed set: the family stays small.
 func (m *Metrics) Detected(direction, targetAddr, protocol, reason string) {
 	m.detect.WithLabelValues(direction, targetAddr, protocol, reason).Inc()
+}
+
+// LimitReached counts one time the bound limit, from a small fixed set, stopped something.
+func (m *Metrics) LimitReached(limit string) {
+	m.limits.WithLabelValues(limit).Inc()
 }
 
 // HTTPKey selects one HTTP series.
