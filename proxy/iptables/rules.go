@@ -12,6 +12,7 @@ package iptables
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -77,7 +78,13 @@ func Rules(cfg Config, current string) string {
 		fmt.Fprintf(&b, " -m comment --comment %q -j %s\n", "meshscope-init: "+comment, target)
 	}
 
-	inbound := append(append([]PortRange(nil), AlwaysIgnoredInbound...), cfg.InboundPortsToIgnore...)
+	// Callers (the injector) may name 4190,4191 themselves, as Linkerd's do: list each port once.
+	inbound := append([]PortRange(nil), AlwaysIgnoredInbound...)
+	for _, r := range cfg.InboundPortsToIgnore {
+		if !slices.Contains(inbound, r) {
+			inbound = append(inbound, r)
+		}
+	}
 	for _, ports := range multiports(inbound) {
 		rule(RedirectChain, "-p tcp -m multiport --dports "+ports, "skip inbound ports "+ports, "RETURN")
 	}

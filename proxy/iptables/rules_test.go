@@ -18,7 +18,7 @@ func TestSimulatePrintsTheGoldenRules(t *testing.T) {
 		args []string
 	}{
 		{"defaults", nil},
-		{"everything", []string{"--proxy-gid", "2103", "--inbound-ports-to-ignore", "22,8000-8100",
+		{"everything", []string{"--proxy-gid", "2103", "--inbound-ports-to-ignore", "4190,4191,22,8000-8100",
 			"--outbound-ports-to-ignore", "25,587,3306,4444,5432,6379,9300,11211,1,2,3,4,5,6,7,8,9,10-20",
 			"--ports-to-redirect", "8080,9090", "--subnets-to-ignore", "10.96.0.0/12,192.168.1.7/32"}},
 		{"ipv6", []string{"--ipv6", "--subnets-to-ignore", "fd00::/8"}},
