@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/meshscope/meshscope/api/tap"
+	"github.com/meshscope/meshscope/proxy/balance"
 	"github.com/meshscope/meshscope/proxy/metrics"
 	"github.com/meshscope/meshscope/proxy/taphub"
 )
@@ -42,8 +43,16 @@ type Exchange struct {
 	Error      string
 
 	series *metrics.HTTPSeries
-	hub    *taphub.Hub  // the proxy's tap; nil for none
-	tap    *taphub.Span // nil unless a tap subscriber wants this request
+	// Route metrics and failure accrual (outbound requests to a destinations file service): the route's
+	// series, its backend's, the endpoint of the current try and when it began, whether a try was sent
+	// and whether a retry was.
+	route    *metrics.RouteSeries
+	backend  *metrics.BackendSeries
+	ep       *balance.Endpoint
+	tryStart time.Time
+	retried  bool
+	hub      *taphub.Hub  // the proxy's tap; nil for none
+	tap      *taphub.Span // nil unless a tap subscriber wants this request
 }
 
 // requestHeaders is called once the request is routed: its headers are read and its destination known.
@@ -55,6 +64,22 @@ func (e *Exchange) requestHeaders(m *metrics.Metrics) {
 			Direction: e.Direction, Method: e.Method, Authority: e.Authority, Path: e.Path, Header: e.Header,
 			Source: e.Source, Destination: e.Destination, DstLabels: e.DstLabels, Start: e.Start,
 		})
+	}
+}
+
+// tried is called when a try of the request is sent to ep.
+func (e *Exchange) tried(ep *balance.Endpoint) {
+	e.ep = ep
+	if e.backend != nil {
+		e.tryStart = time.Now()
+		e.backend.Requests.Inc()
+	}
+}
+
+// backendDone counts the end of the current try on the route's backend metrics.
+func (e *Exchange) backendDone(st metrics.RouteStatus) {
+	if e.backend != nil {
+		e.backend.Done(st, time.Since(e.tryStart))
 	}
 }
 
@@ -74,7 +99,21 @@ func (e *Exchange) responseHeaders(status int, header http.Header) {
 
 // end is called once, when the response stream ended (or failed: Error set).
 func (e *Exchange) end() {
-	e.series.Response(metrics.Outcome{Status: e.Status, GRPCStatus: e.GRPCStatus, Error: e.Error})
+	o := metrics.Outcome{Status: e.Status, GRPCStatus: e.GRPCStatus, Error: e.Error}
+	e.series.Response(o)
+	if e.route != nil {
+		st := routeStatusOf(e.Status, e.GRPCStatus, routeError(e.Error))
+		e.route.Done(st, time.Since(e.Start))
+		if e.ep != nil {
+			e.backendDone(st)
+		}
+		if e.retried && !o.Failure() {
+			e.route.RetrySuccesses.Inc()
+		}
+	}
+	if e.ep != nil && e.Error != errCancelled {
+		e.ep.Observe(o.Failure())
+	}
 	e.tap.End(e.GRPCStatus, e.Bytes, e.Error)
 }
 

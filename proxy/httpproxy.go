@@ -19,6 +19,7 @@ import (
 
 	"github.com/meshscope/meshscope/proxy/balance"
 	"github.com/meshscope/meshscope/proxy/metrics"
+	"github.com/meshscope/meshscope/proxy/routes"
 	"github.com/meshscope/meshscope/proxy/taphub"
 )
 
@@ -97,15 +98,29 @@ func (p *httpProxy) serve(ctx context.Context, w http.ResponseWriter, r *http.Re
 	case p.resolver != nil:
 		dest = p.resolver.Lookup(ex.Authority)
 	}
+	var rt *routes.Route
 	if dest != nil {
+		// The route, and its backend: the service itself or, in a traffic split, another one.
+		ex.Authority = dest.Authority // normalized: one series however clients spell it
+		rt = dest.Routes.Match(r.Method, r.URL.Path, r.Header)
+		ex.route = p.metrics.Route(routeKey(dest, rt, isGRPC(r.Header)))
+		if b := rt.PickBackend(); b != nil && b.Authority != dest.Authority {
+			if dest = p.resolver.Lookup(b.Authority); dest == nil {
+				dest = &balance.Destination{Authority: b.Authority} // removed by a reload since: no endpoints
+			}
+		}
+		ex.backend = ex.route.Backend(backendRef(dest))
 		var err error
 		if ep, err = dest.Pick(); err != nil {
-			ex.Authority, ex.DstLabels = dest.Authority, dest.DstLabels
+			ex.DstLabels = dest.DstLabels
 			ex.requestHeaders(p.metrics)
-			p.fail(w, r, &ex, http.StatusServiceUnavailable, errNoEndpoints, err)
+			reason := errNoEndpoints
+			if errors.Is(err, balance.ErrFailFast) {
+				reason = errFailFast
+			}
+			p.fail(w, r, &ex, http.StatusServiceUnavailable, reason, err)
 			return
 		}
-		ex.Authority = dest.Authority // normalized: one series however clients spell it
 		ex.Destination, ex.DstLabels = ep.Addr, ep.DstLabels
 		p.dialer.noteEndpoint(ep)
 	} else if ex.Destination == "" && orig != "" {
@@ -163,18 +178,41 @@ func (p *httpProxy) serve(ctx context.Context, w http.ResponseWriter, r *http.Re
 	if r.ContentLength == 0 {
 		out.Body = nil
 	}
-	var body *clientBody
+	var retry *routes.Retry
+	if rt != nil && !upgrade {
+		retry = rt.Retry
+	}
+	var body upstreamBody
 	if out.Body != nil {
-		body = &clientBody{rc: out.Body}
-		out.Body = body
+		if retry != nil {
+			rb := &retryBody{src: out.Body}
+			body, out.Body = rb, rb.attempt()
+		} else {
+			cb := &clientBody{rc: out.Body}
+			body, out.Body = cb, cb
+		}
+	}
+	// Timeouts and retries: a context per route request and per try, only on routes that ask for them.
+	var tl *timeLimits
+	if rt != nil && (rt.Timeouts != (routes.Timeouts{}) || retry != nil && retry.Timeout > 0) {
+		tl = newTimeLimits(outCtx, rt, retry, ex.Start)
+		defer tl.cancel()
+	}
+	if retry != nil {
+		rt.Budget.Deposit()
 	}
 
 	var res *http.Response
-	var tried [maxReroutes]*balance.Endpoint
+	var tried [maxTries]*balance.Endpoint
+	retries := 0
 	for attempt := 0; ; attempt++ {
+		if tl != nil {
+			out = out.WithContext(tl.try())
+		}
 		var done func(error)
 		if ep != nil {
 			done = ep.Begin()
+			ex.tried(ep)
 		}
 		var err error
 		if r.ProtoMajor == 2 {
@@ -182,9 +220,23 @@ func (p *httpProxy) serve(ctx context.Context, w http.ResponseWriter, r *http.Re
 		} else {
 			res, err = p.h1.roundTrip(out, inform)
 		}
+		timedOut := tl.headers(err == nil) // the try's timer stops here; the stream may still run
 		if err == nil {
 			if done != nil {
 				done(nil) // the balancer's latency is time to response headers, as linkerd's
+			}
+			if retry != nil && attempt+1 < len(tried) {
+				var again bool
+				if res, again = retryableResponse(res, retry); again {
+					if next := p.retryOn(&ex, rt, retry, body, dest, ep, tried[:attempt], &retries); next != nil {
+						tried[attempt] = ep
+						ex.backendDone(routeStatusOf(res.StatusCode, responseGRPCStatus(res), ""))
+						ep.Observe(true)
+						res.Body.Close()
+						ep = p.moveTo(&ex, out, next)
+						continue
+					}
+				}
 			}
 			in.done(true)
 			break
@@ -203,19 +255,33 @@ func (p *httpProxy) serve(ctx context.Context, w http.ResponseWriter, r *http.Re
 			p.fail(w, r, &ex, http.StatusBadRequest, errBadRequest, err)
 			return
 		}
-		if ep != nil && balance.Unreachable(err) && attempt < len(tried) && (body == nil || !body.read.Load()) {
+		if ep != nil && balance.Unreachable(err) && attempt < len(tried) && (body == nil || body.resendable()) {
 			tried[attempt] = ep
 			if next, perr := dest.Pick(tried[:attempt+1]...); perr == nil {
-				ep = next
-				ex.Destination, ex.DstLabels = ep.Addr, ep.DstLabels
-				out.URL.Host = ep.Addr
-				p.dialer.noteEndpoint(ep)
+				ep = p.moveTo(&ex, out, next)
 				ex.rerouted(p.metrics)
 				continue
 			}
 		}
-		in.done(false)
 		status, reason := classifyError(err)
+		if timedOut != "" {
+			status, reason = http.StatusGatewayTimeout, timedOut
+		}
+		if retry != nil && attempt+1 < len(tried) && (timedOut == errTryTimeout || timedOut == "" && retryableError(r, retry)) {
+			if next := p.retryOn(&ex, rt, retry, body, dest, ep, tried[:attempt], &retries); next != nil {
+				tried[attempt] = ep
+				ex.backendDone(routeStatusOf(0, metrics.NoGRPCStatus, routeError(reason)))
+				if ep != nil {
+					ep.Observe(true)
+				}
+				ep = p.moveTo(&ex, out, next)
+				continue
+			}
+		}
+		if reason == errTryTimeout {
+			reason = errHeadersTimeout // the last try's timeout: the client waited for headers in vain
+		}
+		in.done(false)
 		p.fail(w, r, &ex, status, reason, err)
 		return
 	}
@@ -248,6 +314,8 @@ func (p *httpProxy) serve(ctx context.Context, w http.ResponseWriter, r *http.Re
 		ex.Error = errStream
 		if ctx.Err() != nil {
 			ex.Error = errCancelled
+		} else if tl.requestExpired() {
+			ex.Error = errRequestTimeout
 		}
 		ex.end()
 		p.log.Debug("response stream failed", "peer", ex.Source, "target", ex.Destination, "authority", ex.Authority, "err", err)
@@ -349,6 +417,19 @@ func (p *httpProxy) fail(w http.ResponseWriter, r *http.Request, ex *Exchange, s
 	p.log.Info("request failed", "peer", ex.Source, "target", ex.Destination, "authority", ex.Authority, "reason", reason, "err", err)
 	h := w.Header()
 	h.Set(ProxyErrorHeader, reason)
+	if isGRPC(r.Header) && (reason == errRequestTimeout || reason == errHeadersTimeout) {
+		// A route's timeout: DEADLINE_EXCEEDED in a trailers-only response (HTTP 200, no body), as a
+		// gRPC server answers a call it gave up on (gRPC over HTTP/2, "Responses").
+		h.Set("Content-Type", "application/grpc")
+		h.Set("Grpc-Status", "4")
+		h.Set("Grpc-Message", "meshscope proxy: "+reason)
+		ex.GRPCStatus = 4
+		w.WriteHeader(http.StatusOK)
+		ex.responseHeaders(http.StatusOK, h)
+		ex.Error = reason
+		ex.end()
+		return
+	}
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	if isGRPC(r.Header) {
 		// gRPC clients read the status from here; UNAVAILABLE tells them the call may be retried.

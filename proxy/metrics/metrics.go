@@ -66,6 +66,9 @@ type Metrics struct {
 
 	http bound[HTTPKey, *HTTPSeries]
 	tcp  bound[TCPKey, *TCPSeries]
+
+	httpRoutes, grpcRoutes *routeFamilies // see routes.go
+	routes                 bound[RouteKey, *RouteSeries]
 }
 
 // bound holds what was bound for each key (a series, a labelled counter), binding it on first use: a key
@@ -149,6 +152,9 @@ func New(reg prometheus.Registerer) *Metrics {
 	}, []string{"limit"})
 	reg.MustRegister(m.requests, m.responses, m.latency,
 		m.tcpOpen, m.tcpClose, m.tcpOpenNow, m.tcpRead, m.tcpWrite, m.tcpDuration, m.tcpRefused, m.detect, m.limits)
+
+	m.httpRoutes = newRouteFamilies(reg, "http", "http_status")
+	m.grpcRoutes = newRouteFamilies(reg, "grpc", "grpc_status")
 	return m
 }
 
