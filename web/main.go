@@ -20,6 +20,7 @@ const usage = `usage: web [serve] [flags]          serve the dashboard (default)
        web tap [RESOURCE] [flags]     live stream of requests
        web install [flags]            print the control plane to kubectl apply
        web check [flags]              what is wrong with Meshscope in the cluster
+       web dashboard [flags]          open the cluster's dashboard through a port-forward
 
 Run "web COMMAND --help" for the flags of a command ("web serve --help" for the
 dashboard's). Right after "go run ./dev", stat, top and tap find the demo by
@@ -56,6 +57,8 @@ func cli(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = installCmd(ctx, args, stdout, stderr)
 	case "check":
 		err = checkCmd(ctx, args, stdout, stderr)
+	case "dashboard":
+		err = dashboardCmd(ctx, args, stdout, stderr)
 	case "help":
 		fmt.Fprint(stdout, usage)
 		return 0
