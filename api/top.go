@@ -172,18 +172,10 @@ func (t *Top) end(c *pendingCall, ev *tap.Event) {
 	}
 }
 
-// Succeeded classifies a request the way the proxy's metrics do (DESIGN
-// "classification"): a failure is a 5xx status, a gRPC status other than OK, a
-// stream error, or an end without a response.
+// Succeeded classifies a request the way the proxy's metrics do (see
+// tap.Failed): the end event carries its gRPC status and stream error.
 func Succeeded(status int, end *tap.Event) bool {
-	switch {
-	case end.Error != "":
-		return false
-	case end.GRPCStatus != nil:
-		return *end.GRPCStatus == 0
-	default:
-		return status != 0 && status < 500
-	}
+	return !tap.Failed(status, end.GRPCStatus, end.Error)
 }
 
 // Snapshot returns up to n rows, most requests first (ties by key, so the order is stable).

@@ -27,6 +27,7 @@ type Exchange struct {
 	Method    string
 	Authority string      // Host or :authority as routed
 	Path      string      // the request's URL path (never a metric label)
+	Query     string      // the request's raw query string, for tap alone
 	Header    http.Header // request headers, without hop-by-hop fields
 	Source    string      // the client's address, host:port
 	// Destination is the address the request was sent to: the local app (inbound), the endpoint picked
@@ -61,7 +62,7 @@ func (e *Exchange) requestHeaders(m *metrics.Metrics) {
 	e.series.Requests.Inc()
 	if e.hub.Active() { // one atomic load when nobody taps: nothing built, nothing allocated
 		e.tap = e.hub.Request(&taphub.RequestInfo{
-			Direction: e.Direction, Method: e.Method, Authority: e.Authority, Path: e.Path, Header: e.Header,
+			Direction: e.Direction, Method: e.Method, Authority: e.Authority, Path: e.Path, Query: e.Query, Header: e.Header,
 			Source: e.Source, Destination: e.Destination, DstLabels: e.DstLabels, Start: e.Start,
 		})
 	}

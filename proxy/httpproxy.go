@@ -74,6 +74,7 @@ func (p *httpProxy) serve(ctx context.Context, w http.ResponseWriter, r *http.Re
 		Method:     r.Method,
 		Authority:  r.Host,
 		Path:       r.URL.Path,
+		Query:      r.URL.RawQuery,
 		Header:     r.Header,
 		Source:     r.RemoteAddr,
 		Start:      time.Now(),

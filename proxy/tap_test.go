@@ -220,6 +220,49 @@ func TestTapShowsGRPCStatusInEnd(t *testing.T) {
 	}
 }
 
+// TestTapFailedFilterSeesGRPCFailuresOnHTTP200: "failed" and "grpc_status"
+// select gRPC calls by the status in their trailers, which status=5xx cannot.
+func TestTapFailedFilterSeesGRPCFailuresOnHTTP200(t *testing.T) {
+	addr, _ := startGRPC(t)
+	p := startProxy(t, testConfig(addr))
+	failed := openTap(t, p, "failed=true", nil)
+	unavailable := openTap(t, p, "grpc_status=UNAVAILABLE", nil)
+	serverErrors := openTap(t, p, "status=5xx", nil)
+	cc := dialGRPC(t, p.addr("--inbound-listen").String())
+	for _, msg := range []string{"ok:x", "fail-late:14", "fail-early:5", "fail-late:14"} {
+		unary(t.Context(), cc, msg)
+	}
+	waitMetric(t, p.registry, "response_total", nil, 4)
+	p.tap.Close()
+	count := func(r *tapReader) (ends []int) {
+		for _, ev := range r.rest(t) {
+			if ev.Type == tap.TypeEnd && ev.GRPCStatus != nil {
+				ends = append(ends, *ev.GRPCStatus)
+			}
+		}
+		return ends
+	}
+	if got := count(failed); !slices.Equal(got, []int{14, 5, 14}) {
+		t.Errorf("failed=true reported gRPC statuses %v, want 14, 5, 14", got)
+	}
+	if got := count(unavailable); !slices.Equal(got, []int{14, 14}) {
+		t.Errorf("grpc_status=UNAVAILABLE reported %v, want 14, 14", got)
+	}
+	if got := count(serverErrors); len(got) != 0 {
+		t.Errorf("status=5xx reported %v: gRPC failures come on HTTP 200", got)
+	}
+}
+
+func TestTapShowsTheQueryStringRedacted(t *testing.T) {
+	p := startProxy(t, testConfig(shopApp(t)))
+	stream := openTap(t, p, "", nil)
+	do(t, h1Client(), "GET", p.url("--inbound-listen")+"/search?q=shoes&api_key=s3cret&page=2", "", nil)
+	evs := stream.requests(t, 1)["/search"]
+	if len(evs) == 0 || evs[0].Query != "q=shoes&api_key=REDACTED&page=2" {
+		t.Fatalf("request events %+v: want the query with api_key redacted", evs)
+	}
+}
+
 func TestTapFiltersThroughTheProxy(t *testing.T) {
 	app := shopApp(t)
 	p := shopProxy(t, app)

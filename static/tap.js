@@ -164,10 +164,11 @@
       tr.dataset.shown = String(Date.now());
       tr.dataset.path = ev.path || "";
       tr.dataset.authority = ev.authority || "";
-      [ev.direction === "outbound" ? "out" : "in", who(ev.source), who(ev.destination), ev.method, ev.path, "…", ""]
+      var target = (ev.path || "") + (ev.query ? "?" + ev.query : "");
+      [ev.direction === "outbound" ? "out" : "in", who(ev.source), who(ev.destination), ev.method, target, "…", ""]
         .forEach(function (v, i) {
           var td = el("td", v);
-          if (i === 4) { td.title = (ev.authority || "") + (ev.path || ""); td.className = "path"; }
+          if (i === 4) { td.title = (ev.authority || "") + target; td.className = "path"; }
           tr.appendChild(td);
         });
       tr.cells[1].title = (ev.source && ev.source.addr) || "";
@@ -236,7 +237,7 @@
     details.dataset.key = key;
     details.replaceChildren();
     var head = el("div", null, "details-head");
-    head.appendChild(el("b", r.method + " " + (r.authority || "") + r.path));
+    head.appendChild(el("b", r.method + " " + (r.authority || "") + r.path + (r.query ? "?" + r.query : "")));
     var close = el("button", "Close");
     close.type = "button";
     close.onclick = function () { details.hidden = true; delete details.dataset.key; };

@@ -30,18 +30,25 @@ func filterFlags(fs *flag.FlagSet) func() url.Values {
 		tap.ParamDstDeployment: "only requests to this destination `deployment`",
 		tap.ParamDstNamespace:  "only requests to this destination `namespace`",
 		tap.ParamStatus:        "only requests answered with this `status`: a class such as 5xx or a code such as 404",
+		tap.ParamGRPCStatus:    "only gRPC calls that ended with this `status`: a name such as UNAVAILABLE, or 0 to 16",
 		tap.ParamMaxRPS:        "most `requests` per second, in all (split across the proxies); 1 to 10000, default 100",
 	}
 	vals := map[string]*string{}
 	for _, p := range tap.Params {
-		vals[p] = fs.String(strings.ReplaceAll(p, "_", "-"), "", help[p])
+		if p != tap.ParamFailed {
+			vals[p] = fs.String(strings.ReplaceAll(p, "_", "-"), "", help[p])
+		}
 	}
+	failed := fs.Bool(tap.ParamFailed, false, "only requests that failed as the success rate counts them: a 5xx, a gRPC status other than OK (also on HTTP 200), a stream error")
 	return func() url.Values {
 		q := url.Values{}
 		for p, v := range vals {
 			if *v != "" {
 				q.Set(p, *v)
 			}
+		}
+		if *failed {
+			q.Set(tap.ParamFailed, "true")
 		}
 		return q
 	}

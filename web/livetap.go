@@ -40,6 +40,8 @@ func formFilter(q url.Values) views.TapFilter {
 		Authority:     q.Get(tap.ParamAuthority),
 		Path:          q.Get(tap.ParamPath),
 		Status:        q.Get(tap.ParamStatus),
+		Failed:        q.Get(tap.ParamFailed),
+		GRPCStatus:    q.Get(tap.ParamGRPCStatus),
 		MaxRPS:        q.Get(tap.ParamMaxRPS),
 		Direction:     q.Get(tap.ParamDirection),
 	}

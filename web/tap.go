@@ -169,6 +169,9 @@ func appendEventLine(b []byte, ev *tap.Event, wide bool) []byte {
 	switch ev.Type {
 	case tap.TypeRequest:
 		b = fmt.Appendf(b, " :method=%s :authority=%s :path=%s", field(ev.Method), field(ev.Authority), field(ev.Path))
+		if ev.Query != "" {
+			b = fmt.Appendf(b, " query=%s", field(ev.Query))
+		}
 	case tap.TypeResponse:
 		b = fmt.Appendf(b, " :status=%d latency=%dµs", ev.Status, micros(ev.LatencyMS))
 	case tap.TypeEnd:

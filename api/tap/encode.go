@@ -79,6 +79,7 @@ func AppendJSON(b []byte, ev *Event) ([]byte, error) {
 	b = appendField(b, `,"method":`, ev.Method)
 	b = appendField(b, `,"authority":`, ev.Authority)
 	b = appendField(b, `,"path":`, ev.Path)
+	b = appendField(b, `,"query":`, ev.Query)
 	if len(ev.Headers) > 0 {
 		b = append(b, `,"headers":{`...)
 		var buf [32]string

@@ -13,6 +13,7 @@
 package tap
 
 import (
+	"net/url"
 	"strings"
 	"time"
 )
@@ -98,6 +99,10 @@ type Event struct {
 	Method    string `json:"method,omitempty"`
 	Authority string `json:"authority,omitempty"`
 	Path      string `json:"path,omitempty"`
+	// Query is the request's query string, without "?", the values of
+	// parameters whose names look secret replaced by [RedactedValue] (see
+	// [RedactQuery]).
+	Query string `json:"query,omitempty"`
 	// Headers of the request (request events) or of the response (response
 	// events): lower-case names, sensitive values replaced by
 	// [RedactedValue].
@@ -199,4 +204,53 @@ func Headers(h map[string][]string) map[string][]string {
 		out[lower] = values
 	}
 	return out
+}
+
+// MaxQuery bounds a tap event's query string; a longer one is cut and ends in "…".
+const MaxQuery = 2048
+
+// secretParams are fragments of query parameter names whose values are
+// redacted like sensitive headers: credentials passed in URLs.
+var secretParams = []string{"token", "secret", "password", "passwd", "pwd", "key", "auth", "sig", "credential", "session", "cookie", "code"}
+
+// RedactQuery returns the raw query string q with the value of every parameter
+// whose name (unescaped, any case) contains one of secretParams replaced by
+// [RedactedValue], the rest as sent, cut at [MaxQuery].
+func RedactQuery(q string) string {
+	if q == "" {
+		return ""
+	}
+	var b strings.Builder
+	for i, part := range strings.Split(q, "&") {
+		if i > 0 {
+			b.WriteByte('&')
+		}
+		name, _, hasValue := strings.Cut(part, "=")
+		if hasValue && secretParam(name) {
+			b.WriteString(name)
+			b.WriteString("=" + RedactedValue)
+		} else {
+			b.WriteString(part)
+		}
+		if b.Len() > MaxQuery {
+			break
+		}
+	}
+	if out := b.String(); len(out) > MaxQuery {
+		return out[:MaxQuery] + "…"
+	}
+	return b.String()
+}
+
+func secretParam(name string) bool {
+	if n, err := url.QueryUnescape(name); err == nil {
+		name = n
+	}
+	name = strings.ToLower(name)
+	for _, s := range secretParams {
+		if strings.Contains(name, s) {
+			return true
+		}
+	}
+	return false
 }

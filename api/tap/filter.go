@@ -17,13 +17,15 @@ const (
 	ParamDstDeployment = "dst_deployment"
 	ParamDstNamespace  = "dst_namespace"
 	ParamStatus        = "status"
+	ParamFailed        = "failed"
+	ParamGRPCStatus    = "grpc_status"
 	ParamMaxRPS        = "max_rps"
 )
 
 // Params lists every parameter [ParseFilter] accepts, in a stable order.
 var Params = []string{
 	ParamDirection, ParamMethod, ParamAuthority, ParamPath,
-	ParamDstDeployment, ParamDstNamespace, ParamStatus, ParamMaxRPS,
+	ParamDstDeployment, ParamDstNamespace, ParamStatus, ParamFailed, ParamGRPCStatus, ParamMaxRPS,
 }
 
 // Bounds of max_rps, the per-stream rate limit in requests per second.
@@ -51,6 +53,12 @@ type Filter struct {
 	DstNamespace  string
 	// Status selects responses by status code; the zero Status selects all.
 	Status Status
+	// Failed selects the requests that failed as the success rate counts
+	// them (see [Failed]): decided when the request ends.
+	Failed bool
+	// GRPCStatus is the name of a gRPC status code (UNAVAILABLE), selecting
+	// the gRPC calls that ended with it; empty for any.
+	GRPCStatus string
 	// MaxRPS is the most requests per second the stream reports (each with
 	// all its events); 0 means DefaultMaxRPS.
 	MaxRPS int
@@ -155,6 +163,17 @@ func (f *Filter) set(name, value string) error {
 			return bad("must be a status class such as 5xx or a code such as 404")
 		}
 		f.Status = s
+	case ParamFailed:
+		if value != "true" {
+			return bad(`must be "true"`)
+		}
+		f.Failed = true
+	case ParamGRPCStatus:
+		name, ok := grpcStatusName(value)
+		if !ok {
+			return bad("must be a gRPC status code, 0 to 16, or its name such as UNAVAILABLE")
+		}
+		f.GRPCStatus = name
 	case ParamMaxRPS:
 		n, err := strconv.Atoi(value)
 		if err != nil || n < 1 || n > MaxMaxRPS {
@@ -180,6 +199,10 @@ func (f Filter) Values() url.Values {
 	set(ParamDstDeployment, f.DstDeployment)
 	set(ParamDstNamespace, f.DstNamespace)
 	set(ParamStatus, f.Status.String())
+	if f.Failed {
+		q.Set(ParamFailed, "true")
+	}
+	set(ParamGRPCStatus, f.GRPCStatus)
 	if f.MaxRPS != 0 {
 		q.Set(ParamMaxRPS, strconv.Itoa(f.MaxRPS))
 	}
@@ -208,6 +231,68 @@ func (f *Filter) MatchRequest(ev *Event) bool {
 // NeedsResponse reports whether f selects by status, so a request can only be
 // reported once its response is known.
 func (f *Filter) NeedsResponse() bool { return f.Status != Status{} }
+
+// NeedsEnd reports whether f selects by how the request ended (failed, gRPC
+// status), so a request can only be reported once it has ended: a gRPC
+// status comes in the trailers.
+func (f *Filter) NeedsEnd() bool { return f.Failed || f.GRPCStatus != "" }
+
+// MatchEnd reports whether a request that ended passes f's conditions on its
+// outcome: status (the response's, 0 without one), its gRPC status (nil when
+// not gRPC) and its stream error.
+func (f *Filter) MatchEnd(status int, grpcStatus *int, errText string) bool {
+	switch {
+	case f.NeedsResponse() && (status == 0 || !f.MatchStatus(status)):
+		return false
+	case f.Failed && !Failed(status, grpcStatus, errText):
+		return false
+	case f.GRPCStatus != "" && (grpcStatus == nil || GRPCStatusName(*grpcStatus) != f.GRPCStatus):
+		return false
+	}
+	return true
+}
+
+// Failed classifies a request as the proxy's metrics and the success rate do:
+// a failure is a stream error, a gRPC status other than OK (gRPC answers
+// failures with HTTP 200), a 5xx status, or an end without a response
+// (status 0).
+func Failed(status int, grpcStatus *int, errText string) bool {
+	switch {
+	case errText != "":
+		return true
+	case grpcStatus != nil:
+		return *grpcStatus != 0
+	}
+	return status == 0 || status >= 500
+}
+
+// grpcStatusNames are gRPC's status codes by number.
+var grpcStatusNames = []string{
+	"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+	"PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+	"UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+}
+
+// GRPCStatusName is the name of gRPC status code, or its number when gRPC
+// defines no such code.
+func GRPCStatusName(code int) string {
+	if code >= 0 && code < len(grpcStatusNames) {
+		return grpcStatusNames[code]
+	}
+	return strconv.Itoa(code)
+}
+
+// grpcStatusName reads a gRPC status as a number or a name, in any case.
+func grpcStatusName(s string) (string, bool) {
+	if n, err := strconv.Atoi(s); err == nil {
+		if n >= 0 && n < len(grpcStatusNames) {
+			return grpcStatusNames[n], true
+		}
+		return "", false
+	}
+	up := strings.ToUpper(s)
+	return up, slices.Contains(grpcStatusNames, up)
+}
 
 // MatchStatus reports whether a response with HTTP status code passes f's
 // status condition.

@@ -26,6 +26,12 @@ func TestParseFilter(t *testing.T) {
 		{name: "status class in capitals", query: "status=2XX", want: Filter{Status: Status{200, 299}}},
 		{name: "max_rps of one", query: "max_rps=1", want: Filter{MaxRPS: 1}},
 		{name: "deployment with dots", query: "dst_deployment=web.v2", want: Filter{DstDeployment: "web.v2"}},
+		{name: "failed", query: "failed=true", want: Filter{Failed: true}},
+		{name: "gRPC status by name, any case", query: "grpc_status=unavailable", want: Filter{GRPCStatus: "UNAVAILABLE"}},
+		{name: "gRPC status by number", query: "grpc_status=14", want: Filter{GRPCStatus: "UNAVAILABLE"}},
+		{name: "failed other than true", query: "failed=yes", wantParam: "failed"},
+		{name: "gRPC status beyond 16", query: "grpc_status=17", wantParam: "grpc_status"},
+		{name: "gRPC status unknown name", query: "grpc_status=BROKEN", wantParam: "grpc_status"},
 		{name: "unknown parameter", query: "pth=/x", wantParam: "pth"},
 		{name: "parameter given twice", query: "method=GET&method=POST", wantParam: "method"},
 		{name: "max_rps zero", query: "max_rps=0", wantParam: "max_rps"},
@@ -149,5 +155,22 @@ func TestFilterWithoutLabelsMatchesOnlyWithoutLabelFilters(t *testing.T) {
 	}
 	if (&Filter{DstNamespace: "shop"}).MatchRequest(req) {
 		t.Error("dst_namespace filter selects a request without destination labels")
+	}
+}
+
+func TestRedactQueryHidesSecretLookingValues(t *testing.T) {
+	for q, want := range map[string]string{
+		"":                              "",
+		"page=2&sort=price":             "page=2&sort=price",
+		"id=7&access_token=abc&x=1":     "id=7&access_token=REDACTED&x=1",
+		"API%5FKey=k&Password=p&q=shoe": "API%5FKey=REDACTED&Password=REDACTED&q=shoe",
+		"sig=deadbeef&flag":             "sig=REDACTED&flag",
+	} {
+		if got := RedactQuery(q); got != want {
+			t.Errorf("RedactQuery(%q) = %q, want %q", q, got, want)
+		}
+	}
+	if got := RedactQuery(strings.Repeat("a=b&", 1000)); len(got) > MaxQuery+len("…") || !strings.HasSuffix(got, "…") {
+		t.Errorf("long query: %d bytes, want at most %d ending in …", len(got), MaxQuery)
 	}
 }

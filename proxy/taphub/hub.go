@@ -224,6 +224,8 @@ type RequestInfo struct {
 	Method    string
 	Authority string
 	Path      string
+	// Query is the raw query string, redacted by Request.
+	Query string
 	// Header is copied (and redacted) by Request; the caller may change it
 	// afterwards.
 	Header http.Header
@@ -253,11 +255,16 @@ type Span struct {
 	events     [3]tap.Event
 	grpcStatus int
 	// sending are the subscribers this request is reported to; waiting
-	// those whose status filter the response decides. buf backs both for
-	// the usual few subscribers.
+	// those whose status filter the response decides; ending those whose
+	// filter (failed, grpc_status) only the end decides, which get all three
+	// events then. buf backs sending and waiting for the usual few
+	// subscribers.
 	sending []*subscriber
 	waiting []*subscriber
+	ending  []*subscriber
 	buf     [4]*subscriber
+	// status is the response's status code, 0 until it is written.
+	status int
 }
 
 // Request starts the span of one request and reports its request event to
@@ -291,17 +298,20 @@ func (h *Hub) Request(info *RequestInfo) *Span {
 	for _, sub := range *subs {
 		switch {
 		case !sub.filter.MatchRequest(ev):
+		case sub.filter.NeedsEnd():
+			s.ending = append(s.ending, sub)
 		case sub.filter.NeedsResponse():
 			s.waiting = append(s.waiting, sub)
 		case sub.limit.allow(mono):
 			s.sending = append(s.sending, sub)
 		}
 	}
-	if len(s.sending) == 0 && len(s.waiting) == 0 {
+	if len(s.sending) == 0 && len(s.waiting) == 0 && len(s.ending) == 0 {
 		return nil
 	}
 	ev.ID = h.nextID.Add(1)
 	ev.Headers = tap.Headers(info.Header)
+	ev.Query = tap.RedactQuery(info.Query)
 	for _, sub := range s.sending {
 		sub.deliver(ev)
 	}
@@ -333,7 +343,8 @@ func (s *Span) Response(status int, header http.Header) {
 		}
 		s.waiting = nil
 	}
-	if len(s.sending) == 0 {
+	s.status = status
+	if len(s.sending) == 0 && len(s.ending) == 0 {
 		return
 	}
 	ev := s.event(tap.TypeResponse)
@@ -351,7 +362,7 @@ func (s *Span) Response(status int, header http.Header) {
 // A request that ends without a response is not reported to subscribers
 // filtering by status.
 func (s *Span) End(grpcStatus int, bytes int64, errText string) {
-	if s == nil || len(s.sending) == 0 {
+	if s == nil || (len(s.sending) == 0 && len(s.ending) == 0) {
 		return
 	}
 	ev := s.event(tap.TypeEnd)
@@ -362,6 +373,19 @@ func (s *Span) End(grpcStatus int, bytes int64, errText string) {
 	ev.DurationMS = millis(ev.TS.Sub(s.start))
 	ev.Bytes = bytes
 	ev.Error = errText
+	if len(s.ending) > 0 {
+		mono := s.hub.mono(s.hub.now())
+		for _, sub := range s.ending {
+			if sub.filter.MatchEnd(s.status, ev.GRPCStatus, errText) && sub.limit.allow(mono) {
+				sub.deliver(&s.events[0])
+				if s.status != 0 {
+					sub.deliver(&s.events[1])
+				}
+				s.sending = append(s.sending, sub)
+			}
+		}
+		s.ending = nil
+	}
 	for _, sub := range s.sending {
 		sub.deliver(ev)
 	}

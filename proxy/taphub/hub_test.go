@@ -332,3 +332,52 @@ func TestClosedHubRefusesSubscribers(t *testing.T) {
 		t.Errorf("Subscribe after Close: %v, want ErrClosed", err)
 	}
 }
+
+// TestFailedAndGRPCStatusFiltersDecideAtTheEnd: "failed" selects what the
+// success rate counts as a failure, gRPC's UNAVAILABLE on HTTP 200 included,
+// and delivers each selected request's events in order once it has ended.
+func TestFailedAndGRPCStatusFiltersDecideAtTheEnd(t *testing.T) {
+	h := New(Options{})
+	failed := subscribe(t, h, "failed=true")
+	unavailable := subscribe(t, h, "grpc_status=unavailable")
+	serverErrors := subscribe(t, h, "failed=true&status=5xx")
+	info := func(path string) RequestInfo {
+		return RequestInfo{Direction: tap.DirectionInbound, Method: "POST", Authority: "checkout.shop:9090", Path: path}
+	}
+	for _, r := range []request{
+		{info: info("/grpc-unavailable"), status: 200, grpc: 14},
+		{info: info("/grpc-ok"), status: 200, grpc: 0},
+		{info: info("/http-503"), status: 503, grpc: -1},
+		{info: info("/http-200"), status: 200, grpc: -1},
+		{info: info("/http-404"), status: 404, grpc: -1},
+		{info: info("/no-response"), grpc: -1, noResponse: true},
+	} {
+		r.run(h)
+	}
+	paths := func(sub *Subscription) []string {
+		var out []string
+		var last tap.Type
+		for _, ev := range drain(sub) {
+			if ev.Type == tap.TypeRequest {
+				out = append(out, ev.Path)
+			}
+			if ev.Type == last {
+				t.Errorf("two %s events in a row: each request's events come in order", ev.Type)
+			}
+			last = ev.Type
+		}
+		return out
+	}
+	for name, tc := range map[string]struct {
+		sub  *Subscription
+		want []string
+	}{
+		"failed":                {failed, []string{"/grpc-unavailable", "/http-503", "/no-response"}},
+		"grpc_status":           {unavailable, []string{"/grpc-unavailable"}},
+		"failed and status 5xx": {serverErrors, []string{"/http-503"}},
+	} {
+		if got := paths(tc.sub); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: got %v, want %v", name, got, tc.want)
+		}
+	}
+}
