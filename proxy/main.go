@@ -25,8 +25,9 @@ type subcommand func(ctx context.Context, args []string, stdout, stderr io.Write
 
 // subcommands maps a first argument to the program it runs; any other first argument is the sidecar's.
 var subcommands = map[string]subcommand{
-	"init":   initCommand,
-	"inject": injectCmd,
+	"init":        initCommand,
+	"inject":      injectCmd,
+	"destination": destinationCommand,
 }
 
 // usageError marks an error in a subcommand's command line: exit code 2 rather than 1.

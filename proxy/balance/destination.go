@@ -33,6 +33,75 @@ type Destination struct {
 	clk       *clock
 }
 
+// EndpointSpec is one endpoint to balance over: an address, its labels (without the dst_ prefix) and hints.
+type EndpointSpec struct {
+	Addr   string
+	Labels map[string]string
+	Hints  Hints
+}
+
+// Builder makes the successive Destinations of one discovered authority, each endpoint keeping its
+// balancer state (latency, load, backoff) while its address stays in the set. Not safe for concurrent
+// use: one goroutine follows one authority.
+type Builder struct {
+	clk    *clock
+	states map[string]*endpointState
+}
+
+// NewBuilder returns a Builder with no endpoint known yet.
+func NewBuilder() *Builder {
+	return &Builder{clk: newClock(nil), states: map[string]*endpointState{}}
+}
+
+// Build returns the Destination of authority (normalized, see NormalizeAuthority) for its current
+// labels and endpoints. Endpoints dropped since the previous Build lose their state.
+func (b *Builder) Build(authority string, labels map[string]string, endpoints []EndpointSpec) *Destination {
+	states := make(map[string]*endpointState, len(endpoints))
+	d := newDestination(b.clk, authority, labels, endpoints, nil, states, b.states)
+	d.Routes = routes.NewTable(nil, nil)
+	b.states = states
+	return d
+}
+
+// newDestination builds a Destination (without Routes), its endpoints under accrual (nil: none), taking each endpoint's state from prev when its address had one,
+// and recording the states it uses in states.
+func newDestination(clk *clock, authority string, labels map[string]string, endpoints []EndpointSpec, accrual *routes.Accrual, states, prev map[string]*endpointState) *Destination {
+	d := &Destination{Authority: authority, clk: clk, endpoints: make([]*Endpoint, 0, len(endpoints))}
+	d.DstLabels = mergeLabels(labels, nil)
+	for _, es := range endpoints {
+		st := states[es.Addr]
+		if st == nil {
+			if st = prev[es.Addr]; st == nil {
+				st = newEndpointState(clk)
+			}
+			states[es.Addr] = st
+		}
+		e := &Endpoint{Addr: es.Addr, Hints: es.Hints, st: st, accrual: accrual}
+		e.DstLabels = mergeLabels(labels, es.Labels)
+		d.endpoints = append(d.endpoints, e)
+	}
+	return d
+}
+
+// Source answers which Destination an outbound authority names: a destinations file (Resolver), the
+// discovery service's client, or both (Sources). nil means the authority is dialled as written.
+type Source interface {
+	Lookup(authority string) *Destination
+}
+
+// Sources asks each Source in turn; the first to know the authority answers.
+type Sources []Source
+
+// Lookup returns the first Source's Destination for authority, or nil when none knows it.
+func (ss Sources) Lookup(authority string) *Destination {
+	for _, s := range ss {
+		if d := s.Lookup(authority); d != nil {
+			return d
+		}
+	}
+	return nil
+}
+
 // Pick chooses an endpoint for one request (or TCP connection) by the power of two random choices: it
 // draws two distinct usable endpoints at random and returns the one with the lower load, load being the
 // peak-EWMA latency (see Begin) times outstanding requests + 1. Endpoints in exclude (compared by address,

@@ -39,9 +39,21 @@ type Endpoint struct {
 	// DstLabels are the service's labels merged with the endpoint's (the endpoint's win), each name
 	// prefixed with dst_: dst_namespace, dst_deployment, dst_pod... Never nil; do not modify.
 	DstLabels map[string]string
+	// Hints say how to talk to the endpoint, when discovery knows (zero from the destinations file).
+	Hints Hints
 
 	st      *endpointState
 	accrual *routes.Accrual // the service's failure accrual; nil: none
+}
+
+// Hints are what discovery knows about how to talk to an endpoint.
+type Hints struct {
+	// Opaque: forward its connections as TCP, without protocol detection.
+	Opaque bool
+	// Meshed: a Meshscope proxy runs beside it.
+	Meshed bool
+	// Identity is the identity its proxy presents; empty when unknown or not meshed.
+	Identity string
 }
 
 // endpointState is an endpoint's balancer state, shared by the Endpoint values of successive reloads.

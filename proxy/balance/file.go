@@ -12,18 +12,13 @@ import (
 	"github.com/meshscope/meshscope/proxy/routes"
 )
 
-// serviceSpec and endpointSpec are one validated entry of the destinations file.
+// serviceSpec is one validated entry of the destinations file.
 type serviceSpec struct {
-	authority string // normalized, see normalizeAuthority
+	authority string // normalized, see NormalizeAuthority
 	labels    map[string]string
-	endpoints []endpointSpec
+	endpoints []EndpointSpec
 	policy    routes.Policy   // from its annotations
 	routes    []*routes.Route // its routes: list, validated
-}
-
-type endpointSpec struct {
-	addr   string
-	labels map[string]string
 }
 
 // parseFile reads the destinations file format of DESIGN.md:
@@ -239,9 +234,9 @@ func (p parser) service(n *yaml.Node, i int, known map[string]bool) (serviceSpec
 			return serviceSpec{}, p.errorf(addrn, ewhere, "duplicate addr %q (also endpoints[%d])", addrn.Value, k)
 		}
 		seen[addrn.Value] = j
-		e := endpointSpec{addr: addrn.Value}
+		e := EndpointSpec{Addr: addrn.Value}
 		if ln, ok := ef["labels"]; ok {
-			if e.labels, err = p.labels(ln, ewhere); err != nil {
+			if e.Labels, err = p.labels(ln, ewhere); err != nil {
 				return serviceSpec{}, err
 			}
 		}
@@ -334,13 +329,13 @@ func normalizeFileAuthority(a string) (string, error) {
 	if err := checkAddr(a); err != nil {
 		return "", err
 	}
-	return normalizeAuthority(a), nil
+	return NormalizeAuthority(a), nil
 }
 
-// normalizeAuthority turns a request authority (Host header or :authority) into a lookup key: host in
+// NormalizeAuthority turns a request authority (Host header or :authority) into a lookup key: host in
 // lower case without a trailing dot, port 80 when none is given (RFC 9110 §4.2.1: http's default port;
 // the outbound listener speaks cleartext only), IPv6 literals bracketed.
-func normalizeAuthority(a string) string {
+func NormalizeAuthority(a string) string {
 	host, port, err := net.SplitHostPort(a)
 	if err != nil {
 		host, port = strings.TrimSuffix(strings.TrimPrefix(a, "["), "]"), ""
@@ -352,7 +347,7 @@ func normalizeAuthority(a string) string {
 	return net.JoinHostPort(host, port)
 }
 
-// needsNormalizing reports whether normalizeAuthority could change a: an upper-case letter, a trailing dot
+// needsNormalizing reports whether NormalizeAuthority could change a: an upper-case letter, a trailing dot
 // on the host, or an empty port. (A missing port is not checked: Lookup's byHost already covers it.)
 func needsNormalizing(a string) bool {
 	for i := 0; i < len(a); i++ {

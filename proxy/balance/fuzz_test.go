@@ -35,16 +35,16 @@ func FuzzParseFile(f *testing.F) {
 				t.Fatalf("duplicate authority %q accepted", s.authority)
 			}
 			authorities[s.authority] = true
-			if normalizeAuthority(s.authority) != s.authority {
+			if NormalizeAuthority(s.authority) != s.authority {
 				t.Fatalf("authority %q is not in lookup form", s.authority)
 			}
 			addrs := map[string]bool{}
 			for _, e := range s.endpoints {
-				if err := checkAddr(e.addr); err != nil || addrs[e.addr] {
-					t.Fatalf("bad or duplicate addr %q accepted (%v)", e.addr, err)
+				if err := checkAddr(e.Addr); err != nil || addrs[e.Addr] {
+					t.Fatalf("bad or duplicate addr %q accepted (%v)", e.Addr, err)
 				}
-				addrs[e.addr] = true
-				for k := range e.labels {
+				addrs[e.Addr] = true
+				for k := range e.Labels {
 					if !validLabelName(k) {
 						t.Fatalf("label name %q accepted", k)
 					}

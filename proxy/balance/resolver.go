@@ -109,7 +109,7 @@ func (r *Resolver) Lookup(authority string) *Destination {
 	if !needsNormalizing(authority) {
 		return nil
 	}
-	return t.byAuthority[normalizeAuthority(authority)]
+	return t.byAuthority[NormalizeAuthority(authority)]
 }
 
 // Run watches the destinations file and reloads it when it changes, until ctx ends (then it returns nil).
@@ -181,22 +181,9 @@ func (r *Resolver) install(services []serviceSpec) int {
 	t := table{byAuthority: make(map[string]*Destination, len(services)), byHost: map[string]*Destination{}}
 	n := 0
 	for _, s := range services {
-		d := &Destination{Authority: s.authority, clk: r.clk, endpoints: make([]*Endpoint, 0, len(s.endpoints))}
-		d.DstLabels = mergeLabels(s.labels, nil)
+		d := newDestination(r.clk, s.authority, s.labels, s.endpoints, s.policy.Accrual, states, r.states)
 		d.Routes = routes.NewTable(s.routes, &routes.Route{Timeouts: s.policy.Timeouts, Retry: s.policy.Retry})
-		for _, es := range s.endpoints {
-			st := states[es.addr]
-			if st == nil {
-				if st = r.states[es.addr]; st == nil {
-					st = newEndpointState(r.clk)
-				}
-				states[es.addr] = st
-			}
-			e := &Endpoint{Addr: es.addr, st: st, accrual: s.policy.Accrual}
-			e.DstLabels = mergeLabels(s.labels, es.labels)
-			d.endpoints = append(d.endpoints, e)
-			n++
-		}
+		n += len(d.endpoints)
 		t.byAuthority[s.authority] = d
 		if host, ok := strings.CutSuffix(s.authority, ":80"); ok {
 			t.byHost[host] = d
