@@ -44,6 +44,8 @@ prints the same bytes; --ignore-cluster prints without asking (and makes a new c
 	fs.StringVar(&o.Retention, "prometheus-retention", "6h", "the installed Prometheus keeps samples this long (`duration`)")
 	fs.StringVar(&o.RetentionSize, "prometheus-retention-size", "1GB", "and at most this much (`size`)")
 	fs.StringVar(&o.GrafanaURL, "grafana-url", "", "Grafana base `URL` the dashboard links to")
+	fs.StringVar(&o.BasePath, "dashboard-base-path", "", "serve the dashboard under this URL `prefix` (behind an ingress), e.g. /meshscope")
+	fs.StringVar(&o.EnforcedHost, "dashboard-enforced-host", "", "`regex` the dashboard's Host header must match (behind an ingress); default: loopback names, as web dashboard uses")
 	fs.BoolVar(&ignoreCluster, "ignore-cluster", false, "print without contacting the API server")
 	kf.register(fs)
 	if err := parseFlags(fs, args, os.Getenv); err != nil {

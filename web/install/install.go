@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -62,6 +63,11 @@ type Options struct {
 	RetentionSize string
 	// GrafanaURL, when set, makes the dashboard link every resource to Grafana.
 	GrafanaURL string
+	// BasePath serves the dashboard under a prefix (behind an ingress), e.g. /meshscope.
+	BasePath string
+	// EnforcedHost is the regex the dashboard's Host header must match; empty keeps the dashboard's
+	// default (loopback names: what web dashboard's port-forward uses).
+	EnforcedHost string
 	// TLS is the webhook's certificate; Render needs one (see NewTLS and ReuseTLS).
 	TLS *TLS
 }
@@ -100,6 +106,12 @@ func (o Options) Validate() error {
 		if n < 0 {
 			return fmt.Errorf("%s %d: want 1 or more", name, n)
 		}
+	}
+	if o.BasePath != "" && (!strings.HasPrefix(o.BasePath, "/") || strings.HasSuffix(o.BasePath, "/") || strings.ContainsAny(o.BasePath, "?#% ")) {
+		return fmt.Errorf("dashboard-base-path %q: want a path like /meshscope (leading slash, no trailing slash)", o.BasePath)
+	}
+	if _, err := regexp.Compile(o.EnforcedHost); err != nil {
+		return fmt.Errorf("dashboard-enforced-host %q: %v", o.EnforcedHost, err)
 	}
 	if o.RetentionSize != "" {
 		if _, err := resource.ParseQuantity(strings.TrimSuffix(o.RetentionSize, "B")); err != nil {
@@ -291,12 +303,19 @@ func (o Options) dashboard() *appsv1.Deployment {
 	if o.GrafanaURL != "" {
 		args = append(args, "--grafana-url="+o.GrafanaURL)
 	}
+	if o.BasePath != "" {
+		args = append(args, "--base-path="+o.BasePath)
+	}
+	if o.EnforcedHost != "" {
+		// localhost stays allowed: the kubelet's probes send it, and so does web dashboard.
+		args = append(args, "--enforced-host="+o.EnforcedHost+`|localhost(:\d+)?`)
+	}
 	return o.deployment(kube.Dashboard, o.DashboardReplicas, corev1.Container{
 		Image:          o.image("web"),
 		Args:           args,
 		Ports:          []corev1.ContainerPort{{Name: "http", ContainerPort: DashboardPort, Protocol: corev1.ProtocolTCP}},
-		ReadinessProbe: httpProbe("/readyz", DashboardPort, corev1.URISchemeHTTP),
-		LivenessProbe:  httpProbe("/healthz", DashboardPort, corev1.URISchemeHTTP),
+		ReadinessProbe: httpProbe(o.BasePath+"/readyz", DashboardPort, corev1.URISchemeHTTP),
+		LivenessProbe:  httpProbe(o.BasePath+"/healthz", DashboardPort, corev1.URISchemeHTTP),
 		Resources:      resources("50m", "64Mi", "256Mi"),
 	})
 }

@@ -59,7 +59,7 @@ var optionCases = []struct {
 	{"every option", Options{
 		Namespace: "mesh-ops", Registry: "registry.example/team", Tag: "v9.9.9", PrometheusImage: "registry.example/prometheus:v3",
 		DashboardReplicas: 2, DestinationReplicas: 3, InjectorReplicas: 2, Retention: "24h", RetentionSize: "5GB",
-		GrafanaURL: "https://grafana.example",
+		GrafanaURL: "https://grafana.example", BasePath: "/meshscope", EnforcedHost: `mesh\.example\.com`,
 	}},
 	{"the user's own Prometheus", Options{Namespace: "mesh-byo", PrometheusURL: "https://thanos.example:10902"}},
 }
@@ -123,6 +123,7 @@ func TestInstallPrintsTheControlPlane(t *testing.T) {
 			"--image=registry.example/team/proxy:v9.9.9", "replicas: 3", "--grafana-url=https://grafana.example",
 			"--storage.tsdb.retention.time=24h", "image: registry.example/prometheus:v3",
 			"--destination-addr=meshscope-destination.mesh-ops.svc.cluster.local:8086",
+			"--base-path=/meshscope", "path: /meshscope/readyz", "path: /meshscope/healthz", `--enforced-host=mesh\.example\.com|localhost(:\d+)?`,
 		} {
 			if !bytes.Contains(out, []byte(want)) {
 				t.Errorf("no %q in the output", want)
@@ -144,6 +145,8 @@ func TestInstallRefusesBadOptions(t *testing.T) {
 		{Options{GrafanaURL: "ftp://grafana"}, `grafana-url "ftp://grafana": want an http(s) URL`},
 		{Options{DashboardReplicas: -1}, `dashboard-replicas -1: want 1 or more`},
 		{Options{RetentionSize: "lots"}, `retention-size "lots": want a size like 512MB or 2GB`},
+		{Options{BasePath: "meshscope/"}, `dashboard-base-path "meshscope/": want a path like /meshscope (leading slash, no trailing slash)`},
+		{Options{EnforcedHost: "(("}, "dashboard-enforced-host \"((\": error parsing regexp: missing closing ): `((`"},
 	} {
 		if err := tc.o.Validate(); err == nil || err.Error() != tc.want {
 			t.Errorf("%+v: error %v, want %s", tc.o, err, tc.want)
