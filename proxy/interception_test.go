@@ -42,6 +42,8 @@ const (
 	proxyUID = 2102
 	// Ports of the server pod's apps.
 	httpPort, grpcPort, wsPort, bannerPort, slowBannerPort = 8080, 8081, 8082, 3306, 7000
+	// freshPort is only called once the rules are wrong: the proxy has no pooled connection to it.
+	freshPort = 8083
 	// inboundIgnored is skipped by the server pod's rules, outboundIgnored by the client pod's.
 	inboundIgnored, outboundIgnored = 9000, 9001
 )
@@ -243,7 +245,7 @@ func TestInterceptionMeshesUnmodifiedApps(t *testing.T) {
 	httpSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go httpSrv.Serve(server.listen(t, fmt.Sprintf(":%d", httpPort)))
 	t.Cleanup(func() { httpSrv.Close() })
-	for _, port := range []int{inboundIgnored, outboundIgnored} {
+	for _, port := range []int{inboundIgnored, outboundIgnored, freshPort} {
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go srv.Serve(server.listen(t, fmt.Sprintf(":%d", port)))
 		t.Cleanup(func() { srv.Close() })
@@ -444,6 +446,28 @@ func TestInterceptionMeshesUnmodifiedApps(t *testing.T) {
 		}
 		if n := client.count(t, "tcp_refused_total", map[string]string{"direction": "inbound"}); n != 0 {
 			t.Errorf("client proxy refused %v inbound connections", n)
+		}
+	})
+
+	t.Run("a proxy not running as --proxy-uid refuses its own connections coming back", func(t *testing.T) {
+		// Rules for another uid: the client proxy's upstream connections are redirected to it again.
+		initArgs := []string{"init", "--netns", client.path, "--outbound-ports-to-ignore", fmt.Sprint(outboundIgnored)}
+		if out, err := binCommand(bin, append(initArgs, "--proxy-uid", "2999")...).CombinedOutput(); err != nil {
+			t.Fatalf("proxy init: %v: %s", err, out)
+		}
+		defer func() {
+			if out, err := binCommand(bin, initArgs...).CombinedOutput(); err != nil {
+				t.Fatalf("proxy init: %v: %s", err, out)
+			}
+		}()
+		loops := map[string]string{"direction": "outbound", "reason": "proxy-loop"}
+		before := client.count(t, "tcp_refused_total", loops)
+		res, _ := get(t, client.client(), fmt.Sprintf("http://%s:%d/", serverIP, freshPort))
+		if res.StatusCode != http.StatusBadGateway {
+			t.Errorf("status %d, want 502: the request cannot leave the pod", res.StatusCode)
+		}
+		if n := client.count(t, "tcp_refused_total", loops) - before; n < 1 {
+			t.Errorf("client proxy refused %v of its own connections as proxy-loop, want at least 1", n)
 		}
 	})
 

@@ -50,6 +50,7 @@ type proxy struct {
 	conns     tracker      // opaque, upgraded and fast-path HTTP/1.1 connections
 	h1conns   h1Conns      // fast-path HTTP/1.1 connections, for closing the idle ones at shutdown
 	upstreams []idleCloser // the upstream clients, whose idle connections close on shutdown
+	own       ownConns     // the upstream connections' local addresses, to refuse them when redirected back
 }
 
 type idleCloser interface{ CloseIdleConnections() }
@@ -100,8 +101,8 @@ func newProxy(cfg Config, log *slog.Logger, level *slog.LevelVar) (_ *proxy, err
 	if p.adminLn, err = listen("--admin-listen", cfg.AdminListen); err != nil {
 		return nil, err
 	}
-	inDialer := &dialer{direction: Inbound, net: net.Dialer{Timeout: dialTimeout}, metrics: p.metrics}
-	outDialer := &dialer{direction: Outbound, net: net.Dialer{Timeout: dialTimeout}, metrics: p.metrics}
+	inDialer := &dialer{direction: Inbound, net: net.Dialer{Timeout: dialTimeout}, metrics: p.metrics, own: &p.own}
+	outDialer := &dialer{direction: Outbound, net: net.Dialer{Timeout: dialTimeout}, metrics: p.metrics, own: &p.own}
 	inH1, inH2 := newTransports(inDialer.dial)
 	outH1, outH2 := newTransports(outDialer.dial)
 	p.upstreams = []idleCloser{inH1, inH2, outH1, outH2}
@@ -239,15 +240,51 @@ func hostAddr(ip netip.Addr) bool {
 	return false
 }
 
+// ownConns are the local addresses of the upstream connections the proxy opened: one of them arriving
+// at a listener is the proxy's own connection redirected back to it.
+type ownConns struct {
+	mu sync.Mutex
+	m  map[netip.AddrPort]struct{}
+}
+
+// add records a; release forgets it.
+func (o *ownConns) add(a netip.AddrPort) (release func()) {
+	a = netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+	o.mu.Lock()
+	if o.m == nil {
+		o.m = make(map[netip.AddrPort]struct{})
+	}
+	o.m[a] = struct{}{}
+	o.mu.Unlock()
+	return func() {
+		o.mu.Lock()
+		delete(o.m, a)
+		o.mu.Unlock()
+	}
+}
+
+func (o *ownConns) has(a netip.AddrPort) bool {
+	a = netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+	o.mu.Lock()
+	_, ok := o.m[a]
+	o.mu.Unlock()
+	return ok
+}
+
 // originalDst returns where c, accepted by l, was going before proxy init's rules redirected it: "" when
 // it was sent to l itself (on the outbound listener: the app uses the proxy explicitly and each request
-// is routed by its authority). loop reports a connection that must be refused: one sent straight to the
-// inbound listener without --inbound-forward (it has nowhere else to go), or one redirected from an
-// address that is the proxy's own listener (it would come back here).
-func (p *proxy) originalDst(l *listener, c net.Conn) (orig string, loop bool) {
+// is routed by its authority). A non-empty loop says why the connection must be refused rather than
+// followed round and round: it was sent straight to the inbound listener without --inbound-forward (it has
+// nowhere else to go), its original destination is one of the proxy's listeners, or it is the proxy's own
+// upstream connection redirected back (the proxy does not run as proxy init's --proxy-uid).
+func (p *proxy) originalDst(l *listener, c net.Conn) (orig, loop string) {
+	const notRedirected = "sent to the inbound listener itself, which without --inbound-forward takes only connections proxy init's rules redirected"
 	local, ok := c.LocalAddr().(*net.TCPAddr)
 	if !ok {
-		return "", l.hp.direction == Inbound
+		if l.hp.direction == Inbound {
+			return "", notRedirected
+		}
+		return "", ""
 	}
 	dst, err := origdst.Get(c)
 	if err != nil && !errors.Is(err, syscall.ENOENT) {
@@ -255,12 +292,20 @@ func (p *proxy) originalDst(l *listener, c net.Conn) (orig string, loop bool) {
 		p.log.Debug("no original destination", "listener", l.name, "err", err)
 	}
 	if err != nil || dst.Addr().Unmap() == local.AddrPort().Addr().Unmap() && dst.Port() == local.AddrPort().Port() {
-		return "", l.hp.direction == Inbound
+		if l.hp.direction == Inbound {
+			return "", notRedirected
+		}
+		return "", ""
 	}
 	if p.isSelfAddr(dst) {
-		return "", true
+		return "", "its original destination is this proxy's listener"
 	}
-	return netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port()).String(), false
+	// The dialling goroutine records its connection when connect returns, which may be after this accept:
+	// a loop missed here is caught on its next round.
+	if peer, ok := c.RemoteAddr().(*net.TCPAddr); ok && p.own.has(peer.AddrPort()) {
+		return "", "it is the proxy's own upstream connection, redirected back: run the proxy as proxy init's --proxy-uid"
+	}
+	return netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port()).String(), ""
 }
 
 func (p *proxy) closeListeners() {
@@ -389,11 +434,10 @@ func (p *proxy) serveConn(ctx context.Context, l *listener, c net.Conn) {
 	target, srcTarget, opaque := l.tcpTarget, l.srcTarget, l.opaque
 	var orig string
 	if l.origDst {
-		var loop bool
-		if orig, loop = p.originalDst(l, c); loop {
+		var loop string
+		if orig, loop = p.originalDst(l, c); loop != "" {
 			p.metrics.Refused(l.hp.direction, errLoop)
-			p.log.Warn("connection refused: its destination is this proxy (proxy-loop); without --inbound-forward the inbound listener takes only connections that proxy init's rules redirected",
-				"listener", l.name, "peer", c.RemoteAddr().String(), "to", c.LocalAddr().String())
+			p.log.Warn("connection refused as proxy-loop: "+loop, "listener", l.name, "peer", c.RemoteAddr().String(), "to", c.LocalAddr().String())
 			c.Close()
 			l.release()
 			return

@@ -102,6 +102,8 @@ type dialer struct {
 	direction string
 	net       net.Dialer
 	metrics   *metrics.Metrics
+	// own records the connections dialled, so that one redirected back to the proxy is refused.
+	own *ownConns
 	// labels holds the dst_* labels last seen for each endpoint address, for the connections the HTTP
 	// transports open (they dial by address alone).
 	labels sync.Map // string -> metrics.Dst
@@ -121,7 +123,11 @@ func (d *dialer) dialWith(ctx context.Context, network, addr string, dst metrics
 	if err != nil {
 		return nil, err
 	}
-	return newCountingConn(c, d.metrics.TCP(metrics.TCPKey{Direction: d.direction, Peer: "dst", TargetAddr: addr, Dst: dst})), nil
+	cc := newCountingConn(c, d.metrics.TCP(metrics.TCPKey{Direction: d.direction, Peer: "dst", TargetAddr: addr, Dst: dst}))
+	if la, ok := c.LocalAddr().(*net.TCPAddr); ok && d.own != nil {
+		cc.release = d.own.add(la.AddrPort())
+	}
+	return cc, nil
 }
 
 // noteEndpoint remembers an endpoint's labels for the connections the transports will dial to it.
