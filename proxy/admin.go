@@ -27,6 +27,12 @@ func (p *proxy) adminRoutes() http.Handler {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
 			return
 		}
+		if p.mtls != nil && !p.mtls.id.Ready() {
+			// Linkerd's proxy is not ready before it has an identity either: traffic sent to it now could
+			// not be secured.
+			http.Error(w, "not ready: no identity certificate yet", http.StatusServiceUnavailable)
+			return
+		}
 		io.WriteString(w, "ready\n")
 	})
 	mux.Handle("GET /tap", &taphub.Handler{Hub: p.tap, Token: p.cfg.TapToken, Log: p.log})

@@ -73,11 +73,11 @@ func TestMetricsExposition(t *testing.T) {
 	want := `
 # HELP request_total HTTP requests whose headers the proxy read.
 # TYPE request_total counter
-request_total{authority="` + authority + `",direction="inbound",dst_deployment="",dst_namespace="",dst_pod="",target_addr="` + target + `",tls="false"} 3
+request_total{authority="` + authority + `",client_id="",direction="inbound",dst_deployment="",dst_namespace="",dst_pod="",no_tls_reason="disabled",server_id="",target_addr="` + target + `",tls="no_identity"} 3
 # HELP response_total HTTP response streams that ended, classified as success or failure.
 # TYPE response_total counter
-response_total{authority="` + authority + `",classification="failure",direction="inbound",dst_deployment="",dst_namespace="",dst_pod="",error="",grpc_status="",status_code="503",target_addr="` + target + `",tls="false"} 1
-response_total{authority="` + authority + `",classification="success",direction="inbound",dst_deployment="",dst_namespace="",dst_pod="",error="",grpc_status="",status_code="200",target_addr="` + target + `",tls="false"} 2
+response_total{authority="` + authority + `",classification="failure",client_id="",direction="inbound",dst_deployment="",dst_namespace="",dst_pod="",error="",grpc_status="",no_tls_reason="disabled",server_id="",status_code="503",target_addr="` + target + `",tls="no_identity"} 1
+response_total{authority="` + authority + `",classification="success",client_id="",direction="inbound",dst_deployment="",dst_namespace="",dst_pod="",error="",grpc_status="",no_tls_reason="disabled",server_id="",status_code="200",target_addr="` + target + `",tls="no_identity"} 2
 `
 	if err := testutil.GatherAndCompare(p.registry, strings.NewReader(want), "request_total", "response_total"); err != nil {
 		t.Error(err)

@@ -59,6 +59,15 @@ type Config struct {
 	LogLevel slog.Level
 	// ShutdownGrace is how long in-flight requests and connections may take to finish on shutdown.
 	ShutdownGrace time.Duration
+
+	// IdentityAddr is the issuer service (proxy identity); empty turns identity and mutual TLS off.
+	IdentityAddr string
+	// IdentityTrustAnchors is the PEM bundle of the mesh's roots; required with IdentityAddr.
+	IdentityTrustAnchors string
+	// IdentityTokenFile holds the ServiceAccount token the issuer reviews.
+	IdentityTokenFile string
+	// IdentityServerName is the issuer service's identity; empty means identity.IssuerName.
+	IdentityServerName string
 }
 
 // Route is one --outbound-route: a listener whose every connection goes to Authority.
@@ -116,6 +125,10 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer) 
 	fs.Var(durationValue{&cfg.OpaqueIdleTimeout}, "opaque-idle-timeout", "an opaque TCP connection over which no byte went either way for this `duration` is closed; 0 for never")
 	fs.StringVar(&cfg.TapToken, "tap-token", "", "bearer `token` that /tap clients must present; without one, only loopback clients may tap")
 	fs.TextVar(&cfg.LogLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error (changeable at run time with PUT /log-level)")
+	fs.StringVar(&cfg.IdentityAddr, "identity-addr", "", "`address` (host:port) of the mesh's certificate issuer (proxy identity); set, the proxy gets an identity and speaks mutual TLS with meshed peers")
+	fs.StringVar(&cfg.IdentityTrustAnchors, "identity-trust-anchors", "", "PEM `file` of the mesh's trust anchors (one or two roots), which verify the issuer and every peer; required with --identity-addr")
+	fs.StringVar(&cfg.IdentityTokenFile, "identity-token-file", "/var/run/secrets/tokens/meshscope-identity-token", "`file` holding the ServiceAccount token (audience identity.meshscope.io) the issuer reviews; read again at each renewal")
+	fs.StringVar(&cfg.IdentityServerName, "identity-server-name", "", "the issuer's `identity`, checked when connecting to it (default meshscope-identity.meshscope.serviceaccount.identity.meshscope.cluster.local)")
 	fs.Var(durationValue{&cfg.ShutdownGrace}, "shutdown-grace", "on SIGTERM, how long (a `duration`) in-flight requests and connections may take to finish")
 	// Only --help prints the usage; a mistake gets one line naming it.
 	fs.Usage = func() {}
@@ -188,6 +201,14 @@ func (c Config) validate() error {
 	if c.InboundListen != "" && c.InboundForward != "" {
 		if err := checkDialAddr(c.InboundForward); err != nil {
 			return fmt.Errorf("--inbound-forward %q: %v", c.InboundForward, err)
+		}
+	}
+	if c.IdentityAddr != "" {
+		if err := checkDialAddr(c.IdentityAddr); err != nil {
+			return fmt.Errorf("--identity-addr %q: %v", c.IdentityAddr, err)
+		}
+		if c.IdentityTrustAnchors == "" {
+			return errors.New("--identity-trust-anchors is required with --identity-addr: the PEM file of the mesh's roots")
 		}
 	}
 	if c.DetectTimeout <= 0 {
@@ -293,6 +314,12 @@ Every connection's protocol is detected from its first bytes (HTTP/2 preface, HT
 opaque TCP); a client silent for --detect-timeout is proxied as TCP. Bytes that start as an HTTP request but
 are not a valid one (an HTTP/1.2 or non-ASCII request line, or one unfinished after --header-timeout) are
 answered 400 or 408 and counted, never proxied as TCP, unless the port is in --opaque-ports.
+
+With --identity-addr the proxy makes a key in memory, gets a certificate for its ServiceAccount from the
+issuer (renewed at 70% of its life) and is ready only once it has one. Outbound connections to endpoints
+with an identity (the destinations file's identity:) are mutual TLS 1.3, the server's identity checked;
+inbound TLS for the proxy's own identity is terminated, the client's certificate checked, and its protocol
+detected inside. Unmeshed peers stay plain text, labelled with the reason (no_tls_reason).
 
 Every flag has an environment twin, MESHSCOPE_PROXY_<FLAG IN UPPER SNAKE CASE> (e.g.
 MESHSCOPE_PROXY_INBOUND_FORWARD); a flag on the command line wins over its twin.

@@ -36,14 +36,17 @@ type Exchange struct {
 	// DstLabels are the destination's dst_* labels from the destinations file; nil inbound and for
 	// authorities not in the file.
 	DstLabels map[string]string
-	Start     time.Time // when the request headers were read
+	// TLS is how the request's connection is secured: inbound, the client's; outbound, the endpoint's.
+	TLS   metrics.TLS
+	Start time.Time // when the request headers were read
 
 	Status     int   // response status, once the response headers were written
 	GRPCStatus int   // gRPC status from trailers or a trailers-only response, else metrics.NoGRPCStatus
 	Bytes      int64 // response body bytes sent to the client
 	Error      string
 
-	series *metrics.HTTPSeries
+	localID string // this proxy's identity, reported to tap with a mutual TLS peer's
+	series  *metrics.HTTPSeries
 	// Route metrics and failure accrual (outbound requests to a destinations file service): the route's
 	// series, its backend's, the endpoint of the current try and when it began, whether a try was sent
 	// and whether a retry was.
@@ -64,6 +67,7 @@ func (e *Exchange) requestHeaders(m *metrics.Metrics) {
 		e.tap = e.hub.Request(&taphub.RequestInfo{
 			Direction: e.Direction, Method: e.Method, Authority: e.Authority, Path: e.Path, Query: e.Query, Header: e.Header,
 			Source: e.Source, Destination: e.Destination, DstLabels: e.DstLabels, Start: e.Start,
+			PeerIdentity: e.TLS.PeerID, LocalIdentity: e.localID,
 		})
 	}
 }
@@ -88,7 +92,7 @@ func (e *Exchange) backendDone(st metrics.RouteStatus) {
 // response is counted on the series of the endpoint that answers it.
 func (e *Exchange) rerouted(m *metrics.Metrics) {
 	e.series = e.seriesOn(m)
-	e.tap.Reroute(e.Destination, e.DstLabels)
+	e.tap.Reroute(e.Destination, e.DstLabels, e.TLS.PeerID)
 }
 
 // responseHeaders is called once the response headers, header, were written to the client.
@@ -124,6 +128,7 @@ func (e *Exchange) seriesOn(m *metrics.Metrics) *metrics.HTTPSeries {
 		Direction:  e.Direction,
 		Authority:  e.Authority,
 		TargetAddr: e.Destination,
+		TLS:        e.TLS,
 		Dst:        dstOf(e.DstLabels),
 	})
 }

@@ -122,7 +122,7 @@ func (p *proxy) serveHTTP1(l *listener, conn net.Conn, orig string) {
 		return
 	}
 	release := p.conns.add(conn) // shutdown waits for it, then closes it
-	ctx := context.Background()
+	ctx := connContext(context.Background(), conn)
 	if orig != "" {
 		ctx = withOriginalDst(ctx, orig)
 	}

@@ -37,6 +37,7 @@ const (
 	errStream            = "stream-error"
 	errCancelled         = "cancelled"
 	errLoop              = "proxy-loop"
+	errTLS               = "tls-refused" // the mutual TLS handshake with the endpoint failed
 	// errBadRequest is the client's fault: it names the 400 response but is not a failure of the service.
 	errBadRequest = "bad-request-body"
 )
@@ -84,6 +85,11 @@ func (p *httpProxy) serve(ctx context.Context, w http.ResponseWriter, r *http.Re
 	if p.route != "" {
 		ex.Authority = p.route
 	}
+	if p.direction == Inbound {
+		ex.TLS = peerTLS(ctx)
+	} else {
+		ex.TLS = p.dialer.tlsTo("")
+	}
 	orig := originalDst(ctx)
 	if ex.Authority == "" && p.forward == "" && orig == "" {
 		// HTTP/1.0 without Host on the outbound listener: nothing to route by.
@@ -122,7 +128,7 @@ func (p *httpProxy) serve(ctx context.Context, w http.ResponseWriter, r *http.Re
 			p.fail(w, r, &ex, http.StatusServiceUnavailable, reason, err)
 			return
 		}
-		ex.Destination, ex.DstLabels = ep.Addr, ep.DstLabels
+		ex.Destination, ex.DstLabels, ex.TLS = ep.Addr, ep.DstLabels, p.dialer.tlsTo(ep.Hints.Identity)
 		p.dialer.noteEndpoint(ep)
 	} else if ex.Destination == "" && orig != "" {
 		ex.Destination = orig // redirected: where the app sent it, whatever its authority says
@@ -133,6 +139,9 @@ func (p *httpProxy) serve(ctx context.Context, w http.ResponseWriter, r *http.Re
 			p.fail(w, r, &ex, http.StatusBadGateway, errLoop, errors.New("the request's authority is this proxy"))
 			return
 		}
+	}
+	if ex.TLS.PeerID != "" && p.tap.Active() {
+		ex.localID = p.dialer.mtls.id.Name()
 	}
 	ex.requestHeaders(p.metrics)
 
@@ -451,7 +460,10 @@ func (p *httpProxy) fail(w http.ResponseWriter, r *http.Request, ex *Exchange, s
 func classifyError(err error) (int, string) {
 	var dnsErr *net.DNSError
 	var netErr net.Error
+	var tlsErr *tlsError
 	switch {
+	case errors.As(err, &tlsErr):
+		return http.StatusBadGateway, errTLS
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return http.StatusBadGateway, errConnectionRefused
 	case errors.As(err, &dnsErr):

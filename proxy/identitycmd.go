@@ -12,9 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/meshscope/meshscope/api/kube"
 	"github.com/meshscope/meshscope/proxy/identity"
 )
 
@@ -88,14 +87,9 @@ func identityMain(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if *tokenFile != "" {
 		reviewer = &identity.FileReviewer{Path: *tokenFile}
 	} else {
-		cfg, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
+		client, _, err := kube.Client(*kubeconfig, "meshscope-identity")
 		if err != nil {
-			return fmt.Errorf("kubernetes: %v", oneLine(err))
-		}
-		cfg.UserAgent = "meshscope-identity"
-		client, err := kubernetes.NewForConfig(cfg)
-		if err != nil {
-			return fmt.Errorf("kubernetes client: %w", err)
+			return err
 		}
 		reviewer = identity.KubeReviewer{Client: client}
 	}

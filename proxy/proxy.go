@@ -42,6 +42,8 @@ type proxy struct {
 	metrics  *metrics.Metrics
 	tap      *taphub.Hub
 	resolver *balance.Resolver
+	// mtls is the proxy's identity and mutual TLS; nil when identity is off.
+	mtls *meshTLS
 
 	listeners []*listener
 	admin     *http.Server
@@ -91,6 +93,11 @@ func newProxy(cfg Config, log *slog.Logger, level *slog.LevelVar) (_ *proxy, err
 	}
 	p.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	p.metrics = metrics.New(p.registry)
+	if cfg.IdentityAddr != "" {
+		if p.mtls, err = newMeshTLS(cfg, log, p.registry); err != nil {
+			return nil, err
+		}
+	}
 	p.tap = taphub.New(taphub.Options{Identity: taphub.Identity{Namespace: cfg.Namespace, Deployment: cfg.Deployment, Pod: cfg.Pod}})
 
 	defer func() {
@@ -101,8 +108,8 @@ func newProxy(cfg Config, log *slog.Logger, level *slog.LevelVar) (_ *proxy, err
 	if p.adminLn, err = listen("--admin-listen", cfg.AdminListen); err != nil {
 		return nil, err
 	}
-	inDialer := &dialer{direction: Inbound, net: net.Dialer{Timeout: dialTimeout}, metrics: p.metrics, own: &p.own}
-	outDialer := &dialer{direction: Outbound, net: net.Dialer{Timeout: dialTimeout}, metrics: p.metrics, own: &p.own}
+	inDialer := &dialer{direction: Inbound, net: net.Dialer{Timeout: dialTimeout}, metrics: p.metrics, own: &p.own, mtls: p.mtls, loopback: true}
+	outDialer := &dialer{direction: Outbound, net: net.Dialer{Timeout: dialTimeout}, metrics: p.metrics, own: &p.own, mtls: p.mtls}
 	inH1, inH2 := newTransports(inDialer.dial)
 	outH1, outH2 := newTransports(outDialer.dial)
 	p.upstreams = []idleCloser{inH1, inH2, outH1, outH2}
@@ -174,7 +181,8 @@ func (p *proxy) addListener(name, addr string, hp *httpProxy, tcpTarget, srcTarg
 		// No ReadTimeout or WriteTimeout: a proxied stream (long poll, server-sent events, a gRPC stream)
 		// may rightly last as long as its client and server want.
 		ErrorLog: slog.NewLogLogger(hp.log.Handler(), slog.LevelDebug),
-		// The requests of a redirected connection go where the connection was going.
+		// The requests of a redirected connection go where the connection was going, and carry how their
+		// connection is secured.
 		ConnContext: l.conns.connContext,
 	}
 	p.listeners = append(p.listeners, l)
@@ -341,6 +349,9 @@ func (p *proxy) Serve(ctx context.Context) error {
 			}
 		})
 	}
+	if p.mtls != nil {
+		wg.Go(func() { p.mtls.id.Run(ctx) })
+	}
 	adminDone := make(chan error, 1)
 	go func() { adminDone <- p.admin.Serve(p.adminLn) }()
 	for _, l := range p.listeners {
@@ -447,25 +458,43 @@ func (p *proxy) serveConn(ctx context.Context, l *listener, c net.Conn) {
 			opaque = opaque || p.opaquePort(orig)
 		}
 	}
-	src := newCountingConn(c, p.metrics.TCP(metrics.TCPKey{Direction: l.hp.direction, Peer: "src", TargetAddr: srcTarget}))
-	src.release = l.release
-	if opaque {
-		p.metrics.Detected(l.hp.direction, l.srcTarget, detect.Opaque.String(), reasonOpaquePort)
-		p.proxyTCP(ctx, l, src, target)
-		return
-	}
-	proto, reason, conn, err := detect.Peek(src, p.cfg.DetectTimeout, p.cfg.HeaderTimeout)
-	if err != nil {
-		p.log.Debug("connection failed during protocol detection", "listener", l.name, "peer", c.RemoteAddr().String(), "err", err)
-		src.Close()
-		return
+	var src *countingConn
+	var proto detect.Protocol
+	var reason detect.Reason
+	var conn net.Conn
+	if p.mtls != nil && l.hp.direction == Inbound {
+		// Mutual TLS first, then the protocol inside it.
+		if src, proto, reason, conn = p.mtls.accept(p, c, srcTarget, opaque); src == nil {
+			l.release()
+			return
+		}
+		src.release = l.release
+	} else {
+		t := metrics.TLS{NoTLSReason: metrics.NoTLSDisabled}
+		if p.mtls != nil {
+			t.NoTLSReason = metrics.NoTLSLoopback // the app's own calls to its proxy
+		}
+		src = newCountingConn(c, p.metrics.TCP(metrics.TCPKey{Direction: l.hp.direction, Peer: "src", TargetAddr: srcTarget, TLS: t}))
+		src.tls = t
+		src.release = l.release
+		if opaque {
+			p.metrics.Detected(l.hp.direction, l.srcTarget, detect.Opaque.String(), reasonOpaquePort)
+			p.proxyTCP(ctx, l, src, target)
+			return
+		}
+		var err error
+		if proto, reason, conn, err = detect.Peek(src, p.cfg.DetectTimeout, p.cfg.HeaderTimeout); err != nil {
+			p.log.Debug("connection failed during protocol detection", "listener", l.name, "peer", c.RemoteAddr().String(), "err", err)
+			src.Close()
+			return
+		}
 	}
 	// The listener's own target labels the count, not a redirected connection's original destination:
 	// those are as many as the addresses the app calls.
 	p.metrics.Detected(l.hp.direction, l.srcTarget, proto.String(), string(reason))
 	p.log.Debug("connection accepted", "listener", l.name, "peer", c.RemoteAddr().String(), "target", target, "protocol", proto.String(), "reason", reason)
 	switch proto {
-	case detect.Opaque:
+	case detect.Opaque, detect.TLS: // TLS that is not the mesh's: the app's own, passed through
 		p.proxyTCP(ctx, l, conn, target)
 	case detect.Malformed:
 		p.refuse(l, conn, srcTarget, reason)
@@ -551,6 +580,7 @@ func (l *connListener) push(c net.Conn, orig string) {
 // connContext is the server's ConnContext: a redirected connection's requests carry its original
 // destination.
 func (l *connListener) connContext(ctx context.Context, c net.Conn) context.Context {
+	ctx = connContext(ctx, c)
 	if orig, ok := l.origs.LoadAndDelete(c); ok {
 		return withOriginalDst(ctx, orig.(string))
 	}

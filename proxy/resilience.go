@@ -374,7 +374,7 @@ func (p *httpProxy) retryOn(ex *Exchange, rt *routes.Route, policy *routes.Retry
 
 // moveTo sends the request's next try to ep.
 func (p *httpProxy) moveTo(ex *Exchange, out *http.Request, ep *balance.Endpoint) *balance.Endpoint {
-	ex.Destination, ex.DstLabels = ep.Addr, ep.DstLabels
+	ex.Destination, ex.DstLabels, ex.TLS = ep.Addr, ep.DstLabels, p.dialer.tlsTo(ep.Hints.Identity)
 	out.URL.Host = ep.Addr
 	if rb, ok := out.Body.(*replayReader); ok {
 		out.Body = rb.b.attempt()

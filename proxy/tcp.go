@@ -23,6 +23,8 @@ type countingConn struct {
 	closed atomic.Bool
 	// release, when set, is called once when the connection closes (the listener's connection count).
 	release func()
+	// tls is how the connection is secured, for the requests that come in on it (connContext).
+	tls metrics.TLS
 
 	mu  sync.Mutex
 	err error // the first error that made the connection fail
@@ -104,39 +106,70 @@ type dialer struct {
 	metrics   *metrics.Metrics
 	// own records the connections dialled, so that one redirected back to the proxy is refused.
 	own *ownConns
-	// labels holds the dst_* labels last seen for each endpoint address, for the connections the HTTP
-	// transports open (they dial by address alone).
-	labels sync.Map // string -> metrics.Dst
+	// mtls originates mutual TLS to endpoints with an identity (outbound); nil when identity is off.
+	mtls *meshTLS
+	// loopback labels every connection NoTLSLoopback: the inbound dialer's, to the local app.
+	loopback bool
+	// peers holds the dst_* labels and identity last seen for each endpoint address, for the connections
+	// the HTTP transports open (they dial by address alone).
+	peers sync.Map // string -> peerInfo
+}
+
+// peerInfo is what the dialer knows of an endpoint address.
+type peerInfo struct {
+	dst      metrics.Dst
+	identity string // the identity it must prove; empty when it is not meshed
 }
 
 // dial is the transports' DialContext.
 func (d *dialer) dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	var dst metrics.Dst
-	if v, ok := d.labels.Load(addr); ok {
-		dst = v.(metrics.Dst)
+	var peer peerInfo
+	if v, ok := d.peers.Load(addr); ok {
+		peer = v.(peerInfo)
 	}
-	return d.dialWith(ctx, network, addr, dst)
+	return d.dialWith(ctx, network, addr, peer)
 }
 
-func (d *dialer) dialWith(ctx context.Context, network, addr string, dst metrics.Dst) (net.Conn, error) {
+func (d *dialer) dialWith(ctx context.Context, network, addr string, peer peerInfo) (net.Conn, error) {
 	c, err := d.net.DialContext(ctx, network, addr)
 	if err != nil {
 		return nil, err
 	}
-	cc := newCountingConn(c, d.metrics.TCP(metrics.TCPKey{Direction: d.direction, Peer: "dst", TargetAddr: addr, Dst: dst}))
+	// Recorded before any byte is sent (the TLS handshake included): a connection redirected back to this
+	// proxy is refused from its first byte.
+	var release func()
 	if la, ok := c.LocalAddr().(*net.TCPAddr); ok && d.own != nil {
-		cc.release = d.own.add(la.AddrPort())
+		release = d.own.add(la.AddrPort())
 	}
+	t := d.tlsTo(peer.identity)
+	if t.PeerID != "" {
+		if c, err = d.mtls.dialTLS(ctx, c, t.PeerID); err != nil {
+			if release != nil {
+				release()
+			}
+			return nil, err
+		}
+	}
+	cc := newCountingConn(c, d.metrics.TCP(metrics.TCPKey{Direction: d.direction, Peer: "dst", TargetAddr: addr, TLS: t, Dst: peer.dst}))
+	cc.tls, cc.release = t, release
 	return cc, nil
 }
 
-// noteEndpoint remembers an endpoint's labels for the connections the transports will dial to it.
+// tlsTo is how a connection to a peer that must prove identity (empty: none) is secured.
+func (d *dialer) tlsTo(identity string) metrics.TLS {
+	if d.loopback && d.mtls != nil {
+		return metrics.TLS{NoTLSReason: metrics.NoTLSLoopback}
+	}
+	return d.mtls.outboundTLS(identity)
+}
+
+// noteEndpoint remembers an endpoint's labels and identity for the connections the transports will dial to it.
 func (d *dialer) noteEndpoint(ep *balance.Endpoint) {
-	dst := dstOf(ep.DstLabels)
-	if v, ok := d.labels.Load(ep.Addr); ok && v.(metrics.Dst) == dst {
+	peer := peerInfo{dst: dstOf(ep.DstLabels), identity: ep.Hints.Identity}
+	if v, ok := d.peers.Load(ep.Addr); ok && v.(peerInfo) == peer {
 		return
 	}
-	d.labels.Store(ep.Addr, dst)
+	d.peers.Store(ep.Addr, peer)
 }
 
 // maxReroutes bounds how many unreachable endpoints one request (HTTP) or
@@ -166,7 +199,7 @@ func (p *proxy) proxyTCP(ctx context.Context, l *listener, client net.Conn, targ
 	var server net.Conn
 	var tried []*balance.Endpoint
 	for {
-		addr, dst := target, metrics.Dst{}
+		addr, peer := target, peerInfo{}
 		var ep *balance.Endpoint
 		if dest != nil {
 			var err error
@@ -174,14 +207,14 @@ func (p *proxy) proxyTCP(ctx context.Context, l *listener, client net.Conn, targ
 				log.Warn("opaque connection dropped", "target", target, "err", err)
 				return
 			}
-			addr, dst = ep.Addr, dstOf(ep.DstLabels)
+			addr, peer = ep.Addr, peerInfo{dst: dstOf(ep.DstLabels), identity: ep.Hints.Identity}
 		}
 		var done func(error)
 		if ep != nil {
 			done = ep.Begin()
 		}
 		var err error
-		server, err = l.hp.dialer.dialWith(dctx, "tcp", addr, dst)
+		server, err = l.hp.dialer.dialWith(dctx, "tcp", addr, peer)
 		if done != nil {
 			done(err)
 		}

@@ -123,7 +123,7 @@ func AppendJSON(b []byte, ev *Event) ([]byte, error) {
 
 // appendEndpoint appends key and the endpoint, or nothing for a zero endpoint.
 func appendEndpoint(b []byte, key string, ep Endpoint) []byte {
-	if ep.Addr == "" && ep.Labels == nil {
+	if ep.Addr == "" && ep.Labels == nil && ep.Identity == "" {
 		return b
 	}
 	b = append(b, key...)
@@ -141,6 +141,10 @@ func appendEndpoint(b []byte, key string, ep Endpoint) []byte {
 			b = appendString(b, ep.Labels[k])
 		}
 		b = append(b, '}')
+	}
+	if ep.Identity != "" {
+		b = append(b, `,"identity":`...)
+		b = appendString(b, ep.Identity)
 	}
 	return append(b, '}')
 }

@@ -19,15 +19,17 @@ var ts = time.Date(2026, 11, 22, 18, 4, 5, 123456789, time.UTC)
 var sampleEvents = map[string]Event{
 	"request": {
 		V: Version, Type: TypeRequest, ID: 7, TS: ts, Direction: DirectionOutbound,
-		Source:      Endpoint{Addr: "127.0.0.1:50312", Labels: map[string]string{"namespace": "shop", "deployment": "web", "pod": "web-0"}},
-		Destination: Endpoint{Addr: "127.0.0.1:14143", Labels: map[string]string{"namespace": "shop", "deployment": "voting"}},
-		Method:      "GET", Authority: "voting.shop:8080", Path: "/api/vote?choice=🍩",
+		Source: Endpoint{Addr: "127.0.0.1:50312", Labels: map[string]string{"namespace": "shop", "deployment": "web", "pod": "web-0"}},
+		Destination: Endpoint{Addr: "127.0.0.1:14143", Labels: map[string]string{"namespace": "shop", "deployment": "voting"},
+			Identity: "voting.shop.serviceaccount.identity.meshscope.cluster.local"},
+		Method: "GET", Authority: "voting.shop:8080", Path: "/api/vote?choice=🍩",
 		Headers: map[string][]string{"accept": {"*/*"}, "authorization": {RedactedValue}, "x-two": {"a", "b"}},
 	},
 	"response": {
 		V: Version, Type: TypeResponse, ID: 7, TS: ts, Direction: DirectionInbound,
-		Source: Endpoint{Addr: "10.0.0.1:4000"}, Destination: Endpoint{Addr: "127.0.0.1:8080"},
-		Status: 503, LatencyMS: 1.234,
+		Source:      Endpoint{Identity: "web.shop.serviceaccount.identity.meshscope.cluster.local"},
+		Destination: Endpoint{Addr: "127.0.0.1:8080"},
+		Status:      503, LatencyMS: 1.234,
 	},
 	"end of grpc request with OK status": {
 		V: Version, Type: TypeEnd, ID: 7, TS: ts, Direction: DirectionInbound,
@@ -89,7 +91,8 @@ func TestAppendJSONWritesTheDocumentedWireFormat(t *testing.T) {
 	}
 	want := `{"v":1,"type":"request","id":7,"ts":"2026-11-22T18:04:05.123456789Z","direction":"outbound",` +
 		`"source":{"addr":"127.0.0.1:50312","labels":{"deployment":"web","namespace":"shop","pod":"web-0"}},` +
-		`"destination":{"addr":"127.0.0.1:14143","labels":{"deployment":"voting","namespace":"shop"}},` +
+		`"destination":{"addr":"127.0.0.1:14143","labels":{"deployment":"voting","namespace":"shop"},` +
+		`"identity":"voting.shop.serviceaccount.identity.meshscope.cluster.local"},` +
 		`"method":"GET","authority":"voting.shop:8080","path":"/api/vote?choice=🍩",` +
 		`"headers":{"accept":["*/*"],"authorization":["REDACTED"],"x-two":["a","b"]}}`
 	if string(got) != want {

@@ -59,6 +59,9 @@ const (
 	LabelNamespace  = "namespace"
 	LabelDeployment = "deployment"
 	LabelPod        = "pod"
+	// LabelServiceAccount is the ServiceAccount an inbound source's identity
+	// names (with its namespace), when it came over mutual TLS.
+	LabelServiceAccount = "serviceaccount"
 )
 
 // RedactedValue replaces the value of every sensitive header (see
@@ -75,6 +78,10 @@ type Endpoint struct {
 	// Labels is nil when the workload is unknown. Publishers share these
 	// maps between events: treat them as read-only.
 	Labels map[string]string `json:"labels,omitempty"`
+	// Identity is the endpoint's identity proven over mutual TLS (e.g.
+	// web.shop.serviceaccount.identity.meshscope.cluster.local); empty when
+	// the request did not travel over mutual TLS.
+	Identity string `json:"identity,omitempty"`
 }
 
 // Event is one line of a tap stream. Which fields are set depends on Type;

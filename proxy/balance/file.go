@@ -16,6 +16,7 @@ import (
 type serviceSpec struct {
 	authority string // normalized, see NormalizeAuthority
 	labels    map[string]string
+	identity  string // the endpoints' identity, unless an endpoint names its own
 	endpoints []EndpointSpec
 	policy    routes.Policy   // from its annotations
 	routes    []*routes.Route // its routes: list, validated
@@ -26,9 +27,11 @@ type serviceSpec struct {
 //	services:
 //	  - authority: voting.shop:8080
 //	    labels: {namespace: shop, deployment: voting}
+//	    identity: voting.shop.serviceaccount.identity.meshscope.cluster.local   # meshed: mutual TLS
 //	    endpoints:
 //	      - addr: 127.0.0.1:14143
 //	        labels: {pod: voting-7d9f-0}
+//	        identity: ...                     # optional, overrides the service's
 //
 // A service may also carry annotations (retry.meshscope.io/..., timeout.meshscope.io/...,
 // balancer.meshscope.io/failure-accrual..., as a Kubernetes Service would) and a routes: list (see
@@ -148,7 +151,7 @@ func knownAuthorities(list *yaml.Node) map[string]bool {
 
 func (p parser) service(n *yaml.Node, i int, known map[string]bool) (serviceSpec, error) {
 	where := fmt.Sprintf("services[%d]", i)
-	f, err := p.fields(n, where, "authority", "labels", "annotations", "endpoints", "routes")
+	f, err := p.fields(n, where, "authority", "labels", "identity", "annotations", "endpoints", "routes")
 	if err != nil {
 		return serviceSpec{}, err
 	}
@@ -169,6 +172,9 @@ func (p parser) service(n *yaml.Node, i int, known map[string]bool) (serviceSpec
 		if s.labels, err = p.labels(ln, where); err != nil {
 			return serviceSpec{}, err
 		}
+	}
+	if s.identity, err = p.identity(f["identity"], where); err != nil {
+		return serviceSpec{}, err
 	}
 	if an, ok := f["annotations"]; ok {
 		// Annotation names have dots and slashes: read them as plain strings, not label names.
@@ -216,7 +222,7 @@ func (p parser) service(n *yaml.Node, i int, known map[string]bool) (serviceSpec
 	seen := make(map[string]int, len(en.Content))
 	for j, epn := range en.Content {
 		ewhere := fmt.Sprintf("%s: endpoints[%d]", where, j)
-		ef, err := p.fields(epn, ewhere, "addr", "labels")
+		ef, err := p.fields(epn, ewhere, "addr", "labels", "identity")
 		if err != nil {
 			return serviceSpec{}, err
 		}
@@ -240,6 +246,13 @@ func (p parser) service(n *yaml.Node, i int, known map[string]bool) (serviceSpec
 				return serviceSpec{}, err
 			}
 		}
+		if e.Hints.Identity, err = p.identity(ef["identity"], ewhere); err != nil {
+			return serviceSpec{}, err
+		}
+		if e.Hints.Identity == "" {
+			e.Hints.Identity = s.identity
+		}
+		e.Hints.Meshed = e.Hints.Identity != ""
 		s.endpoints = append(s.endpoints, e)
 	}
 	return s, nil
@@ -267,6 +280,36 @@ func (p parser) labels(n *yaml.Node, where string) (map[string]string, error) {
 		out[k.Value] = v.Value
 	}
 	return out, nil
+}
+
+// identity reads an identity: field, a DNS name (the peer certificate's only DNS name); nil or empty
+// reads as none.
+func (p parser) identity(n *yaml.Node, where string) (string, error) {
+	if n == nil || isNull(n) {
+		return "", nil
+	}
+	if n.Kind != yaml.ScalarNode || !validIdentity(n.Value) {
+		return "", p.errorf(n, where, "bad identity %s: want a DNS name such as web.shop.serviceaccount.identity.meshscope.cluster.local", kindName(n))
+	}
+	return n.Value, nil
+}
+
+// validIdentity reports whether s is a lower-case DNS name, as identities are.
+func validIdentity(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			if c := label[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func isNull(n *yaml.Node) bool {

@@ -39,11 +39,11 @@ func TestLoadRejectsBadFilesWithOneLineNamingTheEntry(t *testing.T) {
 		{"duplicate authority after normalising case", "services:\n  - authority: web.shop:80\n  - authority: WEB.shop:80\n",
 			`3: services[1] web.shop:80: duplicate authority (also services[0])`},
 		{"unknown service field", "services:\n  - authority: web.shop:80\n    endpoint: []\n",
-			`3: services[0]: unknown field "endpoint" (want authority, labels, annotations, endpoints, routes)`},
+			`3: services[0]: unknown field "endpoint" (want authority, labels, identity, annotations, endpoints, routes)`},
 		{"field given twice", "services:\n  - authority: a:80\n    authority: b:80\n",
 			`3: services[0]: field "authority" given twice`},
 		{"unknown endpoint field", "services:\n  - authority: web.shop:80\n    endpoints:\n      - adr: 127.0.0.1:1\n",
-			`4: services[0] web.shop:80: endpoints[0]: unknown field "adr" (want addr, labels)`},
+			`4: services[0] web.shop:80: endpoints[0]: unknown field "adr" (want addr, labels, identity)`},
 		{"endpoint without addr", "services:\n  - authority: web.shop:80\n    endpoints:\n      - labels: {pod: a}\n",
 			`4: services[0] web.shop:80: endpoints[0]: missing addr`},
 		{"bad addr", "services:\n  - authority: web.shop:80\n    endpoints:\n      - addr: 127.0.0.1\n",
@@ -59,7 +59,9 @@ func TestLoadRejectsBadFilesWithOneLineNamingTheEntry(t *testing.T) {
 		{"label value that is a list", "services:\n  - authority: web.shop:80\n    labels: {namespace: [a]}\n",
 			`3: services[0] web.shop:80: label "namespace": want a plain value, got a list`},
 		{"service that is a string", "services:\n  - web.shop:80\n",
-			`2: services[0]: want a mapping with authority, labels, annotations, endpoints, routes, got "web.shop:80"`},
+			`2: services[0]: want a mapping with authority, labels, identity, annotations, endpoints, routes, got "web.shop:80"`},
+		{"identity that is no DNS name", "services:\n  - authority: web.shop:80\n    identity: Web_Shop\n",
+			`3: services[0] web.shop:80: bad identity "Web_Shop": want a DNS name such as web.shop.serviceaccount.identity.meshscope.cluster.local`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -160,6 +162,41 @@ func TestLookupMatchesAuthorities(t *testing.T) {
 	var none *balance.Resolver
 	if d := none.Lookup("web.shop"); d != nil {
 		t.Errorf("nil resolver found %v", d)
+	}
+}
+
+func TestEndpointIdentityDefaultsToTheService(t *testing.T) {
+	r, err := balance.Load(writeFile(t, t.TempDir(), `services:
+  - authority: voting.shop:8080
+    identity: voting.shop.serviceaccount.identity.meshscope.cluster.local
+    endpoints:
+      - addr: 127.0.0.1:14143
+      - addr: 127.0.0.1:14144
+        identity: canary.shop.serviceaccount.identity.meshscope.cluster.local
+  - authority: legacy.shop:80
+    endpoints:
+      - addr: 127.0.0.1:14145
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"127.0.0.1:14143": "voting.shop.serviceaccount.identity.meshscope.cluster.local",
+		"127.0.0.1:14144": "canary.shop.serviceaccount.identity.meshscope.cluster.local",
+		"127.0.0.1:14145": "", // not meshed: plain text
+	}
+	for _, authority := range []string{"voting.shop:8080", "legacy.shop:80"} {
+		var tried []*balance.Endpoint
+		for {
+			ep, err := r.Lookup(authority).Pick(tried...)
+			if err != nil {
+				break
+			}
+			tried = append(tried, ep)
+			if ep.Hints.Identity != want[ep.Addr] {
+				t.Errorf("%s: identity %q, want %q", ep.Addr, ep.Hints.Identity, want[ep.Addr])
+			}
+		}
 	}
 }
 

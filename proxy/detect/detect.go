@@ -1,8 +1,8 @@
 // Package detect tells which protocol a freshly accepted connection speaks by peeking at its first bytes:
-// the HTTP/2 prior-knowledge preface, an HTTP/1.x request line, something that starts as an HTTP request
-// but is not a valid one (Malformed: the proxy refuses it rather than pass it on unobserved), or anything
-// else (opaque TCP). The peeked bytes are never lost: Peek returns a connection that replays them before
-// reading on.
+// the HTTP/2 prior-knowledge preface, an HTTP/1.x request line, a TLS ClientHello, something that starts as
+// an HTTP request but is not a valid one (Malformed: the proxy refuses it rather than pass it on
+// unobserved), or anything else (opaque TCP). The peeked bytes are never lost: Peek returns a connection
+// that replays them before reading on.
 package detect
 
 import (
@@ -32,6 +32,8 @@ const (
 	// TCP, an app lenient enough to answer it would be talking HTTP that no metric or tap sees: it is
 	// refused instead.
 	Malformed
+	// TLS is a TLS handshake record (RFC 8446 section 5.1): a ClientHello, which ServerName reads.
+	TLS
 )
 
 func (p Protocol) String() string {
@@ -44,6 +46,8 @@ func (p Protocol) String() string {
 		return "opaque"
 	case Malformed:
 		return "malformed"
+	case TLS:
+		return "tls"
 	}
 	return "unknown"
 }
@@ -66,10 +70,33 @@ func Classify(b []byte) Protocol {
 		}
 		return Unknown
 	}
+	if len(b) > 0 && b[0] == recordTypeHandshake {
+		return classifyTLS(b)
+	}
 	if p := classifyRequestLine(b); p != Opaque {
 		return p
 	}
 	return classifyHTTPLike(b)
+}
+
+// recordTypeHandshake begins a TLS handshake record; it is not an HTTP token character nor a space, so
+// no request line, valid or not, begins with it.
+const recordTypeHandshake = 0x16
+
+// classifyTLS recognises a handshake record's header: type 22, then a legacy record version 3.x (3.1 in
+// every ClientHello that RFC 8446 section 5.1 describes; 3.0 to 3.4 accepted).
+func classifyTLS(b []byte) Protocol {
+	switch {
+	case len(b) < 2:
+		return Unknown
+	case b[1] != 3:
+		return Opaque
+	case len(b) < 3:
+		return Unknown
+	case b[2] > 4:
+		return Opaque
+	}
+	return TLS
 }
 
 // methods are the request methods of RFC 9110 section 9 and PATCH (RFC 5789): a connection that begins with
@@ -213,6 +240,9 @@ const (
 	// RequestLineTimeout: bytes that may yet be an HTTP request did not end their first line within the
 	// head timeout (Malformed).
 	RequestLineTimeout Reason = "request-line-timeout"
+	// TLSHandshake: the client started TLS: the mesh's mutual TLS when it names the proxy's identity (then
+	// the protocol inside is detected), else the app's own, passed through.
+	TLSHandshake Reason = "tls"
 )
 
 // Peek reads from c until Classify decides. A client silent for silence is Opaque (a server-speaks-first
@@ -241,6 +271,8 @@ func Peek(c net.Conn, silence, head time.Duration) (Protocol, Reason, net.Conn, 
 			return p, NotHTTP, Replay(c, buf), nil
 		case Malformed:
 			return p, BadRequest, Replay(c, buf), nil
+		case TLS:
+			return p, TLSHandshake, Replay(c, buf), nil
 		default:
 			return p, "", Replay(c, buf), nil
 		}

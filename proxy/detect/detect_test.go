@@ -2,6 +2,7 @@ package detect
 
 import (
 	"bytes"
+	"crypto/tls"
 	"io"
 	"net"
 	"strings"
@@ -45,7 +46,10 @@ func TestClassify(t *testing.T) {
 		{"overlong unknown-method line is malformed", "FOO /" + strings.Repeat("a", MaxPeek), Malformed},
 		{"PRI that diverges from preface is malformed", "PRI * HTTP/2.1\r\n", Malformed},
 		{"mysql-like binary is opaque", "\x4a\x00\x00\x00\x0a8.0", Opaque},
-		{"tls client hello is opaque", "\x16\x03\x01\x02\x00", Opaque},
+		{"tls client hello is tls", "\x16\x03\x01\x02\x00", TLS},
+		{"tls record header needs three bytes", "\x16\x03", Unknown},
+		{"handshake type with another major version is opaque", "\x16\x02\x01", Opaque},
+		{"handshake type with an unknown minor version is opaque", "\x16\x03\x09", Opaque},
 		{"redis protocol is opaque", "*1\r\n$4\r\nPING\r\n", Opaque},
 		{"memcached text is opaque", "set k 0 0 5\r\nhello\r\n", Opaque},
 		{"smtp-like line is opaque", "EHLO example.com\r\n", Opaque},
@@ -156,3 +160,80 @@ func tcpPair(t *testing.T) (client, server net.Conn) {
 	t.Cleanup(func() { client.Close(); server.Close() })
 	return client, server
 }
+
+// helloBytes returns the first bytes a crypto/tls client sends to ask for name.
+func helloBytes(t testing.TB, name string) []byte {
+	client, server := net.Pipe()
+	defer server.Close()
+	go func() {
+		tls.Client(client, &tls.Config{ServerName: name, InsecureSkipVerify: true}).Handshake()
+		client.Close()
+	}()
+	server.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, MaxClientHello)
+	n, _ := server.Read(buf)
+	return buf[:n]
+}
+
+func TestServerName(t *testing.T) {
+	hello := helloBytes(t, "web.shop.serviceaccount.identity.meshscope.cluster.local")
+	if Classify(hello) != TLS {
+		t.Fatalf("a ClientHello classifies as %v", Classify(hello))
+	}
+	for _, tc := range []struct {
+		name     string
+		in       []byte
+		wantName string
+		wantOK   bool
+	}{
+		{"a ClientHello's name", hello, "web.shop.serviceaccount.identity.meshscope.cluster.local", true},
+		{"a ClientHello without a name", helloBytes(t, ""), "", true},
+		{"a record that is not a ClientHello", []byte("\x16\x03\x01\x00\x05hello"), "", false},
+		{"a truncated ClientHello", hello[:len(hello)/2], "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			client, server := net.Pipe()
+			go func() {
+				client.Write(tc.in)
+				client.Close()
+			}()
+			name, read, ok := ServerName(server, 5*time.Second)
+			if name != tc.wantName || ok != tc.wantOK {
+				t.Errorf("got %q, %v; want %q, %v", name, ok, tc.wantName, tc.wantOK)
+			}
+			if !bytes.HasPrefix(tc.in, read) {
+				t.Errorf("read %d bytes that are not the input's", len(read))
+			}
+			if tc.wantOK && !bytes.Equal(read, tc.in) {
+				t.Errorf("read %d of the %d bytes of the hello: the rest would be lost", len(read), len(tc.in))
+			}
+		})
+	}
+}
+
+// FuzzServerName feeds arbitrary first bytes to the inbound TLS detection: it never panics, never reads
+// past MaxClientHello, returns only bytes the client sent (so a replay loses none), and a name only for
+// input that classifies as TLS.
+func FuzzServerName(f *testing.F) {
+	f.Add(helloBytes(f, "web.shop.serviceaccount.identity.meshscope.cluster.local"))
+	f.Add([]byte("\x16\x03\x01\x00\x05hello"))
+	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		_, read, ok := ServerName(&bytesConn{r: bytes.NewReader(in)}, time.Second)
+		if len(read) > MaxClientHello || !bytes.HasPrefix(in, read) {
+			t.Fatalf("read %d bytes, not a prefix of the %d sent", len(read), len(in))
+		}
+		if ok && Classify(in) != TLS {
+			t.Fatalf("a name read from input that classifies as %v", Classify(in))
+		}
+	})
+}
+
+// bytesConn is a client that sent its bytes and closed: reads yield them, then io.EOF.
+type bytesConn struct {
+	net.Conn
+	r *bytes.Reader
+}
+
+func (c *bytesConn) Read(p []byte) (int, error)      { return c.r.Read(p) }
+func (c *bytesConn) SetReadDeadline(time.Time) error { return nil }

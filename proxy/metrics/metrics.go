@@ -31,8 +31,45 @@ const MaxSeries = 2000
 // OverflowAuthority replaces authorities (and target addresses) past MaxSeries.
 const OverflowAuthority = "overflow"
 
-// TLS is the value of the tls label: the first slice has no mutual TLS yet.
-const TLS = "false"
+// TLS is how the connection a series counts was secured: the labels tls, client_id (inbound), server_id
+// (outbound) and no_tls_reason, as linkerd2-proxy labels them. Mutual TLS reads tls="true" with the
+// peer's identity; anything else tls="no_identity" with the reason.
+type TLS struct {
+	// PeerID is the peer's verified identity over mutual TLS; empty when the connection is not.
+	PeerID string
+	// NoTLSReason says why the connection is not mutual TLS (the NoTLS constants); empty means
+	// NoTLSDisabled.
+	NoTLSReason string
+}
+
+// Reasons a connection is not mutual TLS, the values of no_tls_reason.
+const (
+	// NoTLSDisabled: identity is off on this proxy.
+	NoTLSDisabled = "disabled"
+	// NoTLSFromRemote: an inbound client did not start TLS (an unmeshed client).
+	NoTLSFromRemote = "no_tls_from_remote"
+	// NoTLSNotProvided: discovery gave the destination no identity (an unmeshed endpoint).
+	NoTLSNotProvided = "not_provided_by_service_discovery"
+	// NoTLSLoopback: the app's own connections to and from its proxy, which never leave the pod.
+	NoTLSLoopback = "loopback"
+	// NoTLSNoLocalIdentity: this proxy has no valid certificate (yet, or any more) to offer.
+	NoTLSNoLocalIdentity = "no_local_identity"
+)
+
+// labels returns the values of tls, client_id, server_id and no_tls_reason.
+func (t TLS) labels(direction string) (tls, clientID, serverID, reason string) {
+	switch {
+	case t.PeerID == "":
+		reason = t.NoTLSReason
+		if reason == "" {
+			reason = NoTLSDisabled
+		}
+		return "no_identity", "", "", reason
+	case direction == "inbound":
+		return "true", t.PeerID, "", ""
+	}
+	return "true", "", t.PeerID, ""
+}
 
 // Dst is a destination's labels, the dst_* labels of outbound metrics. Zero for inbound metrics and for
 // authorities that are not in the destinations file.
@@ -41,9 +78,9 @@ type Dst struct {
 }
 
 var (
-	baseLabels  = []string{"direction", "authority", "target_addr", "tls", "dst_namespace", "dst_deployment", "dst_pod"}
+	baseLabels  = []string{"direction", "authority", "target_addr", "tls", "client_id", "server_id", "no_tls_reason", "dst_namespace", "dst_deployment", "dst_pod"}
 	respLabels  = append(append([]string(nil), baseLabels...), "status_code", "classification", "grpc_status", "error")
-	tcpLabels   = []string{"direction", "peer", "target_addr", "tls", "dst_namespace", "dst_deployment", "dst_pod"}
+	tcpLabels   = []string{"direction", "peer", "target_addr", "tls", "client_id", "server_id", "no_tls_reason", "dst_namespace", "dst_deployment", "dst_pod"}
 	closeLabels = append(append([]string(nil), tcpLabels...), "classification", "errno")
 )
 
@@ -175,6 +212,7 @@ type HTTPKey struct {
 	Direction  string // inbound or outbound
 	Authority  string // the request's authority, as routed
 	TargetAddr string // the address the request was sent to
+	TLS        TLS    // the connection the request came in on (inbound) or went out on (outbound)
 	Dst        Dst
 }
 
@@ -194,7 +232,8 @@ func (m *Metrics) HTTP(k HTTPKey) *HTTPSeries {
 }
 
 func (m *Metrics) bindHTTP(k HTTPKey) *HTTPSeries {
-	labels := []string{k.Direction, k.Authority, k.TargetAddr, TLS, k.Dst.Namespace, k.Dst.Deployment, k.Dst.Pod}
+	tls, client, server, reason := k.TLS.labels(k.Direction)
+	labels := []string{k.Direction, k.Authority, k.TargetAddr, tls, client, server, reason, k.Dst.Namespace, k.Dst.Deployment, k.Dst.Pod}
 	return &HTTPSeries{
 		Requests:  m.requests.WithLabelValues(labels...),
 		Latency:   m.latency.WithLabelValues(labels...),
@@ -255,6 +294,7 @@ type TCPKey struct {
 	Direction  string // inbound or outbound
 	Peer       string // src: the accepted connection; dst: the connection the proxy opened
 	TargetAddr string
+	TLS        TLS
 	Dst        Dst
 }
 
@@ -277,7 +317,8 @@ func (m *Metrics) TCP(k TCPKey) *TCPSeries {
 }
 
 func (m *Metrics) bindTCP(k TCPKey) *TCPSeries {
-	labels := []string{k.Direction, k.Peer, k.TargetAddr, TLS, k.Dst.Namespace, k.Dst.Deployment, k.Dst.Pod}
+	tls, client, server, reason := k.TLS.labels(k.Direction)
+	labels := []string{k.Direction, k.Peer, k.TargetAddr, tls, client, server, reason, k.Dst.Namespace, k.Dst.Deployment, k.Dst.Pod}
 	return &TCPSeries{
 		Open:     m.tcpOpen.WithLabelValues(labels...),
 		OpenNow:  m.tcpOpenNow.WithLabelValues(labels...),

@@ -28,12 +28,14 @@ var designLatencyBuckets = []float64{1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200
 	1000, 2000, 3000, 4000, 5000, 10000, 20000, 30000, 40000, 50000}
 
 var (
-	httpLabelNames = []string{"authority", "direction", "dst_deployment", "dst_namespace", "dst_pod", "target_addr", "tls"}
-	respLabelNames = []string{"authority", "classification", "direction", "dst_deployment", "dst_namespace", "dst_pod",
-		"error", "grpc_status", "status_code", "target_addr", "tls"}
-	tcpLabelNames   = []string{"direction", "dst_deployment", "dst_namespace", "dst_pod", "peer", "target_addr", "tls"}
-	closeLabelNames = []string{"classification", "direction", "dst_deployment", "dst_namespace", "dst_pod", "errno",
-		"peer", "target_addr", "tls"}
+	httpLabelNames = []string{"authority", "client_id", "direction", "dst_deployment", "dst_namespace", "dst_pod",
+		"no_tls_reason", "server_id", "target_addr", "tls"}
+	respLabelNames = []string{"authority", "classification", "client_id", "direction", "dst_deployment", "dst_namespace", "dst_pod",
+		"error", "grpc_status", "no_tls_reason", "server_id", "status_code", "target_addr", "tls"}
+	tcpLabelNames = []string{"client_id", "direction", "dst_deployment", "dst_namespace", "dst_pod", "no_tls_reason",
+		"peer", "server_id", "target_addr", "tls"}
+	closeLabelNames = []string{"classification", "client_id", "direction", "dst_deployment", "dst_namespace", "dst_pod", "errno",
+		"no_tls_reason", "peer", "server_id", "target_addr", "tls"}
 )
 
 // family gathers reg and returns the family called name, failing the test when it is missing or not of
@@ -168,11 +170,11 @@ func TestHTTPSeriesNamesAndLabels(t *testing.T) {
 	in.Response(metrics.Outcome{Status: 200, GRPCStatus: 0})
 
 	outL := map[string]string{
-		"direction": "outbound", "authority": "voting.shop:8080", "target_addr": "127.0.0.1:14143", "tls": "false",
+		"direction": "outbound", "authority": "voting.shop:8080", "target_addr": "127.0.0.1:14143", "tls": "no_identity", "client_id": "", "server_id": "", "no_tls_reason": "disabled",
 		"dst_namespace": "shop", "dst_deployment": "voting", "dst_pod": "voting-7d9f-0",
 	}
 	inL := map[string]string{
-		"direction": "inbound", "authority": "web.shop:8080", "target_addr": "127.0.0.1:8080", "tls": "false",
+		"direction": "inbound", "authority": "web.shop:8080", "target_addr": "127.0.0.1:8080", "tls": "no_identity", "client_id": "", "server_id": "", "no_tls_reason": "disabled",
 		"dst_namespace": "", "dst_deployment": "", "dst_pod": "",
 	}
 
@@ -242,7 +244,7 @@ func TestResponseClassification(t *testing.T) {
 			s.Response(tc.o)
 			s.Response(tc.o)
 			base := map[string]string{
-				"direction": "inbound", "authority": "a:80", "target_addr": "127.0.0.1:8080", "tls": "false",
+				"direction": "inbound", "authority": "a:80", "target_addr": "127.0.0.1:8080", "tls": "no_identity", "client_id": "", "server_id": "", "no_tls_reason": "disabled",
 				"dst_namespace": "", "dst_deployment": "", "dst_pod": "",
 			}
 			equalSeries(t, "response_total", values(t, reg, "response_total", dto.MetricType_COUNTER, respLabelNames),
@@ -408,7 +410,7 @@ func TestTCPTargetsPastMaxSeriesCountAsOverflow(t *testing.T) {
 		t.Errorf("tcp_open_total sums to %v, want %d", got, metrics.MaxSeries+extra)
 	}
 	over := sig(map[string]string{"direction": "outbound", "peer": "dst", "target_addr": metrics.OverflowAuthority,
-		"tls": "false", "dst_namespace": "", "dst_deployment": "", "dst_pod": ""})
+		"tls": "no_identity", "client_id": "", "server_id": "", "no_tls_reason": "disabled", "dst_namespace": "", "dst_deployment": "", "dst_pod": ""})
 	if opens[over] != extra {
 		t.Errorf("tcp_open_total%s = %v, want %d", over, opens[over], extra)
 	}
@@ -434,9 +436,9 @@ func TestTCPSeriesNamesLabelsAndCounts(t *testing.T) {
 	src := m.TCP(metrics.TCPKey{Direction: "inbound", Peer: "src", TargetAddr: "0.0.0.0:4143"})
 	src.Opened()
 
-	dstL := map[string]string{"direction": "outbound", "peer": "dst", "target_addr": "127.0.0.1:14143", "tls": "false",
+	dstL := map[string]string{"direction": "outbound", "peer": "dst", "target_addr": "127.0.0.1:14143", "tls": "no_identity", "client_id": "", "server_id": "", "no_tls_reason": "disabled",
 		"dst_namespace": "shop", "dst_deployment": "voting", "dst_pod": "voting-7d9f-0"}
-	srcL := map[string]string{"direction": "inbound", "peer": "src", "target_addr": "0.0.0.0:4143", "tls": "false",
+	srcL := map[string]string{"direction": "inbound", "peer": "src", "target_addr": "0.0.0.0:4143", "tls": "no_identity", "client_id": "", "server_id": "", "no_tls_reason": "disabled",
 		"dst_namespace": "", "dst_deployment": "", "dst_pod": ""}
 
 	equalSeries(t, "tcp_open_total", values(t, reg, "tcp_open_total", dto.MetricType_COUNTER, tcpLabelNames),

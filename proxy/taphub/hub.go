@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/meshscope/meshscope/api/tap"
+	"github.com/meshscope/meshscope/proxy/identity"
 )
 
 // DefaultBuffer is how many events a subscriber's buffer holds when
@@ -235,6 +236,10 @@ type RequestInfo struct {
 	// DstLabels are the destination's labels with their dst_ prefix, as in
 	// the destinations file (outbound only; nil when unknown).
 	DstLabels map[string]string
+	// PeerIdentity is the identity the other side proved over mutual TLS:
+	// the client's inbound, the endpoint's outbound; empty without mutual
+	// TLS. LocalIdentity is this proxy's own, reported with it.
+	PeerIdentity, LocalIdentity string
 	// Start is when the request headers were read; zero means now.
 	Start time.Time
 }
@@ -288,6 +293,9 @@ func (h *Hub) Request(info *RequestInfo) *Span {
 	s := &Span{hub: h, start: start, dir: info.Direction}
 	s.sending, s.waiting = s.buf[:0:2], s.buf[2:2:4]
 	s.src, s.dst = h.endpoints(info.Direction, info.Source, info.Destination, info.DstLabels)
+	if info.PeerIdentity != "" {
+		s.identify(info.PeerIdentity, info.LocalIdentity)
+	}
 	ev := &s.events[0]
 	*ev = tap.Event{
 		V: tap.Version, Type: tap.TypeRequest, TS: start,
@@ -320,11 +328,30 @@ func (h *Hub) Request(info *RequestInfo) *Span {
 
 // Reroute records that the request went to another endpoint (a retry after
 // a failed connection); the response and end events name that one.
-func (s *Span) Reroute(destination string, dstLabels map[string]string) {
+func (s *Span) Reroute(destination string, dstLabels map[string]string, peerIdentity string) {
 	if s == nil {
 		return
 	}
+	local := s.src.Identity
 	_, s.dst = s.hub.endpoints(s.dir, "", destination, dstLabels)
+	s.src.Identity = ""
+	if peerIdentity != "" {
+		s.identify(peerIdentity, local)
+	}
+}
+
+// identify sets the identities of a request that travelled over mutual TLS. An inbound client is
+// also labelled with the namespace and ServiceAccount its identity names: the caller's workload, where
+// its address says nothing.
+func (s *Span) identify(peer, local string) {
+	if s.dir == tap.DirectionOutbound {
+		s.src.Identity, s.dst.Identity = local, peer
+		return
+	}
+	s.src.Identity, s.dst.Identity = peer, local
+	if ns, sa, err := identity.ParseName(peer); err == nil {
+		s.src.Labels = map[string]string{tap.LabelNamespace: ns, tap.LabelServiceAccount: sa}
+	}
 }
 
 // Response reports that the response headers, with status code status, were

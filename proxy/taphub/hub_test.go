@@ -296,7 +296,7 @@ func TestNoSubscriberCostsNoAllocation(t *testing.T) {
 	allocs := testing.AllocsPerRun(1000, func() {
 		info := RequestInfo{Direction: "inbound", Method: "GET", Path: "/", Header: hdr}
 		span := h.Request(&info)
-		span.Reroute("127.0.0.1:1", nil)
+		span.Reroute("127.0.0.1:1", nil, "")
 		span.Response(200, hdr)
 		span.End(0, 10, "")
 	})

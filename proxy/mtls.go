@@ -1,0 +1,251 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meshscope/meshscope/proxy/detect"
+	"github.com/meshscope/meshscope/proxy/identity"
+	"github.com/meshscope/meshscope/proxy/metrics"
+)
+
+// opaqueTLSDetectTimeout is how long an inbound connection to an opaque port may stay silent before it is
+// taken for plain text: a meshed client's proxy sends its ClientHello at once, and an unmeshed client of
+// a server-speaks-first protocol (a database greeting its client) waits this long for its server.
+const opaqueTLSDetectTimeout = time.Second
+
+// meshTLS is the proxy's side of mutual TLS, nil when identity is off: its identity, and the refusals it
+// counts and logs.
+type meshTLS struct {
+	id      *identity.Client
+	log     *slog.Logger
+	refused *prometheus.CounterVec
+
+	mu     sync.Mutex
+	logged map[refusal]struct{} // refusals already logged: each once, the counter counts them all
+}
+
+// refusal is what a refused handshake is logged once for.
+type refusal struct{ direction, reason, peer string }
+
+// maxLoggedRefusals bounds the refusals remembered; past it the memory starts again (and logs again).
+const maxLoggedRefusals = 1024
+
+// Reasons of identity_tls_refused_total.
+const (
+	refusedUnknownAuthority = "unknown_authority"     // the peer's certificate does not chain to the trust anchors
+	refusedExpired          = "expired"               // the peer's certificate expired (or is not valid yet)
+	refusedNoClientCert     = "no_client_certificate" // an inbound TLS client presented no certificate
+	refusedIdentityMismatch = "identity_mismatch"     // the server proved another identity than the one expected
+	refusedNoLocalIdentity  = "no_local_identity"     // this proxy has no certificate to answer with
+	refusedByPeer           = "refused_by_peer"       // the peer refused this proxy's certificate
+	refusedHandshake        = "handshake_failed"      // anything else: a malformed handshake, a timeout
+)
+
+func newMeshTLS(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*meshTLS, error) {
+	pool, _, err := identity.LoadTrustAnchors(cfg.IdentityTrustAnchors)
+	if err != nil {
+		return nil, fmt.Errorf("--identity-trust-anchors: %w", err)
+	}
+	id, err := identity.NewClient(identity.ClientConfig{
+		Addr: cfg.IdentityAddr, ServerName: cfg.IdentityServerName, Anchors: pool, TokenFile: cfg.IdentityTokenFile, Log: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	m := &meshTLS{
+		id:  id,
+		log: log,
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "identity_tls_refused_total",
+			Help: "Connections refused in the mutual TLS handshake, by direction and reason.",
+		}, []string{"direction", "reason"}),
+		logged: make(map[refusal]struct{}),
+	}
+	reg.MustRegister(id.Collector(), m.refused)
+	return m, nil
+}
+
+// refuse counts a refused handshake and logs it, once per direction, reason and peer host.
+func (m *meshTLS) refuse(direction, reason, peer string, err error) {
+	m.refused.WithLabelValues(direction, reason).Inc()
+	host, _, splitErr := net.SplitHostPort(peer)
+	if splitErr != nil {
+		host = peer
+	}
+	key := refusal{direction, reason, host}
+	m.mu.Lock()
+	_, seen := m.logged[key]
+	if !seen {
+		if len(m.logged) >= maxLoggedRefusals {
+			clear(m.logged)
+		}
+		m.logged[key] = struct{}{}
+	}
+	m.mu.Unlock()
+	if !seen {
+		m.log.Warn("mutual TLS refused (logged once per peer and reason; identity_tls_refused_total counts each)",
+			"direction", direction, "reason", reason, "peer", peer, "err", err)
+	}
+}
+
+// refusalReason names why a handshake failed.
+func refusalReason(err error) string {
+	var unknown x509.UnknownAuthorityError
+	var invalid x509.CertificateInvalidError
+	var hostname x509.HostnameError
+	var alert tls.AlertError
+	switch {
+	case errors.As(err, &unknown):
+		return refusedUnknownAuthority
+	case errors.As(err, &invalid) && invalid.Reason == x509.Expired:
+		return refusedExpired
+	case errors.As(err, &hostname):
+		return refusedIdentityMismatch
+	case errors.Is(err, identity.ErrNoIdentity):
+		return refusedNoLocalIdentity
+	case errors.As(err, &alert):
+		return refusedByPeer
+	case strings.Contains(err.Error(), "didn't provide a certificate"):
+		// crypto/tls has no error value for it, only this message.
+		return refusedNoClientCert
+	}
+	return refusedHandshake
+}
+
+// accept detects and, when it is for this proxy, terminates mutual TLS on an inbound connection, and
+// detects the protocol inside (opaque: none, the connection is TCP). TLS for another name is returned as
+// detect.TLS, to pass through to the app as TCP (the app's own TLS). src is the counted connection, nil
+// when the connection was refused (and closed); conn is what to serve.
+func (m *meshTLS) accept(p *proxy, c net.Conn, srcTarget string, opaque bool) (src *countingConn, proto detect.Protocol, reason detect.Reason, conn net.Conn) {
+	silence := p.cfg.DetectTimeout
+	if opaque {
+		silence = min(silence, opaqueTLSDetectTimeout)
+	}
+	counted := func(conn net.Conn, t metrics.TLS) *countingConn {
+		src := newCountingConn(conn, p.metrics.TCP(metrics.TCPKey{Direction: Inbound, Peer: "src", TargetAddr: srcTarget, TLS: t}))
+		src.tls = t
+		return src
+	}
+	proto, reason, conn, err := detect.Peek(c, silence, p.cfg.HeaderTimeout)
+	if err != nil {
+		c.Close()
+		return nil, proto, reason, nil
+	}
+	var name string
+	var ok bool
+	if proto == detect.TLS {
+		var hello []byte
+		name, hello, ok = detect.ServerName(conn, silence)
+		conn = detect.Replay(conn, hello)
+	}
+	local := m.id.Name()
+	if !ok || local == "" || name != local {
+		if ok && local == "" && strings.HasSuffix(name, "."+identity.TrustDomain) {
+			// A meshed client, and this proxy cannot answer it yet.
+			m.refuse(Inbound, refusedNoLocalIdentity, c.RemoteAddr().String(), identity.ErrNoIdentity)
+			c.Close()
+			return nil, proto, reason, nil
+		}
+		src := counted(conn, metrics.TLS{NoTLSReason: metrics.NoTLSFromRemote})
+		if opaque && proto != detect.TLS {
+			return src, detect.Opaque, reasonOpaquePort, src
+		}
+		return src, proto, reason, src
+	}
+	tc := tls.Server(conn, m.id.ServerConfig())
+	ctx, cancel := context.WithTimeout(context.Background(), silence)
+	err = tc.HandshakeContext(ctx)
+	cancel()
+	if err != nil {
+		m.refuse(Inbound, refusalReason(err), c.RemoteAddr().String(), err)
+		c.Close()
+		return nil, proto, reason, nil
+	}
+	peer, err := identity.PeerName(tc.ConnectionState())
+	if err != nil { // VerifyConnection refused it already: defence in depth
+		m.refuse(Inbound, refusedHandshake, c.RemoteAddr().String(), err)
+		c.Close()
+		return nil, proto, reason, nil
+	}
+	src = counted(tc, metrics.TLS{PeerID: peer})
+	if opaque {
+		return src, detect.Opaque, reasonOpaquePort, src
+	}
+	if proto, reason, conn, err = detect.Peek(src, p.cfg.DetectTimeout, p.cfg.HeaderTimeout); err != nil {
+		src.Close()
+		return nil, proto, reason, nil
+	}
+	return src, proto, reason, conn
+}
+
+// dialTLS originates mutual TLS on c to a peer that must prove name.
+func (m *meshTLS) dialTLS(ctx context.Context, c net.Conn, name string) (net.Conn, error) {
+	tc := tls.Client(c, m.id.ClientConfig(name))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.Close()
+		m.refuse(Outbound, refusalReason(err), c.RemoteAddr().String(), err)
+		return nil, &tlsError{name: name, err: err}
+	}
+	return tc, nil
+}
+
+// outboundTLS is how a connection to an endpoint whose expected identity is name will be secured.
+func (m *meshTLS) outboundTLS(name string) metrics.TLS {
+	switch {
+	case m == nil:
+		return metrics.TLS{NoTLSReason: metrics.NoTLSDisabled}
+	case name == "":
+		return metrics.TLS{NoTLSReason: metrics.NoTLSNotProvided}
+	case !m.id.Ready():
+		// Plain text rather than no traffic: the peer's inbound accepts unmeshed clients, and the metrics
+		// say why this connection is not secured.
+		return metrics.TLS{NoTLSReason: metrics.NoTLSNoLocalIdentity}
+	}
+	return metrics.TLS{PeerID: name}
+}
+
+// tlsError is a failed outbound handshake: the request is answered 502 with its own reason.
+type tlsError struct {
+	name string
+	err  error
+}
+
+func (e *tlsError) Error() string {
+	return fmt.Sprintf("mutual TLS with %s: %v", e.name, e.err)
+}
+
+func (e *tlsError) Unwrap() error { return e.err }
+
+// peerTLSKey is the context key of the TLS state of an inbound request's connection.
+type peerTLSKey struct{}
+
+// connContext puts the TLS state of an accepted connection into the context of its requests.
+func connContext(ctx context.Context, c net.Conn) context.Context {
+	for {
+		switch x := c.(type) {
+		case *detect.Conn:
+			c = x.Conn
+			continue
+		case *countingConn:
+			return context.WithValue(ctx, peerTLSKey{}, x.tls)
+		}
+		return ctx
+	}
+}
+
+// peerTLS is the TLS state connContext stored; zero (identity disabled) when there is none.
+func peerTLS(ctx context.Context) metrics.TLS {
+	t, _ := ctx.Value(peerTLSKey{}).(metrics.TLS)
+	return t
+}
