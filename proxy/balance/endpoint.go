@@ -98,27 +98,30 @@ func (s *endpointState) load(now int64) float64 {
 	return est * float64(s.outstanding.Load()+1)
 }
 
-// observe folds one latency into the estimate: a latency above the estimate replaces it at once (the
-// "peak": react fast to an endpoint turning slow), a lower one is blended in with a weight that grows with
-// the time since the last observation (forgive slowly). Lock-free: concurrent observers retry the
-// compare-and-swap; two that read the same stamp both weigh their sample by the same age, which only
-// makes the estimate a little quicker to follow them.
+// observe folds one latency into the estimate as Finagle's PeakEwma does. Finagle decays the estimate on
+// every read of the cost (it observes 0 then) and stamps it; Pick reads without writing, so the decay for
+// the time since the last update is applied here first, exactly what those reads would have done. Then a
+// latency above the decayed estimate replaces it at once (the "peak": react fast to an endpoint turning
+// slow); a lower one adds its share for the time it took (Finagle's weight of a sample observed rtt after
+// the Pick read the cost). Comparing and blending with the undecayed estimate instead would let an old
+// peak of an idle endpoint leak back the moment it is picked again, so that identical endpoints drift
+// apart at low concurrency. Lock-free: concurrent observers retry the compare-and-swap.
 func (s *endpointState) observe(rtt time.Duration, now int64) {
 	r := float64(rtt)
-	w := math.Exp(-float64(max(now-s.stamp.Load(), 0)) / float64(decayTime))
 	for {
-		old := s.estimate.Load()
-		est := math.Float64frombits(old)
+		old, stamp := s.estimate.Load(), s.stamp.Load()
+		age := float64(max(now-stamp, 0))
+		est := math.Float64frombits(old) * math.Exp(-age/float64(decayTime))
 		if r > est {
 			est = r
 		} else {
-			est = est*w + r*(1-w)
+			est += r * (1 - math.Exp(-min(float64(rtt), age)/float64(decayTime)))
 		}
 		if s.estimate.CompareAndSwap(old, math.Float64bits(est)) {
-			break
+			s.stamp.Store(now)
+			return
 		}
 	}
-	s.stamp.Store(now)
 }
 
 // available reports whether the endpoint may be picked at now: up, or its backoff expired (a probe).

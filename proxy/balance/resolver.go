@@ -40,6 +40,7 @@ type Resolver struct {
 	path  string
 	log   *slog.Logger
 	clk   *clock
+	intN  func(n int) int
 	table atomic.Pointer[table]
 
 	// Owned by the goroutine that loads (Load, then Run).
@@ -60,6 +61,12 @@ type Option func(*Resolver)
 // backoff all follow it. For tests.
 func WithClock(now func() time.Time) Option {
 	return func(r *Resolver) { r.clk = newClock(now) }
+}
+
+// WithRandom makes Pick draw its endpoints with intN (which returns a number in [0, n)) instead of
+// math/rand/v2's IntN. For tests, whose seeded source must not be used concurrently.
+func WithRandom(intN func(n int) int) Option {
+	return func(r *Resolver) { r.intN = intN }
 }
 
 // Load reads and validates the destinations file at path. Its error is one line naming the file, the
@@ -182,6 +189,7 @@ func (r *Resolver) install(services []serviceSpec) int {
 	n := 0
 	for _, s := range services {
 		d := newDestination(r.clk, s.authority, s.labels, s.endpoints, s.policy.Accrual, states, r.states)
+		d.intN = r.intN
 		d.Routes = routes.NewTable(s.routes, &routes.Route{Timeouts: s.policy.Timeouts, Retry: s.policy.Retry})
 		n += len(d.endpoints)
 		t.byAuthority[s.authority] = d
