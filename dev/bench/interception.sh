@@ -6,12 +6,15 @@
 #   meshed   proxy init in both pods and a proxy in each, as uid 2102 without --inbound-forward: every
 #            request goes client -> client's proxy (outbound, redirected) -> server's proxy (inbound,
 #            redirected) -> app, each proxy finding the next hop with SO_ORIGINAL_DST
-# The client dials the server's address and app port directly in both. Measured in turns:
+#   explicit the same two proxies on the same path without iptables: the client calls its proxy's
+#            --outbound-route, which dials the server proxy's inbound port, which --inbound-forwards to
+#            the app; the difference to meshed is what the redirect itself costs
+# The client dials the server's address and app port directly in direct and meshed. Measured in turns:
 #   throughput, HTTP/1.1 keep-alive (wrk, WRK_CONNS connections, DURATION seconds)
 #   a fixed rate (dev/bench/load, open loop, RATE req/s for DURATION seconds): p50, p99, errors
 # and printed as one table with the ratio meshed/direct. Needs root, iproute2, iptables and wrk
-# (Debian: apt-get install iproute2 iptables wrk). Uses only the addresses 10.250.20.0/24 and
-# 10.250.21.0/24, inside the namespaces it creates and deletes.
+# (Debian: apt-get install iproute2 iptables wrk). Uses only the addresses 10.250.20.0/24 to
+# 10.250.22.0/24, inside the namespaces it creates and deletes.
 set -euo pipefail
 
 DURATION=${DURATION:-10}
@@ -85,30 +88,47 @@ ready() {
 	die "$2 does not answer from $1"
 }
 
+# explicit NAME: a proxy in each pod of NAME, started as in the proxy's own README example, no rules.
+explicit() {
+	ip netns exec "$1-s" "$tmp/bin/proxy" --inbound-forward 127.0.0.1:8080 --admin-listen 0.0.0.0:4191 \
+		--namespace bench --deployment "$1-s" --pod "$1-s-0" --log-level warn 2>"$tmp/proxy-$1-s.log" &
+	pids+=($!)
+	ip netns exec "$1-c" "$tmp/bin/proxy" --inbound-listen= --outbound-route "127.0.0.1:4150=10.250.$2.2:4143" \
+		--admin-listen 0.0.0.0:4191 --namespace bench --deployment "$1-c" --pod "$1-c-0" --log-level warn 2>"$tmp/proxy-$1-c.log" &
+	pids+=($!)
+}
+
 pair direct 20
 pair meshed 21
+pair explicit 22
 mesh meshed
+explicit explicit 22
 ready meshed-c http://127.0.0.1:4191/ready # the client's proxy
 ready meshed-s http://127.0.0.1:4191/ready
 ready direct-c http://10.250.20.2:8080/
 ready meshed-c http://10.250.21.2:8080/
+ready explicit-c http://127.0.0.1:4150/
 
-declare -A url=([direct]=http://10.250.20.2:8080/ [meshed]=http://10.250.21.2:8080/)
+targets=(direct meshed explicit)
+declare -A url=([direct]=http://10.250.20.2:8080/ [meshed]=http://10.250.21.2:8080/ [explicit]=http://127.0.0.1:4150/)
 declare -A rps p50 p99 errs
-for t in direct meshed; do rps[$t]="" p50[$t]="" p99[$t]="" errs[$t]=0; done
+for t in "${targets[@]}"; do rps[$t]="" p50[$t]="" p99[$t]="" errs[$t]=0; done
 
 for round in $(seq "$ROUNDS"); do
-	for t in direct meshed; do
+	for t in "${targets[@]}"; do
 		log "round $round: $t: wrk ${DURATION}s, $WRK_CONNS connections"
 		out=$(ip netns exec "$t-c" wrk -t1 -c"$WRK_CONNS" -d"${DURATION}s" "${url[$t]}")
 		r=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' <<<"$out")
-		e=$(awk '/Non-2xx|Socket errors/ {n++} END {print n+0}' <<<"$out")
+		# "Socket errors: connect 0, read 0, write 0, timeout 3" and "Non-2xx or 3xx responses: 2"
+		e=$(awk '/Socket errors:/ {gsub(",", ""); n+=$4+$6+$8+$10} /Non-2xx/ {n+=$NF} END {print n+0}' <<<"$out")
+		((e == 0)) || log "round $round: $t: wrk: $(grep -E 'Socket errors|Non-2xx' <<<"$out" | tr '\n' ' ')"
 		rps[$t]+="$r "
 		errs[$t]=$((errs[$t] + e))
 	done
-	for t in direct meshed; do
+	for t in "${targets[@]}"; do
 		log "round $round: $t: $RATE req/s for ${DURATION}s"
-		out=$(ip netns exec "$t-c" "$tmp/bin/load" --url "${url[$t]}" --rate "$RATE" --duration "${DURATION}s" --warmup 1s)
+		out=$(ip netns exec "$t-c" "$tmp/bin/load" --url "${url[$t]}" --rate "$RATE" --duration "${DURATION}s" --warmup 1s 2>"$tmp/load.err") || true
+		[ ! -s "$tmp/load.err" ] || log "round $round: $t: load: $(cat "$tmp/load.err")"
 		p50[$t]+="$(sed -E 's/.*p50_ms=([0-9.]+).*/\1/' <<<"$out") "
 		p99[$t]+="$(sed -E 's/.*p99_ms=([0-9.]+).*/\1/' <<<"$out") "
 		errs[$t]=$((errs[$t] + $(sed -E 's/.*errors=([0-9]+).*/\1/' <<<"$out")))
@@ -123,11 +143,18 @@ counted() {
 
 echo
 echo "interception.sh: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), $ROUNDS rounds"
-printf '| | direct | meshed (both proxies, redirected) | meshed/direct |\n|---|---|---|---|\n'
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2fx", b / a}'; }
-mean() { awk '{s=0; for (i=1; i<=NF; i++) s+=$i; printf "%.2f", s/NF}' <<<"$1"; }
-printf '| HTTP/1.1 req/s (wrk -c%s, each round) | %s | %s | %s |\n' "$WRK_CONNS" "${rps[direct]% }" "${rps[meshed]% }" "$(ratio "$(mean "${rps[direct]}")" "$(mean "${rps[meshed]}")")"
-printf '| p50 ms at %s req/s (each round) | %s | %s | %s ms |\n' "$RATE" "${p50[direct]% }" "${p50[meshed]% }" "$(awk -v a="$(mean "${p50[direct]}")" -v b="$(mean "${p50[meshed]}")" 'BEGIN {printf "%+.2f", b - a}')"
-printf '| p99 ms at %s req/s (each round) | %s | %s | %s ms |\n' "$RATE" "${p99[direct]% }" "${p99[meshed]% }" "$(awk -v a="$(mean "${p99[direct]}")" -v b="$(mean "${p99[meshed]}")" 'BEGIN {printf "%+.2f", b - a}')"
-printf '| errors | %s | %s | |\n' "${errs[direct]}" "${errs[meshed]}"
-printf '| requests counted by the client proxy (outbound) / server proxy (inbound) | | %s / %s | |\n' "$(counted meshed-c outbound)" "$(counted meshed-s inbound)"
+printf '| | direct | meshed (both proxies, redirected) | explicit (both proxies, no iptables) | meshed/direct | meshed/explicit |\n|---|---|---|---|---|---|\n'
+mean() { awk '{s=0; for (i=1; i<=NF; i++) s+=$i; printf "%.3f", s/NF}' <<<"$1"; }
+ratio() { awk -v a="$(mean "$1")" -v b="$(mean "$2")" 'BEGIN {printf "%.2fx", b / a}'; }
+delta() { awk -v a="$(mean "$1")" -v b="$(mean "$2")" 'BEGIN {printf "%+.2f ms", b - a}'; }
+# row NAME ARRAY COMPARE: the values of each target and meshed compared with direct and with explicit.
+row() {
+	local -n v=$2
+	printf '| %s | %s | %s | %s | %s | %s |\n' "$1" "${v[direct]% }" "${v[meshed]% }" "${v[explicit]% }" \
+		"$($3 "${v[direct]}" "${v[meshed]}")" "$($3 "${v[explicit]}" "${v[meshed]}")"
+}
+row "HTTP/1.1 req/s (wrk -c$WRK_CONNS, each round)" rps ratio
+row "p50 ms at $RATE req/s (each round)" p50 delta
+row "p99 ms at $RATE req/s (each round)" p99 delta
+printf '| errors (all runs) | %s | %s | %s | | |\n' "${errs[direct]}" "${errs[meshed]}" "${errs[explicit]}"
+printf '| requests the meshed proxies counted, client (outbound) / server (inbound) | | %s / %s | | | |\n' "$(counted meshed-c outbound)" "$(counted meshed-s inbound)"
