@@ -98,7 +98,10 @@ func newProxy(cfg Config, log *slog.Logger, level *slog.LevelVar) (_ *proxy, err
 			return nil, err
 		}
 	}
-	p.tap = taphub.New(taphub.Options{Identity: taphub.Identity{Namespace: cfg.Namespace, Deployment: cfg.Deployment, Pod: cfg.Pod}})
+	p.tap = taphub.New(taphub.Options{
+		Identity:     taphub.Identity{Namespace: cfg.Namespace, Deployment: cfg.Deployment, Pod: cfg.Pod},
+		LimitReached: p.metrics.LimitReached,
+	})
 
 	defer func() {
 		if err != nil {

@@ -558,3 +558,64 @@ func TestIdleTapAddsNoAllocationPerRequest(t *testing.T) {
 		t.Errorf("%v allocations per request with an idle tap, %v without tap", idle, none)
 	}
 }
+
+// Finding 5 of the hardening review: a tap subscriber that stalls while requests with huge headers flow
+// made the proxy hold every buffered event whole (4,096 of them, 900 KB each). Events are cut to size and
+// say so, and each subscriber's buffer is bounded in bytes, not only in events.
+func TestStalledTapSubscriberHoldsBoundedMemory(t *testing.T) {
+	p := startProxy(t, testConfig(shopApp(t)))
+	stream := openTap(t, p, "max_rps=10000", smallReceiveBuffer)
+	send := func(n int, header string, size int) {
+		c := h1Client()
+		value := strings.Repeat("v", size)
+		for i := range n {
+			req, _ := http.NewRequest("GET", fmt.Sprintf("%s/%s/%d", p.url("--inbound-listen"), header, i), nil)
+			req.Header.Set(header, value)
+			if res, _ := doBody(t, c, req); res.StatusCode != 200 {
+				t.Fatalf("%s request %d: %s", header, i, res.Status)
+			}
+		}
+	}
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	// The stream is not read until the end.
+	before := heap()
+	const huge, big = 64, 1200
+	send(huge, "X-Huge", 900<<10)
+	if grown := int64(heap()) - int64(before); grown > 24<<20 {
+		t.Errorf("heap grew %d MiB holding %d tapped requests with 900 KB headers for a stalled reader, want under 24", grown>>20, huge)
+	}
+	waitMetric(t, p.registry, "limit_reached_total", map[string]string{"limit": taphub.LimitEventTruncated}, huge)
+	// Events under the size cap, but more bytes of them than a subscriber may hold.
+	send(big, "X-Big", 15<<10)
+	if got := metricValue(t, p.registry, "limit_reached_total", map[string]string{"limit": taphub.LimitSubscriberBytes}); got == 0 {
+		t.Errorf("limit_reached_total{limit=%q} = 0 after %d MiB of events for a stalled reader", taphub.LimitSubscriberBytes, big*15>>10)
+	}
+
+	// Read at last: every event arrived or was counted as dropped, and the huge ones say they were cut.
+	want, delivered, dropped, truncated := uint64(3*(huge+big)), uint64(0), uint64(0), 0
+	for delivered+dropped < want {
+		var ev tap.Event
+		if err := stream.dec.Decode(&ev); err != nil {
+			t.Fatalf("after %d delivered and %d dropped of %d: %v", delivered, dropped, want, err)
+		}
+		if ev.Type == tap.TypeDropped {
+			dropped += ev.Count
+			continue
+		}
+		delivered++
+		if v := ev.Headers["x-huge"]; v != nil {
+			if !ev.Truncated || len(v[0]) > tap.MaxHeaderBytes {
+				t.Fatalf("request with a 900 KB header: truncated %v, header of %d bytes", ev.Truncated, len(v[0]))
+			}
+			truncated++
+		}
+	}
+	if dropped == 0 || truncated == 0 {
+		t.Errorf("delivered %d (%d truncated), dropped %d", delivered, truncated, dropped)
+	}
+}

@@ -99,6 +99,9 @@ func AppendJSON(b []byte, ev *Event) ([]byte, error) {
 		}
 		b = append(b, '}')
 	}
+	if ev.Truncated {
+		b = append(b, `,"truncated":true`...)
+	}
 	if ev.Status != 0 {
 		b = append(b, `,"status":`...)
 		b = strconv.AppendInt(b, int64(ev.Status), 10)

@@ -40,6 +40,9 @@ var sampleEvents = map[string]Event{
 		GRPCStatus: grpcStatus(14), DurationMS: 0.000001, Error: "upstream reset: \"RST_STREAM\"\n",
 	},
 	"dropped": {V: Version, Type: TypeDropped, TS: ts, Count: 42},
+	"truncated request": {
+		V: Version, Type: TypeRequest, ID: 3, TS: ts, Path: "/cut", Headers: map[string][]string{"x-big": {"vvv"}}, Truncated: true,
+	},
 	"strings needing escapes": {
 		V: Version, Type: TypeRequest, ID: 1, TS: ts,
 		Path:    "/\x00\x1f\t\r\n\\\"<>&\u2028\x7f",

@@ -114,6 +114,10 @@ type Event struct {
 	// events): lower-case names, sensitive values replaced by
 	// [RedactedValue].
 	Headers map[string][]string `json:"headers,omitempty"`
+	// Truncated says the publisher cut this event's path, authority or
+	// headers to bound its size (see [Event.Trim]): what is shown is a
+	// prefix, and headers may be missing.
+	Truncated bool `json:"truncated,omitempty"`
 
 	// Response events.
 	Status int `json:"status,omitempty"`

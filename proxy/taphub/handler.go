@@ -170,6 +170,7 @@ func (st *stream) run(ctx context.Context) error {
 		case <-st.sub.Done():
 			return st.batch(nil)
 		case ev := <-events:
+			st.sub.Took(ev)
 			if len(events) < maxBatch {
 				wait.Reset(linger)
 				select {
@@ -200,6 +201,7 @@ drain:
 	for range maxBatch {
 		select {
 		case ev := <-events:
+			st.sub.Took(ev)
 			if err := st.enc.Encode(ev); err != nil {
 				return err
 			}

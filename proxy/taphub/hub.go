@@ -26,6 +26,21 @@ import (
 // most a few megabytes held for a reader that stalls.
 const DefaultBuffer = 4096
 
+// DefaultBufferBytes bounds the bytes of the events a subscriber's buffer
+// holds (their paths, authorities and headers, roughly) when
+// Options.BufferBytes is zero: 4,096 ordinary events fit, while a reader that
+// stalls behind requests with large headers holds a few megabytes, not
+// gigabytes. Past it, events are dropped and counted like a full buffer.
+const DefaultBufferBytes = 4 << 20
+
+// Limits reported to Options.LimitReached: an event's fields cut to size
+// (tap.Event.Trim), an event dropped because its subscriber holds
+// DefaultBufferBytes already.
+const (
+	LimitEventTruncated  = "tap-event-truncated"
+	LimitSubscriberBytes = "tap-subscriber-bytes"
+)
+
 // ErrClosed is Subscribe's error once the hub is closed (the proxy is
 // shutting down).
 var ErrClosed = errors.New("tap hub closed")
@@ -43,6 +58,12 @@ type Options struct {
 	Identity Identity
 	// Buffer is each subscriber's buffer, in events; 0 means DefaultBuffer.
 	Buffer int
+	// BufferBytes bounds the bytes of each subscriber's buffered events; 0
+	// means DefaultBufferBytes.
+	BufferBytes int64
+	// LimitReached, when set, is called each time a bound stops something,
+	// with LimitEventTruncated or LimitSubscriberBytes (a metric).
+	LimitReached func(limit string)
 	// Now is the clock for event times, latencies and rate limits; nil
 	// means time.Now.
 	Now func() time.Time
@@ -62,6 +83,8 @@ type Hub struct {
 	nextID   atomic.Uint64
 	identity map[string]string // read-only, shared by events
 	buffer   int
+	bytes    int64 // Options.BufferBytes
+	limitHit func(string)
 	now      func() time.Time
 	epoch    time.Time // origin of the rate limiters' monotonic nanoseconds
 }
@@ -69,12 +92,20 @@ type Hub struct {
 // New returns a Hub with no subscribers.
 func New(opts Options) *Hub {
 	h := &Hub{
-		done:   make(chan struct{}),
-		buffer: opts.Buffer,
-		now:    opts.Now,
+		done:     make(chan struct{}),
+		buffer:   opts.Buffer,
+		bytes:    opts.BufferBytes,
+		limitHit: opts.LimitReached,
+		now:      opts.Now,
 	}
 	if h.buffer <= 0 {
 		h.buffer = DefaultBuffer
+	}
+	if h.bytes <= 0 {
+		h.bytes = DefaultBufferBytes
+	}
+	if h.limitHit == nil {
+		h.limitHit = func(string) {}
 	}
 	if h.now == nil {
 		h.now = time.Now
@@ -117,6 +148,11 @@ type subscriber struct {
 	events  chan *tap.Event
 	dropped atomic.Uint64
 	limit   limiter
+	// held is the size (eventSize) of the events in the buffer, at most
+	// maxHeld.
+	held     atomic.Int64
+	maxHeld  int64
+	limitHit func(string)
 }
 
 // Subscription is a tap client's stream of events, from Subscribe to
@@ -129,7 +165,7 @@ type Subscription struct {
 // Subscribe starts delivering the events of requests that pass f, at most
 // f.RPS() requests per second. It fails only with ErrClosed.
 func (h *Hub) Subscribe(f tap.Filter) (*Subscription, error) {
-	s := &subscriber{filter: f, events: make(chan *tap.Event, h.buffer)}
+	s := &subscriber{filter: f, events: make(chan *tap.Event, h.buffer), maxHeld: h.bytes, limitHit: h.limitHit}
 	s.limit.init(f.RPS())
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -171,8 +207,13 @@ func (s *Subscription) Unsubscribe() {
 	}
 }
 
-// Events is the subscription's buffer. Nothing closes it: read until Done.
+// Events is the subscription's buffer. Nothing closes it: read until Done,
+// and call Took with each event taken.
 func (s *Subscription) Events() <-chan *tap.Event { return s.sub.events }
+
+// Took tells the subscription that ev, taken from Events, is no longer in
+// its buffer: its bytes no longer count against the buffer's byte bound.
+func (s *Subscription) Took(ev *tap.Event) { s.sub.held.Add(-eventSize(ev)) }
 
 // Done is closed when the hub closes.
 func (s *Subscription) Done() <-chan struct{} { return s.hub.done }
@@ -181,13 +222,35 @@ func (s *Subscription) Done() <-chan struct{} { return s.hub.done }
 // because the buffer was full, and resets the count.
 func (s *Subscription) TakeDropped() uint64 { return s.sub.dropped.Swap(0) }
 
-// deliver hands ev to s without waiting; a full buffer drops it.
+// deliver hands ev to s without waiting; a full buffer, in events or in
+// bytes, drops it.
 func (s *subscriber) deliver(ev *tap.Event) {
+	size := eventSize(ev)
+	if s.held.Add(size) > s.maxHeld {
+		s.held.Add(-size)
+		s.dropped.Add(1)
+		s.limitHit(LimitSubscriberBytes)
+		return
+	}
 	select {
 	case s.events <- ev:
 	default:
+		s.held.Add(-size)
 		s.dropped.Add(1)
 	}
+}
+
+// eventSize is roughly how many bytes ev holds: its strings, headers and a
+// fixed part. Events are read-only once delivered, so it is the same when
+// the event is delivered and when it is taken.
+func eventSize(ev *tap.Event) int64 {
+	n := 256 + len(ev.Path) + len(ev.Query) + len(ev.Authority) + len(ev.Error)
+	for name, values := range ev.Headers {
+		for _, v := range values {
+			n += len(name) + len(v) + 16
+		}
+	}
+	return int64(n)
 }
 
 // limiter admits at most rps requests per second, with bursts up to one
@@ -320,6 +383,7 @@ func (h *Hub) Request(info *RequestInfo) *Span {
 	ev.ID = h.nextID.Add(1)
 	ev.Headers = tap.Headers(info.Header)
 	ev.Query = tap.RedactQuery(info.Query)
+	h.trim(ev)
 	for _, sub := range s.sending {
 		sub.deliver(ev)
 	}
@@ -378,6 +442,7 @@ func (s *Span) Response(status int, header http.Header) {
 	ev.Status = status
 	ev.LatencyMS = millis(ev.TS.Sub(s.start))
 	ev.Headers = tap.Headers(header)
+	s.hub.trim(ev)
 	for _, sub := range s.sending {
 		sub.deliver(ev)
 	}
@@ -430,6 +495,13 @@ func (s *Span) event(t tap.Type) *tap.Event {
 		Direction: s.dir, Source: s.src, Destination: s.dst,
 	}
 	return ev
+}
+
+// trim bounds ev's size (tap.Event.Trim) and counts when it had to cut.
+func (h *Hub) trim(ev *tap.Event) {
+	if ev.Trim(); ev.Truncated {
+		h.limitHit(LimitEventTruncated)
+	}
 }
 
 // endpoints returns a request's source and destination: this workload's
