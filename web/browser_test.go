@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/chromedp"
 )
 
@@ -173,9 +174,59 @@ func browseDashboard(t *testing.T, dash string) {
 		chromedp.WaitVisible(`[data-testid=page-pod] [data-testid=summary-success]`))
 	b.screenshot(t, dir, "pod")
 
+	checkDarkMode(t, b, dash, dir)
+
 	if p := b.problems(); len(p) > 0 {
 		t.Errorf("the pages logged errors:\n%s", strings.Join(p, "\n"))
 	}
+}
+
+// colours are what the browser computed for the page and for the worst
+// workload's success cell (a failing one: red).
+type colours struct {
+	Page     string  `json:"page"`
+	Bad      string  `json:"bad"`
+	Contrast float64 `json:"contrast"`
+}
+
+// coloursJS reads the computed colours and the WCAG contrast ratio of the
+// red success text against the page.
+const coloursJS = `(() => {
+  const rgb = s => s.match(/\d+/g).slice(0, 3).map(Number);
+  const lum = c => { const [r, g, b] = c.map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); }); return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+  const page = getComputedStyle(document.body).backgroundColor;
+  const bad = getComputedStyle(document.querySelector('[data-testid=workloads] td.bad')).color;
+  const [a, b] = [lum(rgb(page)), lum(rgb(bad))];
+  return {page: page, bad: bad, contrast: (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05)};
+})()`
+
+// checkDarkMode: a browser preferring dark gets dark colours, with health
+// colours still readable (WCAG AA, 4.5:1); the toggle's choice beats the
+// preference and survives a reload through its cookie.
+func checkDarkMode(t *testing.T, b *browser, dash, dir string) {
+	t.Helper()
+	const badCell = `[data-testid=workloads] td.bad`
+	ctx, cancel := context.WithTimeout(b.ctx, 60*time.Second)
+	defer cancel()
+	if _, err := chromedp.Call(ctx, emulation.SetEmulatedMedia, emulation.SetEmulatedMediaParams{
+		Features: []*emulation.MediaFeature{{Name: "prefers-color-scheme", Value: "dark"}}}); err != nil {
+		t.Fatalf("prefer dark: %v", err)
+	}
+	b.do(t, "open the first screen preferring dark", chromedp.Navigate(dash+"/namespaces?window=10s"), chromedp.WaitVisible(badCell))
+	dark := browserRun(t, b, "colours", chromedp.Evaluate[colours](coloursJS))
+	b.screenshot(t, dir, "namespaces-dark")
+	if dark.Page != "rgb(13, 17, 23)" || dark.Contrast < 4.5 {
+		t.Errorf("dark preference: page %s, failing success %s at contrast %.1f; want the dark page and at least 4.5:1", dark.Page, dark.Bad, dark.Contrast)
+	}
+	// system -> dark -> light: the toggle picks light against the preference.
+	b.do(t, "toggle to light", chromedp.Click(`[data-testid=theme-toggle]`), chromedp.Click(`[data-testid=theme-toggle]`),
+		chromedp.Reload(), chromedp.WaitVisible(badCell))
+	light := browserRun(t, b, "colours", chromedp.Evaluate[colours](coloursJS))
+	if toggle := browserRun(t, b, "toggle", chromedp.Text(`[data-testid=theme-toggle]`)); light.Page != "rgb(255, 255, 255)" || light.Contrast < 4.5 || toggle != "theme: light" {
+		t.Errorf("after choosing light and reloading: page %s, contrast %.1f, toggle %q; want white, 4.5:1, theme: light", light.Page, light.Contrast, toggle)
+	}
+	b.screenshot(t, dir, "namespaces-light-chosen")
+	b.do(t, "back to the system's choice", chromedp.Click(`[data-testid=theme-toggle]`), chromedp.Reload(), chromedp.WaitVisible(badCell))
 }
 
 // pageTiming is what the Performance API says about a page load, in ms since

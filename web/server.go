@@ -347,7 +347,17 @@ func (s *server) shell(r *http.Request, title string, banners []string) views.Sh
 		StaticHref: s.url("/static/", nil),
 		HTMX:       static.HTMX,
 		Banners:    banners,
+		Theme:      theme(r),
 	}
+}
+
+// theme is the colour scheme the toggle chose, from its cookie: "dark",
+// "light", or "" to follow the browser's prefers-color-scheme.
+func theme(r *http.Request) string {
+	if c, err := r.Cookie("theme"); err == nil && (c.Value == "dark" || c.Value == "light") {
+		return c.Value
+	}
+	return ""
 }
 
 // readyz reports whether the metrics backend answers: the dashboard serves
