@@ -63,6 +63,7 @@ type Top struct {
 	MaxPending int
 
 	mu        sync.Mutex
+	tapped    map[string]bool // pods whose proxies stream to this Top
 	rows      map[TopKey]*TopRow
 	pending   [2]map[pendingID]*pendingCall // [0] current generation, [1] previous
 	requests  uint64
@@ -96,23 +97,36 @@ func (t *Top) maxPending() int {
 	return 10000
 }
 
-// Add takes one item of a fan-in; items that are not events are ignored.
+// Add takes one item of a fan-in. Of the proxies' news it notes which pods
+// it taps: a call from one tapped proxy to another is seen twice, outbound at
+// the caller and inbound at the callee, and counted once, on the inbound side.
 func (t *Top) Add(it TapItem) {
 	ev := it.Event
-	if ev == nil {
-		return
-	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.rows == nil {
 		t.rows = map[TopKey]*TopRow{}
 		t.pending = [2]map[pendingID]*pendingCall{{}, {}}
+		t.tapped = map[string]bool{}
+	}
+	if ev == nil {
+		switch {
+		case it.Proxy.Pod == "":
+		case it.State == ProxyStreaming:
+			t.tapped[it.Proxy.Pod] = true
+		case it.State == ProxyGone:
+			delete(t.tapped, it.Proxy.Pod)
+		}
+		return
 	}
 	id := pendingID{proxy: it.Proxy.Admin, id: ev.ID}
 	switch ev.Type {
 	case tap.TypeDropped:
 		t.dropped += ev.Count
 	case tap.TypeRequest:
+		if ev.Direction == tap.DirectionOutbound && t.tapped[ev.Destination.Labels[tap.LabelPod]] {
+			return // the callee's proxy reports it inbound
+		}
 		// Two generations bound memory: when the current one is full it becomes the
 		// previous and the old previous (requests whose end never came) is forgotten.
 		if len(t.pending[0]) >= t.maxPending()/2 {
@@ -204,14 +218,18 @@ func (t *Top) Snapshot(n int) TopSnapshot {
 }
 
 // workloadName names one side of a request for humans: its pod, else its
-// deployment, else its address (without the port for a source, whose port is a
-// client's ephemeral one and would split one caller into many rows).
+// deployment, else the ServiceAccount its mutual TLS identity names (an
+// inbound source), else its address (without the port for a source, whose
+// port is a client's ephemeral one and would split one caller into many rows).
 func workloadName(e tap.Endpoint, source bool) string {
 	if v := e.Labels[tap.LabelPod]; v != "" {
 		return v
 	}
 	if v := e.Labels[tap.LabelDeployment]; v != "" {
 		return v
+	}
+	if v := e.Labels[tap.LabelServiceAccount]; v != "" {
+		return e.Labels[tap.LabelNamespace] + "/" + v
 	}
 	if source {
 		if host, _, err := net.SplitHostPort(e.Addr); err == nil {

@@ -129,3 +129,36 @@ func TestTopMemoryIsBounded(t *testing.T) {
 		t.Errorf("%d requests waiting for their end, want at most MaxPending=100", pending)
 	}
 }
+
+// TestTopCountsACallSeenByTwoTappedProxiesOnce: web-0's outbound call to
+// catalog-0 is also catalog-0's inbound call; with both proxies tapped it is
+// one call, counted where it is served. A callee not tapped keeps its calls
+// counted at the caller.
+func TestTopCountsACallSeenByTwoTappedProxiesOnce(t *testing.T) {
+	var top Top
+	for _, pod := range []string{"web-0", "catalog-0"} {
+		top.Add(TapItem{Proxy: Proxy{Pod: pod, Admin: pod + ":4191"}, State: ProxyStreaming})
+	}
+	add := func(c call, direction string) {
+		for _, it := range c.items() {
+			if it.Event.Type == tap.TypeRequest {
+				it.Event.Direction = direction
+			}
+			top.Add(it)
+		}
+	}
+	add(call{proxy: "web-0", id: 1, src: "web-0", dst: "catalog-0", method: "GET", path: "/p", status: 200}, tap.DirectionOutbound)
+	add(call{proxy: "catalog-0", id: 1, src: "web-0", dst: "catalog-0", method: "GET", path: "/p", status: 200}, tap.DirectionInbound)
+	add(call{proxy: "web-0", id: 2, src: "web-0", dst: "payments-0", method: "POST", path: "/pay", status: 200}, tap.DirectionOutbound)
+	s := top.Snapshot(10)
+	if s.Requests != 2 || len(s.Rows) != 2 || s.Rows[0].Count != 1 || s.Rows[1].Count != 1 {
+		t.Fatalf("snapshot %+v: want the catalog call once and the payments call once", s)
+	}
+}
+
+func TestTopNamesAnInboundSourceByItsIdentity(t *testing.T) {
+	e := tap.Endpoint{Addr: "10.0.0.7:40123", Labels: map[string]string{tap.LabelNamespace: "shop", tap.LabelServiceAccount: "web"}}
+	if got := workloadName(e, true); got != "shop/web" {
+		t.Errorf("source named %q, want shop/web", got)
+	}
+}

@@ -342,6 +342,9 @@ func (s *liveSink) add(it api.TapItem) {
 		if len(s.status) < s.max {
 			s.status = append(s.status, it)
 		}
+		if s.top != nil {
+			s.top.Add(it) // which proxies stream: a call seen by two counts once
+		}
 	case s.top != nil:
 		s.top.Add(it)
 	case it.Event.Type == tap.TypeDropped:

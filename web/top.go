@@ -63,6 +63,7 @@ func topCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	emit := func(it api.TapItem) {
 		if it.Event == nil {
 			status(it)
+			top.Add(it) // which proxies stream: a call seen by two counts once
 			if err := watch.observe(it); err != nil {
 				select {
 				case refused <- err:
