@@ -104,7 +104,7 @@ func refusalReason(err error) string {
 	var unknown x509.UnknownAuthorityError
 	var invalid x509.CertificateInvalidError
 	var hostname x509.HostnameError
-	var alert tls.AlertError
+	var op *net.OpError
 	switch {
 	case errors.As(err, &unknown):
 		return refusedUnknownAuthority
@@ -114,7 +114,7 @@ func refusalReason(err error) string {
 		return refusedIdentityMismatch
 	case errors.Is(err, identity.ErrNoIdentity):
 		return refusedNoLocalIdentity
-	case errors.As(err, &alert):
+	case errors.As(err, &op) && op.Op == "remote error":
 		return refusedByPeer
 	case strings.Contains(err.Error(), "didn't provide a certificate"):
 		// crypto/tls has no error value for it, only this message.
@@ -149,19 +149,20 @@ func (m *meshTLS) accept(p *proxy, c net.Conn, srcTarget string, opaque bool) (s
 		name, hello, ok = detect.ServerName(conn, silence)
 		conn = detect.Replay(conn, hello)
 	}
-	local := m.id.Name()
-	if !ok || local == "" || name != local {
-		if ok && local == "" && strings.HasSuffix(name, "."+identity.TrustDomain) {
-			// A meshed client, and this proxy cannot answer it yet.
-			m.refuse(Inbound, refusedNoLocalIdentity, c.RemoteAddr().String(), identity.ErrNoIdentity)
-			c.Close()
-			return nil, proto, reason, nil
-		}
+	// A server name in the mesh's trust domain is meant for a proxy: this one answers with its own
+	// certificate, even for another workload's name, so that a client expecting someone else sees the
+	// mismatch (and refuses) rather than reach the app. Any other TLS is the app's own, passed through.
+	if !ok || !strings.HasSuffix(name, "."+identity.TrustDomain) {
 		src := counted(conn, metrics.TLS{NoTLSReason: metrics.NoTLSFromRemote})
 		if opaque && proto != detect.TLS {
 			return src, detect.Opaque, reasonOpaquePort, src
 		}
 		return src, proto, reason, src
+	}
+	if !m.id.Ready() {
+		m.refuse(Inbound, refusedNoLocalIdentity, c.RemoteAddr().String(), identity.ErrNoIdentity)
+		c.Close()
+		return nil, proto, reason, nil
 	}
 	tc := tls.Server(conn, m.id.ServerConfig())
 	ctx, cancel := context.WithTimeout(context.Background(), silence)

@@ -124,6 +124,12 @@ func (c *Client) current() (*tls.Certificate, error) {
 	return cert, nil
 }
 
+// Certificate is the proxy's certificate and chain; nil without a valid one.
+func (c *Client) Certificate() *tls.Certificate {
+	cert, _ := c.current()
+	return cert
+}
+
 // Ready reports whether the proxy holds a valid certificate.
 func (c *Client) Ready() bool {
 	_, err := c.current()
@@ -210,8 +216,9 @@ func (c *Client) Run(ctx context.Context) {
 		} else {
 			retry = 0
 			c.cert.Store(cert)
-			life := cert.Leaf.NotAfter.Sub(cert.Leaf.NotBefore)
-			wait = cert.Leaf.NotBefore.Add(time.Duration(renewAt * float64(life))).Sub(c.now())
+			// 70% of the life left from now, not from NotBefore: the issuer backdates that by a minute
+			// for clock skew, which would make a short-lived certificate due for renewal at once.
+			wait = time.Duration(renewAt * float64(cert.Leaf.NotAfter.Sub(c.now())))
 			c.log.Info("identity certificate issued", "identity", cert.Leaf.DNSNames[0], "expires", cert.Leaf.NotAfter.UTC().Format(time.RFC3339), "renew_in", wait.Round(time.Second))
 		}
 		t := time.NewTimer(max(wait, 0))
