@@ -213,7 +213,7 @@ func startPod(t *testing.T, bin string, p pod, initArgs ...string) {
 	})
 }
 
-// serveBanner runs a server-speaks-first TCP server on ln: it greets, then echoes one line.
+// serveBanner runs a server-speaks-first TCP server (bannerThenEcho) on ln.
 func serveBanner(ln net.Listener) {
 	for {
 		c, err := ln.Accept()
@@ -223,9 +223,7 @@ func serveBanner(ln net.Listener) {
 		go func() {
 			defer c.Close()
 			c.SetDeadline(time.Now().Add(30 * time.Second))
-			io.WriteString(c, "220 banner\n")
-			line, _ := bufio.NewReader(c).ReadString('\n')
-			io.WriteString(c, "echo "+line)
+			bannerThenEcho(c)
 		}()
 	}
 }
@@ -371,11 +369,11 @@ func TestInterceptionMeshesUnmodifiedApps(t *testing.T) {
 			c.SetDeadline(time.Now().Add(20 * time.Second))
 			r := bufio.NewReader(c)
 			banner, err := r.ReadString('\n')
-			if err != nil || banner != "220 banner\n" {
+			if err != nil || banner != "220 hello from the server\r\n" {
 				t.Fatalf("%s: banner %q, %v", target, banner, err)
 			}
 			io.WriteString(c, "hi\n")
-			if echo, err := r.ReadString('\n'); err != nil || echo != "echo hi\n" {
+			if echo, err := r.ReadString('\n'); err != nil || echo != "250 hi\n" {
 				t.Fatalf("%s: echo %q, %v", target, echo, err)
 			}
 			c.Close()

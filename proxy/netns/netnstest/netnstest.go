@@ -3,7 +3,6 @@
 package netnstest
 
 import (
-	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -81,7 +80,7 @@ func Output(tb testing.TB, ns, name string, args ...string) string {
 		if ee, ok := err.(*exec.ExitError); ok {
 			stderr = ee.Stderr
 		}
-		tb.Fatalf("%s", fmt.Sprintf("%s %s in %s: %v: %s", name, strings.Join(args, " "), ns, err, stderr))
+		tb.Fatalf("%s %s in %s: %v: %s", name, strings.Join(args, " "), ns, err, stderr)
 	}
 	return string(out)
 }
