@@ -177,16 +177,19 @@ func (p *proxy) addListener(name, addr string, hp *httpProxy, tcpTarget, srcTarg
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
 	l.server = &http.Server{
-		Handler:           hp,
+		Handler:           &h2Guard{next: hp, metrics: p.metrics, log: hp.log},
 		Protocols:         protocols,
+		HTTP2:             h2Config(p.metrics),
 		ReadHeaderTimeout: p.cfg.HeaderTimeout,
 		IdleTimeout:       idleTimeout,
 		// No ReadTimeout or WriteTimeout: a proxied stream (long poll, server-sent events, a gRPC stream)
 		// may rightly last as long as its client and server want.
 		ErrorLog: slog.NewLogLogger(hp.log.Handler(), slog.LevelDebug),
 		// The requests of a redirected connection go where the connection was going, and carry how their
-		// connection is secured.
-		ConnContext: l.conns.connContext,
+		// connection is secured; HTTP/2 streams the client cancels are charged to their connection.
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return withResetBudget(l.conns.connContext(ctx, c), c)
+		},
 	}
 	p.listeners = append(p.listeners, l)
 	return nil
