@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/url"
 	"sort"
@@ -125,6 +126,9 @@ const (
 	NoProxies ProxyState = "none"
 	// ListFailed: listing the targets again failed; the fan-in keeps the proxies it has (Proxy is zero).
 	ListFailed ProxyState = "list-failed"
+	// Sampling: how many requests per second the selected proxies carry (ObservedRPS, from the metrics)
+	// against the most the stream reports (MaxRPS); Err says so in words. Proxy is zero.
+	Sampling ProxyState = "sampling"
 )
 
 // TapItem is one thing the fan-in delivers: a tap event from a proxy, or news
@@ -135,12 +139,26 @@ type TapItem struct {
 	State ProxyState
 	// Err says why, for every state but ProxyStreaming and ProxyGone.
 	Err string
+	// ObservedRPS and MaxRPS are set with Sampling.
+	ObservedRPS float64
+	MaxRPS      int
 }
+
+// ProxyRates returns the requests per second each selected proxy carries, keyed by ProxyKey, in the
+// direction a filter asks for ("" for both); the dashboard's Querier has it.
+type ProxyRates func(ctx context.Context, sel Selector, direction string) (map[string]float64, error)
+
+// ProxyKey names a proxy in a ProxyRates answer: its namespace and pod target labels.
+func ProxyKey(namespace, pod string) string { return namespace + "/" + pod }
 
 // FanIn taps every proxy a Selector picks and merges their streams. Zero
 // durations and sizes take the defaults named on each field.
 type FanIn struct {
 	Targets TargetLister
+	// Rates, when set, splits max_rps across the proxies by the rate each carries (a busy proxy gets more
+	// of it than an idle one), and the fan-in reports what share of the traffic is shown (Sampling).
+	// Without it, or when it fails, every proxy gets an equal share.
+	Rates ProxyRates
 	// Token is sent as a bearer token to every proxy; it never leaves the dashboard.
 	Token string
 	// Client makes the tap requests; nil means one with connect and header timeouts
@@ -191,6 +209,25 @@ func ShareRPS(total, n int) int {
 	return max(1, total/n)
 }
 
+// ShareByRate splits a total rate across proxies in proportion to the rates they carry (keyed by
+// ProxyKey), rounding up and at least 1 each, so a proxy carrying less than its share is not limited
+// at all. With no rate known it splits evenly.
+func ShareByRate(total int, proxies []Proxy, rates map[string]float64) map[Proxy]int {
+	sum := 0.0
+	for _, p := range proxies {
+		sum += rates[ProxyKey(p.Namespace, p.Pod)]
+	}
+	shares := make(map[Proxy]int, len(proxies))
+	for _, p := range proxies {
+		if sum <= 0 {
+			shares[p] = ShareRPS(total, len(proxies))
+			continue
+		}
+		shares[p] = min(tap.MaxMaxRPS, max(1, int(math.Ceil(float64(total)*rates[ProxyKey(p.Namespace, p.Pod)]/sum))))
+	}
+	return shares
+}
+
 // Run taps the proxies sel picks with filter, delivering every event and every
 // change of a proxy's state to emit until ctx ends. emit is called from several
 // goroutines at once and must not block. The filter's max_rps is split across the
@@ -212,7 +249,7 @@ func (f *FanIn) Run(ctx context.Context, sel Selector, filter tap.Filter, emit f
 	defer wg.Wait()
 	streams := map[Proxy]running{}
 	apply := func(proxies []Proxy) {
-		share := ShareRPS(filter.RPS(), len(proxies))
+		shares := f.shares(ctx, sel, filter, proxies, emit)
 		want := map[Proxy]bool{}
 		for _, p := range proxies {
 			want[p] = true
@@ -225,6 +262,7 @@ func (f *FanIn) Run(ctx context.Context, sel Selector, filter tap.Filter, emit f
 			}
 		}
 		for _, p := range proxies {
+			share := shares[p]
 			if r, ok := streams[p]; ok && r.share == share {
 				continue
 			} else if ok {
@@ -264,6 +302,30 @@ func (f *FanIn) Run(ctx context.Context, sel Selector, filter tap.Filter, emit f
 		}
 		apply(proxies)
 	}
+}
+
+// shares splits filter's max_rps across proxies: by the rate each carries when f.Rates knows it (and
+// then emits what share of that traffic the stream can show), else evenly.
+func (f *FanIn) shares(ctx context.Context, sel Selector, filter tap.Filter, proxies []Proxy, emit func(TapItem)) map[Proxy]int {
+	var rates map[string]float64
+	if f.Rates != nil && len(proxies) > 0 {
+		var err error
+		if rates, err = f.Rates(ctx, sel, filter.Direction); err != nil {
+			f.logger().Warn("tap fan-in: proxies' request rates unknown, max_rps split evenly", "err", err)
+			rates = nil
+		} else {
+			observed := 0.0
+			for _, p := range proxies {
+				observed += rates[ProxyKey(p.Namespace, p.Pod)]
+			}
+			msg := fmt.Sprintf("the selected proxies carry %.1f req/s (last minute); the stream reports at most %d req/s", observed, filter.RPS())
+			if observed > float64(filter.RPS()) {
+				msg = fmt.Sprintf("at most %d of the %.1f req/s the selected proxies carry (last minute) are shown; raise max_rps to see more", filter.RPS(), observed)
+			}
+			emit(TapItem{State: Sampling, Err: msg, ObservedRPS: observed, MaxRPS: filter.RPS()})
+		}
+	}
+	return ShareByRate(filter.RPS(), proxies, rates)
 }
 
 // tapProxy streams one proxy's events until ctx ends, reporting each failure and

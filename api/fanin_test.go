@@ -352,3 +352,45 @@ func TestFanInLeavesNoGoroutineBehind(t *testing.T) {
 		t.Errorf("%d goroutines after the fan-ins ended, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
 	}
 }
+
+// TestFanInSplitsMaxRPSByEachProxysRateAndSaysItSamples: web-0 carries 30 req/s,
+// web-1 10: of max_rps 20, web-0 may report 15 and web-1 5 (an even split would
+// show a quarter of web-0's calls and half of web-1's), and the fan-in says that
+// 20 of 40 req/s are shown.
+func TestFanInSplitsMaxRPSByEachProxysRateAndSaysItSamples(t *testing.T) {
+	a, b := newTapServer(t, ""), newTapServer(t, "")
+	tl := &targets{}
+	tl.set(target("shop", "web", "web-0", a.admin()), target("shop", "web", "web-1", b.admin()))
+	var asked []string
+	rates := func(_ context.Context, sel Selector, direction string) (map[string]float64, error) {
+		asked = append(asked, sel.String()+" "+direction)
+		return map[string]float64{ProxyKey("shop", "web-0"): 30, ProxyKey("shop", "web-1"): 10}, nil
+	}
+	f := &FanIn{Targets: tl, Rates: rates}
+	got := runFanIn(t, f, Selector{Namespace: "shop", Deployment: "web"}, tap.Filter{MaxRPS: 20, Direction: tap.DirectionInbound})
+	got.waitFor(t, "sampling", func(it TapItem) bool {
+		return it.State == Sampling && it.ObservedRPS == 40 && it.MaxRPS == 20 && strings.Contains(it.Err, "at most 20 of the 40.0 req/s")
+	})
+	for pod, s := range map[string]*tapServer{"web-0": a, "web-1": b} {
+		got.waitFor(t, pod+" streaming", isState(pod, ProxyStreaming))
+		want := map[string]string{"web-0": "15", "web-1": "5"}[pod]
+		if q := s.lastAsked(); q.Get("max_rps") != want {
+			t.Errorf("%s asked with max_rps=%s, want %s", pod, q.Get("max_rps"), want)
+		}
+	}
+	if len(asked) == 0 || asked[0] != "namespace=shop deployment=web inbound" {
+		t.Errorf("rates asked for %q, want the selector and the filter's direction", asked)
+	}
+}
+
+func TestShareByRateWithoutRatesSplitsEvenly(t *testing.T) {
+	ps := []Proxy{{Namespace: "shop", Pod: "a"}, {Namespace: "shop", Pod: "b"}}
+	got := ShareByRate(100, ps, nil)
+	if got[ps[0]] != 50 || got[ps[1]] != 50 {
+		t.Errorf("shares %v, want 50 each", got)
+	}
+	got = ShareByRate(100, ps, map[string]float64{ProxyKey("shop", "a"): 3})
+	if got[ps[0]] != 100 || got[ps[1]] != 1 {
+		t.Errorf("shares %v, want 100 for the busy one and 1 for the idle one", got)
+	}
+}

@@ -24,6 +24,21 @@
   var backoff = 500;
   var retryTimer = null;
   var shown = 0, dropped = 0, proxyDropped = 0, hiddenCount = 0, topSummary = "";
+  // Sampling: the rate the selected proxies carry (the dashboard's "sampling" status, from Prometheus)
+  // against the rate of requests that reached this page over the last 10 s (arrivals: [time, count]).
+  var sampling = null, arrivals = [];
+  function arrived(n) {
+    var now = Date.now();
+    arrivals.push([now, n]);
+    while (arrivals.length && arrivals[0][0] < now - 10000) { arrivals.shift(); }
+  }
+  function shownRate() {
+    if (arrivals.length < 2) { return 0; }
+    var span = (arrivals[arrivals.length - 1][0] - arrivals[0][0]) / 1000;
+    var n = 0;
+    for (var i = 1; i < arrivals.length; i++) { n += arrivals[i][1]; }
+    return span > 0 ? n / span : 0;
+  }
   var proxies = {};   // proxy name -> last status
   var notice = null;  // a status without a proxy: nothing matches, or listing failed
   var calls = new Map(); // proxy + " " + id -> {tr, req, rsp, end, proxy}
@@ -88,15 +103,23 @@
     };
   }
 
+  var lastRequests = null;
   function onFrame(f) {
     (f.status || []).forEach(noteStatus);
     dropped = f.dropped || 0;
     proxyDropped = f.proxy_dropped || 0;
-    if (mode === "top") { renderTop(f.top); } else { (f.events || []).forEach(addEvent); }
+    if (mode === "top") {
+      if (f.top) { arrived(f.top.requests - (lastRequests === null ? f.top.requests : lastRequests)); lastRequests = f.top.requests; }
+      renderTop(f.top);
+    } else {
+      arrived((f.events || []).filter(function (it) { return it.event.type === "request"; }).length);
+      (f.events || []).forEach(addEvent);
+    }
     renderCounts();
   }
 
   function noteStatus(s) {
+    if (s.state === "sampling") { sampling = s; return; }
     if (s.proxy) {
       proxies[s.proxy] = s;
       if (s.state === "gone") { delete proxies[s.proxy]; }
@@ -127,6 +150,12 @@
     }
     parts.push(streaming + (streaming === 1 ? " proxy" : " proxies") + " streaming");
     parts.push("dropped: " + dropped + " by the dashboard, " + proxyDropped + " by proxies");
+    if (sampling) {
+      parts.unshift("showing " + shownRate().toFixed(1) + " of " + sampling.observed_rps.toFixed(1) + " req/s" +
+        (sampling.observed_rps > sampling.max_rps ? " (sampled: max " + sampling.max_rps + " req/s)" : ""));
+      countsEl.dataset.observedRps = String(sampling.observed_rps);
+      countsEl.title = sampling.error;
+    }
     countsEl.textContent = parts.join(" · ");
     countsEl.dataset.dropped = String(dropped + proxyDropped);
   }

@@ -147,7 +147,7 @@ func (l *liveCLI) fanIn(stderr io.Writer) (*api.FanIn, error) {
 		return nil, err
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	return &api.FanIn{Targets: prom, Token: l.cfg.TapToken, Logger: log}, nil
+	return &api.FanIn{Targets: prom, Rates: prom.ProxyRates, Token: l.cfg.TapToken, Logger: log}, nil
 }
 
 // statusLine says what happened to a proxy's stream, for stderr.

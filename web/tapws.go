@@ -416,12 +416,15 @@ type proxyStatus struct {
 	Proxy string         `json:"proxy,omitempty"`
 	State api.ProxyState `json:"state"`
 	Error string         `json:"error,omitempty"`
+	// ObservedRPS and MaxRPS come with the sampling state.
+	ObservedRPS float64 `json:"observed_rps,omitempty"`
+	MaxRPS      int     `json:"max_rps,omitempty"`
 }
 
 func statusJSON(items []api.TapItem) []proxyStatus {
 	out := make([]proxyStatus, 0, len(items))
 	for _, it := range items {
-		ps := proxyStatus{State: it.State, Error: it.Err}
+		ps := proxyStatus{State: it.State, Error: it.Err, ObservedRPS: it.ObservedRPS, MaxRPS: it.MaxRPS}
 		if it.Proxy != (api.Proxy{}) {
 			ps.Proxy = it.Proxy.Name()
 		}
