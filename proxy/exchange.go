@@ -37,7 +37,9 @@ type Exchange struct {
 	// authorities not in the file.
 	DstLabels map[string]string
 	// TLS is how the request's connection is secured: inbound, the client's; outbound, the endpoint's.
-	TLS   metrics.TLS
+	TLS metrics.TLS
+	// Route is the name of the outbound route the request took; empty for a default route or none.
+	Route string
 	Start time.Time // when the request headers were read
 
 	Status     int   // response status, once the response headers were written
@@ -66,7 +68,7 @@ func (e *Exchange) requestHeaders(m *metrics.Metrics) {
 	if e.hub.Active() { // one atomic load when nobody taps: nothing built, nothing allocated
 		e.tap = e.hub.Request(&taphub.RequestInfo{
 			Direction: e.Direction, Method: e.Method, Authority: e.Authority, Path: e.Path, Query: e.Query, Header: e.Header,
-			Source: e.Source, Destination: e.Destination, DstLabels: e.DstLabels, Start: e.Start,
+			Source: e.Source, Destination: e.Destination, DstLabels: e.DstLabels, Start: e.Start, Route: e.Route,
 			PeerIdentity: e.TLS.PeerID, LocalIdentity: e.localID,
 		})
 	}

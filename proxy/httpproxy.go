@@ -110,6 +110,7 @@ func (p *httpProxy) serve(ctx context.Context, w http.ResponseWriter, r *http.Re
 		// The route, and its backend: the service itself or, in a traffic split, another one.
 		ex.Authority = dest.Authority // normalized: one series however clients spell it
 		rt = dest.Routes.Match(r.Method, r.URL.Path, r.Header)
+		ex.Route = rt.Name
 		ex.route = p.metrics.Route(routeKey(dest, rt, isGRPC(r.Header)))
 		if b := rt.PickBackend(); b != nil && b.Authority != dest.Authority {
 			if dest = p.resolver.Lookup(b.Authority); dest == nil {

@@ -41,6 +41,40 @@ type Data struct {
 	Summary *Summary
 	Charts  []Chart
 	Tables  []Table
+	// Routes, when set, is the page's routes table (a deployment's outbound routes).
+	Routes *RouteTable
+}
+
+// RouteTable is the routes a workload calls, one row per route of each service.
+type RouteTable struct {
+	Title string
+	Rows  []RouteRow
+	// Empty is shown instead of rows when there are none; Error when a metric failed.
+	Empty string
+	Error string
+}
+
+// RouteRow is one route: its golden metrics, retries, timeouts and the backends of its traffic split.
+type RouteRow struct {
+	Service  string // the route's service, name.namespace:port
+	Name     string // the route's name; the default route's is "default"
+	Success  Cell
+	RPS      string
+	P50      string
+	P95      string
+	P99      string
+	Retries  string // per second, and their share of the route's requests
+	Timeouts string // per second
+	Backends []RouteBackend
+	// TapHref opens the live tap on the route's requests.
+	TapHref string
+}
+
+// RouteBackend is one backend of a route's traffic split.
+type RouteBackend struct {
+	Name    string
+	Share   string // its observed part of the route's tries
+	Success Cell
 }
 
 // Summary is the golden metrics of the page's own resource.

@@ -21,6 +21,7 @@ const usage = `usage: web [serve] [flags]          serve the dashboard (default)
        web install [flags]            print the control plane to kubectl apply
        web check [flags]              what is wrong with Meshscope in the cluster
        web dashboard [flags]          open the cluster's dashboard through a port-forward
+       web routes deploy/NAME [flags] a deployment's routes: success, latency, retries, timeouts, splits
 
 Run "web COMMAND --help" for the flags of a command ("web serve --help" for the
 dashboard's). Right after "go run ./dev", stat, top and tap find the demo by
@@ -59,6 +60,8 @@ func cli(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = checkCmd(ctx, args, stdout, stderr)
 	case "dashboard":
 		err = dashboardCmd(ctx, args, stdout, stderr)
+	case "routes":
+		err = routesCmd(ctx, args, stdout, stderr)
 	case "help":
 		fmt.Fprint(stdout, usage)
 		return 0

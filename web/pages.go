@@ -399,12 +399,17 @@ func (s *server) deploymentPage(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	self := []api.Match{{Label: api.LabelNamespace, Value: ns}, {Label: api.LabelDeployment, Value: name}}
-	d := s.resource(r.Context(), v, func(w time.Duration) (api.Scope, api.Scope, api.Scope, *api.Scope) {
-		pods := podsOf(w, self...)
-		return api.Scope{Direction: "inbound", By: []string{api.LabelNamespace, api.LabelDeployment}, Match: self, Window: w},
-			edges(w, api.Match{Label: api.LabelDstNamespace, Value: ns}, api.Match{Label: api.LabelDstDeployment, Value: name}),
-			edges(w, self...),
-			&pods
+	var d deploymentData
+	fetch(func() {
+		d.resourceData = s.resource(r.Context(), v, func(w time.Duration) (api.Scope, api.Scope, api.Scope, *api.Scope) {
+			pods := podsOf(w, self...)
+			return api.Scope{Direction: "inbound", By: []string{api.LabelNamespace, api.LabelDeployment}, Match: self, Window: w},
+				edges(w, api.Match{Label: api.LabelDstNamespace, Value: ns}, api.Match{Label: api.LabelDstDeployment, Value: name}),
+				edges(w, self...),
+				&pods
+		})
+	}, func() {
+		d.Routes, d.RouteHistory = s.routeData(r.Context(), ns, name, v.window)
 	})
 	if s.isAPI(r) {
 		return s.writeJSON(w, r, d)
@@ -425,8 +430,9 @@ func (s *server) deploymentPage(w http.ResponseWriter, r *http.Request) error {
 		Live:    views.LiveCalls(s.liveCalls(api.Selector{Namespace: ns, Deployment: name})),
 	}
 	fs, ws := d.problems()
-	p.Data = s.data(here(q), s.summary(d.Summary), charts(d.History), tables, fs, ws)
+	p.Data = s.data(here(q), s.summary(d.Summary), append(charts(d.History), d.RouteHistory.charts()...), tables, fs, ws)
 	p.Data.Notes = d.Window.notes()
+	p.Data.Routes = s.routeTable(ns, name, d.Routes)
 	return s.render(w, r, http.StatusOK, s.shell(r, "Deployment "+ns+"/"+name, nil), views.ResourcePage(p), views.DataFragment(p.Data))
 }
 

@@ -106,6 +106,9 @@ type Event struct {
 	Method    string `json:"method,omitempty"`
 	Authority string `json:"authority,omitempty"`
 	Path      string `json:"path,omitempty"`
+	// Route is the outbound route the request took; empty for a service's
+	// default route and where there are no routes.
+	Route string `json:"route,omitempty"`
 	// Query is the request's query string, without "?", the values of
 	// parameters whose names look secret replaced by [RedactedValue] (see
 	// [RedactQuery]).

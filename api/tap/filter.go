@@ -20,12 +20,13 @@ const (
 	ParamFailed        = "failed"
 	ParamGRPCStatus    = "grpc_status"
 	ParamMaxRPS        = "max_rps"
+	ParamRoute         = "route"
 )
 
 // Params lists every parameter [ParseFilter] accepts, in a stable order.
 var Params = []string{
 	ParamDirection, ParamMethod, ParamAuthority, ParamPath,
-	ParamDstDeployment, ParamDstNamespace, ParamStatus, ParamFailed, ParamGRPCStatus, ParamMaxRPS,
+	ParamDstDeployment, ParamDstNamespace, ParamStatus, ParamFailed, ParamGRPCStatus, ParamMaxRPS, ParamRoute,
 }
 
 // Bounds of max_rps, the per-stream rate limit in requests per second.
@@ -62,6 +63,9 @@ type Filter struct {
 	// MaxRPS is the most requests per second the stream reports (each with
 	// all its events); 0 means DefaultMaxRPS.
 	MaxRPS int
+	// Route is the name of the outbound route the request took (a routes:
+	// entry of the destinations file, an HTTPRoute rule); empty for any.
+	Route string
 }
 
 // Status is a range of HTTP status codes, written "5xx" for a class or "404"
@@ -174,6 +178,11 @@ func (f *Filter) set(name, value string) error {
 			return bad("must be a gRPC status code, 0 to 16, or its name such as UNAVAILABLE")
 		}
 		f.GRPCStatus = name
+	case ParamRoute:
+		if !isDNSName(value, 63, false) {
+			return bad("must be a route name (lower-case letters, digits, '-')")
+		}
+		f.Route = value
 	case ParamMaxRPS:
 		n, err := strconv.Atoi(value)
 		if err != nil || n < 1 || n > MaxMaxRPS {
@@ -203,6 +212,7 @@ func (f Filter) Values() url.Values {
 		q.Set(ParamFailed, "true")
 	}
 	set(ParamGRPCStatus, f.GRPCStatus)
+	set(ParamRoute, f.Route)
 	if f.MaxRPS != 0 {
 		q.Set(ParamMaxRPS, strconv.Itoa(f.MaxRPS))
 	}
@@ -224,6 +234,7 @@ func (f *Filter) MatchRequest(ev *Event) bool {
 		(f.Method == "" || strings.EqualFold(f.Method, ev.Method)) &&
 		(f.Authority == "" || strings.EqualFold(f.Authority, ev.Authority)) &&
 		strings.HasPrefix(ev.Path, f.Path) &&
+		(f.Route == "" || f.Route == ev.Route) &&
 		(f.DstDeployment == "" || f.DstDeployment == ev.Destination.Labels[LabelDeployment]) &&
 		(f.DstNamespace == "" || f.DstNamespace == ev.Destination.Labels[LabelNamespace])
 }

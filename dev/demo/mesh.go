@@ -37,14 +37,16 @@ type Service struct {
 }
 
 // shop is the demo shop's call graph: traffic → web → catalog, checkout;
-// checkout → payments → ledger.
+// checkout → payments (and payments-v2, a tenth of its charges by a traffic
+// split) → ledger. payments-v2 comes last so the others keep their ports.
 func shop() []Service {
 	return []Service{
 		{Namespace: "shop", Deployment: "web", Authority: "web.shop:8080", Protocol: HTTP1, Calls: []string{"catalog", "checkout"}, Pods: 1, Template: "web-7c9d8f"},
 		{Namespace: "shop", Deployment: "catalog", Authority: "catalog.shop:9090", Protocol: GRPC, Pods: 2, Template: "catalog-5f6b7c"},
-		{Namespace: "shop", Deployment: "checkout", Authority: "checkout.shop:9090", Protocol: GRPC, Calls: []string{"payments"}, Pods: 1, Template: "checkout-84d9c6"},
+		{Namespace: "shop", Deployment: "checkout", Authority: "checkout.shop:9090", Protocol: GRPC, Calls: []string{"payments", "payments-v2"}, Pods: 1, Template: "checkout-84d9c6"},
 		{Namespace: "payments", Deployment: "payments", Authority: "payments.payments:8080", Protocol: H2C, Calls: []string{"ledger"}, Pods: 1, Template: "payments-6d4b8f"},
 		{Namespace: "payments", Deployment: "ledger", Authority: "ledger.payments:5432", Protocol: Opaque, Pods: 1, Template: "ledger-7b5c9d"},
+		{Namespace: "payments", Deployment: "payments-v2", Authority: "payments-v2.payments:8080", Protocol: H2C, Calls: []string{"ledger"}, Pods: 1, Template: "payments-v2-5c8d7e"},
 	}
 }
 
@@ -168,7 +170,8 @@ func (m Mesh) PodsOf(deployment string) []Pod {
 }
 
 // Destinations renders the proxies' destinations file (DESIGN.md): every
-// service's authority, its labels and its pods' proxy inbound addresses.
+// service's authority, its labels, its pods' proxy inbound addresses and its
+// routes (routes.go).
 func (m Mesh) Destinations() ([]byte, error) {
 	type endpoint struct {
 		Addr   string            `yaml:"addr"`
@@ -178,12 +181,13 @@ func (m Mesh) Destinations() ([]byte, error) {
 		Authority string            `yaml:"authority"`
 		Labels    map[string]string `yaml:"labels"`
 		Endpoints []endpoint        `yaml:"endpoints"`
+		Routes    []route           `yaml:"routes,omitempty"`
 	}
 	var doc struct {
 		Services []service `yaml:"services"`
 	}
 	for _, s := range m.Services {
-		svc := service{Authority: s.Authority, Labels: map[string]string{"namespace": s.Namespace, "deployment": s.Deployment}}
+		svc := service{Authority: s.Authority, Labels: map[string]string{"namespace": s.Namespace, "deployment": s.Deployment}, Routes: m.routesOf(s.Deployment)}
 		for _, p := range m.PodsOf(s.Deployment) {
 			svc.Endpoints = append(svc.Endpoints, endpoint{Addr: p.Inbound, Labels: map[string]string{"pod": p.Name}})
 		}

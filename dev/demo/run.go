@@ -69,7 +69,7 @@ func runPod(ctx context.Context, m Mesh, p Pod, cfg Config, l net.Listener, log 
 		return runCatalog(ctx, cfg.Catalog, l)
 	case "checkout":
 		return runCheckout(ctx, m, p, cfg.Checkout, l)
-	case "payments":
+	case "payments", "payments-v2": // two versions of one service, behaving alike
 		return runPayments(ctx, m, p, cfg.Payments, l)
 	case "ledger":
 		return runLedger(ctx, cfg.Ledger, l, log)

@@ -303,6 +303,8 @@ type RequestInfo struct {
 	// the client's inbound, the endpoint's outbound; empty without mutual
 	// TLS. LocalIdentity is this proxy's own, reported with it.
 	PeerIdentity, LocalIdentity string
+	// Route is the name of the outbound route the request took; empty for none.
+	Route string
 	// Start is when the request headers were read; zero means now.
 	Start time.Time
 }
@@ -363,7 +365,7 @@ func (h *Hub) Request(info *RequestInfo) *Span {
 	*ev = tap.Event{
 		V: tap.Version, Type: tap.TypeRequest, TS: start,
 		Direction: s.dir, Source: s.src, Destination: s.dst,
-		Method: info.Method, Authority: info.Authority, Path: info.Path,
+		Method: info.Method, Authority: info.Authority, Path: info.Path, Route: info.Route,
 	}
 	mono := h.mono(now)
 	for _, sub := range *subs {
