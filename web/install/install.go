@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/meshscope/meshscope/api/kube"
+	"github.com/meshscope/meshscope/api/rules"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -356,7 +357,7 @@ func (o Options) prometheusConfig() *corev1.ConfigMap {
 	return &corev1.ConfigMap{
 		TypeMeta:   typeMeta("v1", "ConfigMap"),
 		ObjectMeta: o.meta(kube.Prometheus),
-		Data:       map[string]string{"prometheus.yml": kube.PrometheusConfig},
+		Data:       map[string]string{"prometheus.yml": kube.PrometheusConfig, rules.FileName: string(rules.YAML())},
 	}
 }
 

@@ -3,14 +3,22 @@ package install
 import (
 	"bytes"
 	"context"
+	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/meshscope/meshscope/api/kube"
 	"github.com/meshscope/meshscope/dev/kubetest"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/config"
+	_ "github.com/prometheus/prometheus/discovery/kubernetes" // registers kubernetes_sd_configs
+	"github.com/prometheus/prometheus/model/rulefmt"
+	"github.com/prometheus/prometheus/promql/parser"
 	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -223,5 +231,40 @@ func TestInstalledPermissionsAreLeast(t *testing.T) {
 		if review.Status.Allowed != tc.allowed {
 			t.Errorf("%s %s %s: allowed %v, want %v", tc.sa, tc.vb, tc.resource, review.Status.Allowed, tc.allowed)
 		}
+	}
+}
+
+// TestInstalledPrometheusConfigLoads writes the installed Prometheus' ConfigMap to a directory, as
+// the pod mounts it, and loads it with Prometheus' own loaders: the scrape job and the recording
+// rules it names.
+func TestInstalledPrometheusConfigLoads(t *testing.T) {
+	var cm *corev1.ConfigMap
+	for _, obj := range (Options{TLS: &TLS{}}).objects() {
+		if c, ok := obj.(*corev1.ConfigMap); ok && c.Name == kube.Prometheus {
+			cm = c
+		}
+	}
+	if cm == nil {
+		t.Fatal("no Prometheus ConfigMap")
+	}
+	dir := t.TempDir()
+	for name, data := range cm.Data {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg, err := config.LoadFile(filepath.Join(dir, "prometheus.yml"), false, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.RuleFiles) != 1 {
+		t.Fatalf("rule files %v, want the recording rules", cfg.RuleFiles)
+	}
+	groups, errs := rulefmt.ParseFile(cfg.RuleFiles[0], false, model.UTF8Validation, parser.NewParser(parser.Options{}), slog.New(slog.DiscardHandler))
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	if len(groups.Groups) == 0 {
+		t.Error("no recording rule groups")
 	}
 }
