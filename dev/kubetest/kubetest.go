@@ -204,7 +204,7 @@ func (s *Server) spawn(path, logName string, args ...string) error {
 	cmd := exec.Command(path, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := startOnLastingThread(cmd); err != nil {
 		logFile.Close()
 		return fmt.Errorf("start %s: %w", filepath.Base(path), err)
 	}
@@ -216,6 +216,28 @@ func (s *Server) spawn(path, logName string, args ...string) error {
 		close(p.done)
 	}()
 	return nil
+}
+
+// spawner runs functions on one OS thread that lives as long as the process.
+var spawner = sync.OnceValue(func() chan func() {
+	ch := make(chan func())
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread stays this goroutine's, and alive
+		for f := range ch {
+			f()
+		}
+	}()
+	return ch
+})
+
+// startOnLastingThread starts cmd from a thread that never ends. Pdeathsig fires when the thread that
+// forked the child ends, not the process: a child started from an ordinary goroutine dies as soon as the
+// runtime retires that thread, which it does whenever a goroutine exits locked to it (a test that enters
+// a network namespace does exactly that), killing the API server mid-test.
+func startOnLastingThread(cmd *exec.Cmd) error {
+	errc := make(chan error, 1)
+	spawner() <- func() { errc <- cmd.Start() }
+	return <-errc
 }
 
 func (s *Server) waitReady(limit time.Duration) error {
@@ -262,6 +284,10 @@ func (s *Server) stop() {
 			p.cmd.Process.Kill()
 			<-p.done
 		}
+	}
+	if os.Getenv("KUBETEST_KEEP") != "" {
+		fmt.Fprintf(os.Stderr, "kubetest: KUBETEST_KEEP is set: logs and data kept in %s\n", s.Dir)
+		return
 	}
 	os.RemoveAll(s.Dir)
 }
