@@ -32,11 +32,14 @@ type Config struct {
 	// AdminListen serves /metrics, /ready, /live, /log-level and /tap; required.
 	AdminListen string
 
-	// Namespace, Deployment and Pod name this workload (tap events and logs).
+	// Namespace, Deployment and Pod name this workload (tap events and logs); Namespace is also where the
+	// discovery service looks up short authorities (svc:port).
 	Namespace, Deployment, Pod string
 
 	// Destinations is the destinations file; empty means every authority is dialled as written.
 	Destinations string
+	// DestinationAddr is the discovery service (proxy destination), host:port; empty means none.
+	DestinationAddr string
 	// OpaquePorts are ports whose connections skip protocol detection (opaque TCP): a listener's, its
 	// destination's, or a redirected connection's original destination's.
 	OpaquePorts []int
@@ -102,10 +105,11 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer) 
 		return nil
 	})
 	fs.StringVar(&cfg.AdminListen, "admin-listen", "0.0.0.0:4191", "`address` of the admin server: /metrics /ready /live /log-level /tap")
-	fs.StringVar(&cfg.Namespace, "namespace", "", "this workload's `namespace` (tap events and logs)")
+	fs.StringVar(&cfg.Namespace, "namespace", "", "this workload's `namespace` (tap events and logs; short authorities svc:port resolve in it through --destination-addr)")
 	fs.StringVar(&cfg.Deployment, "deployment", "", "this workload's `deployment` (tap events and logs)")
 	fs.StringVar(&cfg.Pod, "pod", "", "this workload's `pod` name (tap events and logs)")
 	fs.StringVar(&cfg.Destinations, "destinations", "", "service discovery YAML `file`, re-read when it changes; without it every authority is dialled as written")
+	fs.StringVar(&cfg.DestinationAddr, "destination-addr", "", "`host:port` of the discovery service (proxy destination): outbound authorities and original destinations it knows are balanced over their pods, with dst_* labels from the cluster (asked after --destinations); when unreachable, known ones keep their endpoints and new ones are dialled as written")
 	cfg.OpaquePorts = DefaultOpaquePorts
 	fs.Func("opaque-ports", "comma-separated `ports` proxied as TCP without protocol detection: a listener on one of them, or whose destination (--inbound-forward, a route's AUTHORITY, a redirected connection's original destination) has one; empty for none (default 25,587,3306,4444,5432,6379,9300,11211: SMTP, MySQL, Galera, PostgreSQL, Redis, Elasticsearch, Memcached)", func(s string) error {
 		ports, err := parsePorts(s)
@@ -209,6 +213,11 @@ func (c Config) validate() error {
 		}
 		if c.IdentityTrustAnchors == "" {
 			return errors.New("--identity-trust-anchors is required with --identity-addr: the PEM file of the mesh's roots")
+		}
+	}
+	if c.DestinationAddr != "" {
+		if err := checkDialAddr(c.DestinationAddr); err != nil {
+			return fmt.Errorf("--destination-addr %q: %v", c.DestinationAddr, err)
 		}
 	}
 	if c.DetectTimeout <= 0 {

@@ -49,8 +49,9 @@ type httpProxy struct {
 	forward string
 	// route, when set, is the authority of every request (an --outbound-route listener).
 	route string
-	// resolver finds outbound destinations; nil when there is no destinations file.
-	resolver *balance.Resolver
+	// resolver finds outbound destinations; nil when there is neither a destinations file nor a
+	// discovery service.
+	resolver balance.Source
 	// self tells whether an address is one of the proxy's own listeners, to refuse requests to itself.
 	self func(authority string) bool
 

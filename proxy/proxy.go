@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/meshscope/meshscope/proxy/balance"
+	"github.com/meshscope/meshscope/proxy/destination"
 	"github.com/meshscope/meshscope/proxy/detect"
 	"github.com/meshscope/meshscope/proxy/metrics"
 	"github.com/meshscope/meshscope/proxy/origdst"
@@ -41,7 +42,11 @@ type proxy struct {
 	registry *prometheus.Registry
 	metrics  *metrics.Metrics
 	tap      *taphub.Hub
-	resolver *balance.Resolver
+	// resolver finds outbound destinations: the destinations file, then the discovery service; nil
+	// when there is neither.
+	resolver  balance.Source
+	files     *balance.Resolver   // the destinations file; nil without --destinations
+	discovery *destination.Client // the discovery service's client; nil without --destination-addr
 	// mtls is the proxy's identity and mutual TLS; nil when identity is off.
 	mtls *meshTLS
 
@@ -86,10 +91,22 @@ func (l *listener) release() { l.active.Add(-1) }
 // and returns a proxy ready to Serve. On error nothing is left open.
 func newProxy(cfg Config, log *slog.Logger, level *slog.LevelVar) (_ *proxy, err error) {
 	p := &proxy{cfg: cfg, log: log, level: level, registry: prometheus.NewRegistry()}
+	var sources balance.Sources
 	if cfg.Destinations != "" {
-		if p.resolver, err = balance.Load(cfg.Destinations, log); err != nil {
+		if p.files, err = balance.Load(cfg.Destinations, log); err != nil {
 			return nil, fmt.Errorf("--destinations: %w", err)
 		}
+		sources = append(sources, p.files)
+	}
+	if cfg.DestinationAddr != "" {
+		p.discovery = destination.NewClient(destination.ClientOptions{Addr: cfg.DestinationAddr, Namespace: cfg.Namespace, Log: log})
+		sources = append(sources, p.discovery)
+	}
+	switch len(sources) {
+	case 1:
+		p.resolver = sources[0]
+	case 2:
+		p.resolver = sources
 	}
 	p.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	p.metrics = metrics.New(p.registry)
@@ -348,15 +365,18 @@ func (p *proxy) addr(name string) net.Addr {
 // requests and connections finish within ShutdownGrace, and closes what is left.
 func (p *proxy) Serve(ctx context.Context) error {
 	var wg sync.WaitGroup
-	if p.resolver != nil {
+	if p.files != nil {
 		wg.Go(func() {
-			if err := p.resolver.Run(ctx); err != nil {
+			if err := p.files.Run(ctx); err != nil {
 				p.log.Error("destinations file is no longer watched: changes need a restart", "err", err)
 			}
 		})
 	}
 	if p.mtls != nil {
 		wg.Go(func() { p.mtls.id.Run(ctx) })
+	}
+	if p.discovery != nil {
+		wg.Go(func() { p.discovery.Run(ctx) })
 	}
 	adminDone := make(chan error, 1)
 	go func() { adminDone <- p.admin.Serve(p.adminLn) }()
