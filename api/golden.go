@@ -62,6 +62,8 @@ type Table struct {
 	Rows     []Row     `json:"rows"`
 	Warnings []string  `json:"warnings,omitempty"`
 	Failures []Failure `json:"failures,omitempty"`
+	// Source is where the figures come from: SourceRecorded or SourceRaw.
+	Source string `json:"source"`
 	// Metrics is how many metrics the table asked for.
 	Metrics int `json:"-"`
 }
@@ -84,7 +86,7 @@ const (
 // metric however many rows, run concurrently. With meshed, the proxies'
 // scrape targets count how many are up per row.
 func (q *Querier) Golden(ctx context.Context, sc Scope, meshed bool) Table {
-	return q.golden(ctx, sc, meshed, nil)
+	return q.golden(ctx, q.plan(sc), meshed, nil)
 }
 
 // part is one metric of a table: its query and where its value goes.
@@ -104,6 +106,7 @@ func setPtr(f func(*Stats) **float64) func(*Stats, float64) {
 	}
 }
 
+// golden is Golden with extra parts; sc must come planned (q.plan).
 func (q *Querier) golden(ctx context.Context, sc Scope, meshed bool, extra []part) Table {
 	ptr := setPtr
 	parts := []part{
@@ -180,6 +183,7 @@ func (q *Querier) golden(ctx context.Context, sc Scope, meshed bool, extra []par
 		})
 	}
 	wg.Wait()
+	t.Source = sc.Source()
 	t.Metrics = len(parts)
 	if meshed {
 		t.Metrics++
@@ -234,19 +238,24 @@ type Chart struct {
 	Failure *Failure `json:"failure,omitempty"`
 	// Warnings are the backend's warnings about the chart's queries.
 	Warnings []string `json:"warnings,omitempty"`
+	// Source is where the figures come from: SourceRecorded or SourceRaw.
+	Source string `json:"source"`
 }
 
 // History fetches success rate, RPS and latency percentiles of the whole
 // scope (summed, By ignored) over span at step, one range query per line.
 func (q *Querier) History(ctx context.Context, sc Scope, span, step time.Duration) (success, rps, latency Chart) {
 	sc.By = nil
+	sc = q.plan(sc)
 	type line struct {
 		chart *Chart
 		name  string
 		query string
 	}
 	end := q.now()
-	mk := func(metric string) Chart { return Chart{Metric: metric, Start: end.Add(-span), End: end, Step: step} }
+	mk := func(metric string) Chart {
+		return Chart{Metric: metric, Start: end.Add(-span), End: end, Step: step, Source: sc.Source()}
+	}
 	success, rps, latency = mk(MetricSuccess), mk(MetricRPS), mk("latency")
 	lines := []line{
 		{&success, "success rate", SuccessRateQuery(sc)},

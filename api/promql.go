@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/prometheus/common/model"
+
+	"github.com/meshscope/meshscope/api/rules"
 )
 
 // Label names the dashboard groups and selects by: the proxies' target labels
@@ -67,13 +69,21 @@ type Scope struct {
 	Match []Match
 	// Window is the rate window; zero means 1m.
 	Window time.Duration
+	// Recorded, when its Name is set, reads that level's recorded series
+	// (api/rules) instead of the raw ones; Window must then be a whole
+	// multiple of rules.Interval. The Querier sets it (see DetectRecorded).
+	Recorded rules.Level
+}
+
+func (sc Scope) windowDuration() time.Duration {
+	if sc.Window <= 0 {
+		return time.Minute
+	}
+	return sc.Window
 }
 
 func (sc Scope) window() string {
-	if sc.Window <= 0 {
-		return "1m"
-	}
-	return model.Duration(sc.Window).String()
+	return model.Duration(sc.windowDuration()).String()
 }
 
 // selector renders the series selector of metric with extra matchers first.
@@ -94,8 +104,18 @@ func (sc Scope) selector(metric string, extra ...Match) string {
 	return b.String()
 }
 
+// rate is the per-second rate of counter metric over the window. From
+// recorded 1m rates, a longer window is their average over it: exact for an
+// aligned window, as each recorded rate covers one minute of it.
 func (sc Scope) rate(metric string, extra ...Match) string {
-	return "rate(" + sc.selector(metric, extra...) + "[" + sc.window() + "])"
+	if sc.Recorded.Name == "" {
+		return "rate(" + sc.selector(metric, extra...) + "[" + sc.window() + "])"
+	}
+	sel := sc.selector(sc.Recorded.Series(metric), extra...)
+	if sc.windowDuration() <= rules.Interval {
+		return sel
+	}
+	return "avg_over_time(" + sel + "[" + sc.window() + "])"
 }
 
 func sumBy(by []string, expr string) string {
@@ -109,27 +129,31 @@ func sumBy(by []string, expr string) string {
 // responses but no successes get 0 (the "or … * 0"), groups without responses
 // get NaN: no traffic, which is not 0% success.
 func SuccessRateQuery(sc Scope) string {
-	all := sumBy(sc.By, sc.rate("response_total"))
-	ok := sumBy(sc.By, sc.rate("response_total", Match{"classification", "success"}))
+	all := sumBy(sc.By, sc.rate(rules.Responses))
+	ok := sumBy(sc.By, sc.rate(rules.Responses, Match{"classification", "success"}))
 	return "(" + ok + " or " + all + " * 0) / " + all
 }
 
 // RPSQuery is the request rate per second.
 func RPSQuery(sc Scope) string {
-	return sumBy(sc.By, sc.rate("request_total"))
+	return sumBy(sc.By, sc.rate(rules.Requests))
 }
 
 // LatencyQuery is the q-quantile (0.5 for p50) of response latency in ms.
 func LatencyQuery(sc Scope, q float64) string {
 	return "histogram_quantile(" + strconv.FormatFloat(q, 'f', -1, 64) + ", " +
-		sumBy(append([]string{"le"}, sc.By...), sc.rate("response_latency_ms_bucket")) + ")"
+		sumBy(append([]string{"le"}, sc.By...), sc.rate(rules.Latency)) + ")"
 }
 
 // TCPQuery is the number of open TCP connections: from clients (peer src)
 // for inbound, to destinations (peer dst) for outbound edges. Without the
 // peer matcher each proxied connection would count twice, once per side.
 func TCPQuery(sc Scope) string {
-	return sumBy(sc.By, sc.selector("tcp_open_connections", sc.peer()))
+	metric := rules.TCPOpen
+	if sc.Recorded.Name != "" {
+		metric = sc.Recorded.Series(metric)
+	}
+	return sumBy(sc.By, sc.selector(metric, sc.peer()))
 }
 
 // peer is the side of a proxied TCP connection a scope counts: the client
@@ -145,18 +169,18 @@ func (sc Scope) peer() Match {
 // TCPReadBytesQuery is bytes per second read from the peer: from clients
 // (into the workload) for inbound.
 func TCPReadBytesQuery(sc Scope) string {
-	return sumBy(sc.By, sc.rate("tcp_read_bytes_total", sc.peer()))
+	return sumBy(sc.By, sc.rate(rules.TCPRead, sc.peer()))
 }
 
 // TCPWriteBytesQuery is bytes per second written to the peer: to clients
 // (out of the workload) for inbound.
 func TCPWriteBytesQuery(sc Scope) string {
-	return sumBy(sc.By, sc.rate("tcp_write_bytes_total", sc.peer()))
+	return sumBy(sc.By, sc.rate(rules.TCPWrite, sc.peer()))
 }
 
 // TCPFailuresQuery is connections per second closed with a failure.
 func TCPFailuresQuery(sc Scope) string {
-	return sumBy(sc.By, sc.rate("tcp_close_total", sc.peer(), Match{"classification", "failure"}))
+	return sumBy(sc.By, sc.rate(rules.TCPClose, sc.peer(), Match{"classification", "failure"}))
 }
 
 // SuccessUnderQuery is the success rate only where it is under slo: as a
@@ -170,7 +194,11 @@ func SuccessUnderQuery(sc Scope, slo float64) string {
 // (to w/60 at worst): when it is later than the window's start the window is
 // not full. The scrape health series "up" exists from a target's first scrape.
 func DataSinceQuery(w time.Duration) string {
-	step := max(w/60, time.Second).Truncate(time.Second)
 	return "min_over_time(min(timestamp(up{job=" + strconv.Quote(Job) + "}))[" +
-		model.Duration(w).String() + ":" + model.Duration(step).String() + "])"
+		model.Duration(w).String() + ":" + model.Duration(dataSinceStep(w)).String() + "])"
+}
+
+// dataSinceStep is the resolution of DataSinceQuery over window w.
+func dataSinceStep(w time.Duration) time.Duration {
+	return max(w/60, time.Second).Truncate(time.Second)
 }

@@ -8,6 +8,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/prometheus/prometheus/promql/parser"
+
+	"github.com/meshscope/meshscope/api/rules"
 )
 
 var (
@@ -40,6 +42,16 @@ func TestBuildersExactQueries(t *testing.T) {
 			`sum by (namespace, deployment, dst_namespace, dst_deployment) (rate(request_total{direction="outbound",dst_namespace="shop",dst_deployment="voting"}[10s]))`},
 		{"no grouping sums everything", RPSQuery(Scope{Direction: "inbound", Match: []Match{{"pod", "web-0"}}}),
 			`sum(rate(request_total{direction="inbound",pod="web-0"}[1m]))`},
+		{"recorded success rate at 1m reads the last recorded 1m rates", SuccessRateQuery(recordedAt(nsScope, "namespace")),
+			`(sum by (namespace) (namespace:response_total:rate1m{direction="inbound",classification="success"}) or ` +
+				`sum by (namespace) (namespace:response_total:rate1m{direction="inbound"}) * 0) / ` +
+				`sum by (namespace) (namespace:response_total:rate1m{direction="inbound"})`},
+		{"recorded rps over 5m averages five recorded 1m rates", RPSQuery(recordedAt(deployScope, "deployment")),
+			`sum by (namespace, deployment) (avg_over_time(deployment:request_total:rate1m{direction="inbound",namespace="shop"}[5m]))`},
+		{"recorded p99 reads the recorded buckets", LatencyQuery(recordedAt(deployScope, "deployment"), 0.99),
+			`histogram_quantile(0.99, sum by (le, namespace, deployment) (avg_over_time(deployment:response_latency_ms_bucket:rate1m{direction="inbound",namespace="shop"}[5m])))`},
+		{"recorded edge tcp connections", TCPQuery(recordedAt(Scope{Direction: "outbound", By: edgeScope.By, Match: edgeScope.Match}, "edge")),
+			`sum by (namespace, deployment, dst_namespace, dst_deployment) (edge:tcp_open_connections:sum{direction="outbound",peer="dst",dst_namespace="shop",dst_deployment="voting"})`},
 		{"hostile value stays inside its quotes", RPSQuery(Scope{Direction: "inbound", Match: []Match{{"namespace", `a"} or vector(1) #`}}}),
 			`sum(rate(request_total{direction="inbound",namespace="a\"} or vector(1) #"}[1m]))`},
 	} {
@@ -52,6 +64,16 @@ func TestBuildersExactQueries(t *testing.T) {
 			}
 		})
 	}
+}
+
+// recordedAt is sc reading the recorded series of the named level.
+func recordedAt(sc Scope, level string) Scope {
+	for _, l := range rules.Levels() {
+		if l.Name == level {
+			sc.Recorded = l
+		}
+	}
+	return sc
 }
 
 func TestNameValidation(t *testing.T) {

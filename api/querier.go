@@ -42,6 +42,8 @@ type Querier struct {
 	Observe func(call string, d time.Duration, err error)
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// rec is what DetectRecorded found; zero: raw series only.
+	rec recorded
 }
 
 // Options configure a Querier made by Dial.

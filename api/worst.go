@@ -38,8 +38,10 @@ func trendOf(s *Stats) *Trend {
 // last hour (over baseline, the part of the hour that has data) and one range
 // query for since when, whatever the number of rows.
 func (q *Querier) Worst(ctx context.Context, sc Scope, meshed bool, baseline time.Duration, slo float64) Table {
+	sc = q.plan(sc)
 	hour := sc
 	hour.Window = baseline
+	hour = q.plan(hour)
 	extra := []part{
 		{MetricSuccess + " last hour", SuccessRateQuery(hour), setPtr(func(s *Stats) **float64 { return &trendOf(s).SuccessRateLastHour })},
 		{MetricP99 + " last hour", LatencyQuery(hour, 0.99), setPtr(func(s *Stats) **float64 { return &trendOf(s).LatencyP99LastHour })},
@@ -107,7 +109,13 @@ func (q *Querier) DataSince(ctx context.Context, w time.Duration) (since time.Ti
 		return time.Time{}, false, ws, nil
 	}
 	since = time.Unix(0, int64(v*1e9)).UTC()
-	return since, !since.After(q.now().Add(-w)), ws, nil
+	// The query's first step lies up to one step after the window's start,
+	// and its sample is the last one before that step: data that reaches
+	// within a step of the start fills the window. Without this slack an
+	// hour-old mesh read "not full" about every other query, and its figures
+	// came over a window like 59m11s, which neither matches the recording
+	// rules' whole minutes nor what the page asked for.
+	return since, !since.After(q.now().Add(-w + dataSinceStep(w))), ws, nil
 }
 
 func labelMetric(l map[string]string) model.Metric {

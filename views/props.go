@@ -116,6 +116,9 @@ type Table struct {
 	Error string
 	// Trend adds each row's Delta and Since after its success rate.
 	Trend bool
+	// Source is a quiet footnote saying where the figures come from; empty
+	// shows none.
+	Source string
 }
 
 // Row is one resource of a table.

@@ -223,7 +223,8 @@ func (s *server) columns(here func(url.Values) string, v viewState, nameLabel st
 // row its page and Grafana dashboard.
 func (s *server) table(here func(url.Values) string, v viewState, title, testID, nameLabel string, t api.Table, name func(api.Row) string, empty string,
 	link func(api.Row) (string, string)) views.Table {
-	vt := views.Table{Title: title, TestID: testID, Columns: s.columns(here, v, nameLabel, false), Empty: empty, Error: panelError(t)}
+	vt := views.Table{Title: title, TestID: testID, Columns: s.columns(here, v, nameLabel, false), Empty: empty, Error: panelError(t),
+		Source: sourceNote(t)}
 	failed := failedMetrics(t.Failures)
 	for _, r := range t.Rows {
 		vr := s.row(r, failed, true)
@@ -269,7 +270,8 @@ func (s *server) edgeTable(here func(url.Values) string, v viewState, title, tes
 	if callee {
 		empty = "no calls to other services in this window"
 	}
-	vt := views.Table{Title: title, TestID: testID, Columns: s.columns(here, v, nameLabel, false), Empty: empty, Error: panelError(t)}
+	vt := views.Table{Title: title, TestID: testID, Columns: s.columns(here, v, nameLabel, false), Empty: empty, Error: panelError(t),
+		Source: sourceNote(t)}
 	failed := failedMetrics(t.Failures)
 	q := s.query(v)
 	for _, r := range t.Rows {
@@ -493,6 +495,18 @@ func (s *server) data(refresh string, sum *views.Summary, charts []views.Chart, 
 		}
 	}
 	return d
+}
+
+// sourceNote is the footnote of a table: whether it reads the recording
+// rules' series or the proxies' own.
+func sourceNote(t api.Table) string {
+	switch t.Source {
+	case api.SourceRecorded:
+		return "from recorded series (Meshscope's recording rules)"
+	case api.SourceRaw:
+		return "from raw series"
+	}
+	return ""
 }
 
 // problems gathers the failures and warnings of every table of a page.

@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 )
@@ -288,6 +290,11 @@ func (c *config) validate() error {
 	return nil
 }
 
+// recordedCheckEvery is how often the dashboard asks the backend which
+// recorded series of the recording rules it has: a few tiny queries, so that
+// pages switch to them soon after the rules' first evaluations.
+const recordedCheckEvery = 30 * time.Second
+
 // run serves the dashboard until ctx ends, then shuts down gracefully.
 // ready, when not nil, is called with the bound address once listening.
 func run(ctx context.Context, cfg config, log *slog.Logger, ready func(net.Addr)) error {
@@ -313,6 +320,9 @@ func run(ctx context.Context, cfg config, log *slog.Logger, ready func(net.Addr)
 		ready(ln.Addr())
 	}
 	log.Info("serving dashboard", "addr", ln.Addr().String(), "prometheus", cfg.prometheusURL(), "base_path", cfg.BasePath)
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go s.prom.WatchRecorded(watchCtx, slices.Sorted(maps.Keys(windowNames)), recordedCheckEvery, log)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {

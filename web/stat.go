@@ -98,6 +98,9 @@ Examples:
 	if err != nil {
 		return err
 	}
+	// Without an answer the figures come from raw series, and a backend that
+	// does not answer fails the stat queries themselves, which report it.
+	_ = q.DetectRecorded(ctx, []time.Duration{cfg.window()})
 	rows, t := stat(ctx, q, kind, namespace, all, cfg.window())
 	if name != "" {
 		rows = slices.DeleteFunc(rows, func(r statRow) bool { return r.Name != name })

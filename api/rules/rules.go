@@ -31,6 +31,9 @@ const (
 	Responses = "response_total"
 	Latency   = "response_latency_ms_bucket"
 	TCPOpen   = "tcp_open_connections"
+	TCPRead   = "tcp_read_bytes_total"
+	TCPWrite  = "tcp_write_bytes_total"
+	TCPClose  = "tcp_close_total"
 )
 
 // Level is one aggregation level of the rules: the direction of the proxy
@@ -65,7 +68,11 @@ func (l Level) Series(metric string) string {
 
 // Names are every series the level records.
 func (l Level) Names() []string {
-	return []string{l.Series(Requests), l.Series(Responses), l.Series(Latency), l.Series(TCPOpen)}
+	var names []string
+	for _, m := range []string{Requests, Responses, Latency, TCPOpen, TCPRead, TCPWrite, TCPClose} {
+		names = append(names, l.Series(m))
+	}
+	return names
 }
 
 // Covers tells whether the level keeps every label in labels for series of

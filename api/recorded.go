@@ -1,0 +1,123 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/common/model"
+
+	"github.com/meshscope/meshscope/api/rules"
+)
+
+// Where a table's or chart's figures come from.
+const (
+	// SourceRecorded: the series of Meshscope's recording rules (api/rules).
+	SourceRecorded = "recorded"
+	// SourceRaw: the proxies' own series.
+	SourceRaw = "raw"
+)
+
+// recorded remembers, per rate window, the levels of the recording rules
+// whose series the backend holds over the whole window. Detection runs at
+// start and then periodically, never per request; until it has answered,
+// every query reads raw series.
+type recorded struct {
+	mu     sync.RWMutex
+	levels map[time.Duration][]rules.Level
+}
+
+func (r *recorded) usable(w time.Duration) []rules.Level {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.levels[w]
+}
+
+// plan points sc at the narrowest recorded level that keeps every label sc
+// groups and selects by, when the backend has it for sc's window; otherwise
+// sc reads raw series.
+func (q *Querier) plan(sc Scope) Scope {
+	labels := slices.Clone(sc.By)
+	for _, m := range sc.Match {
+		labels = append(labels, m.Label)
+	}
+	for _, l := range q.rec.usable(sc.windowDuration()) {
+		if l.Covers(sc.Direction, labels) {
+			sc.Recorded = l
+			return sc
+		}
+	}
+	sc.Recorded = rules.Level{}
+	return sc
+}
+
+// Source names where sc's figures come from: SourceRecorded or SourceRaw.
+func (sc Scope) Source() string {
+	if sc.Recorded.Name != "" {
+		return SourceRecorded
+	}
+	return SourceRaw
+}
+
+// DetectRecorded asks the backend which levels of the recording rules it
+// has for each window, and queries use them from then on. A level serves a
+// window when all its series exist now and one window ago (less one
+// evaluation), so that the window's average covers the whole window: a 1h
+// window reads raw series until the rules have run for an hour. Windows that
+// are not whole multiples of rules.Interval always read raw series. On an
+// error the previous answer stays.
+func (q *Querier) DetectRecorded(ctx context.Context, windows []time.Duration) error {
+	var all []string
+	for _, l := range rules.Levels() {
+		all = append(all, l.Names()...)
+	}
+	names := `{__name__=~"` + strings.Join(all, "|") + `"}`
+	found := map[time.Duration][]rules.Level{}
+	for _, w := range windows {
+		if w <= 0 || w%rules.Interval != 0 {
+			continue
+		}
+		query := "count by (__name__) (" + names + ")"
+		if back := w - rules.Interval; back > 0 {
+			query += " and count by (__name__) (" + names + " offset " + model.Duration(back).String() + ")"
+		}
+		vec, _, err := q.Vector(ctx, query)
+		if err != nil {
+			return fmt.Errorf("detect recording rules: %w", err)
+		}
+		have := map[string]bool{}
+		for _, s := range vec {
+			have[string(s.Metric[model.MetricNameLabel])] = true
+		}
+		for _, l := range rules.Levels() {
+			if !slices.ContainsFunc(l.Names(), func(n string) bool { return !have[n] }) {
+				found[w] = append(found[w], l)
+			}
+		}
+	}
+	q.rec.mu.Lock()
+	q.rec.levels = found
+	q.rec.mu.Unlock()
+	return nil
+}
+
+// WatchRecorded runs DetectRecorded at once and then every period until ctx
+// ends, logging failures to log (nil: discarded).
+func (q *Querier) WatchRecorded(ctx context.Context, windows []time.Duration, every time.Duration, log *slog.Logger) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if err := q.DetectRecorded(ctx, windows); err != nil && log != nil && ctx.Err() == nil {
+			log.Warn("recording rules not checked; pages keep their previous source", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
