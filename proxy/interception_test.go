@@ -33,6 +33,8 @@ import (
 // proxy init's rules, and a proxy running as uid 2102 without --inbound-forward.
 type pod struct {
 	name, path, ip string
+	// ipv6: proxy init --ipv6, and the outbound listener where the kernel redirects IPv6 to ([::1]).
+	ipv6 bool
 }
 
 // The test's own addresses, inside the namespaces it creates: nothing leaves the machine.
@@ -177,11 +179,15 @@ func binCommand(bin string, args ...string) *exec.Cmd {
 // startPod runs proxy init in p, then p's proxy as uid 2102, and returns once its admin port answers.
 func startPod(t *testing.T, bin string, p pod, initArgs ...string) {
 	t.Helper()
+	outbound := "127.0.0.1:4140"
+	if p.ipv6 {
+		initArgs, outbound = append(initArgs, "--ipv6"), "[::1]:4140"
+	}
 	out, err := binCommand(bin, append([]string{"init", "--netns", p.path}, initArgs...)...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("%s: proxy init: %v: %s", p.name, err, out)
 	}
-	cmd := binCommand(bin, "--inbound-listen", "0.0.0.0:4143", "--outbound-listen", "127.0.0.1:4140", "--admin-listen", "0.0.0.0:4191",
+	cmd := binCommand(bin, "--inbound-listen", "0.0.0.0:4143", "--outbound-listen", outbound, "--admin-listen", "0.0.0.0:4191",
 		"--namespace", "test", "--deployment", p.name, "--pod", p.name+"-0", "--detect-timeout", "1s", "--log-level", "debug")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: proxyUID, Gid: proxyUID}}
 	logs, err := cmd.StderrPipe()
@@ -480,6 +486,37 @@ func TestInterceptionMeshesUnmodifiedApps(t *testing.T) {
 			t.Fatalf("second init changed the table:\n%s\nthen:\n%s", before, after)
 		}
 	})
+}
+
+func TestInterceptionOverIPv6(t *testing.T) {
+	netnstest.Require(t)
+	id := os.Getpid() % 100000
+	client := pod{name: fmt.Sprintf("msc6%d", id), ip: "fd00:250::1", ipv6: true}
+	server := pod{name: fmt.Sprintf("mss6%d", id), ip: "fd00:250::2", ipv6: true}
+	client.path = netnstest.Add(t, client.name)
+	server.path = netnstest.Add(t, server.name)
+	netnstest.Veth(t, client.name, client.ip+"/64", server.name, server.ip+"/64")
+	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "hello over IPv6")
+	})}
+	go srv.Serve(server.listen(t, fmt.Sprintf("[::]:%d", httpPort)))
+	t.Cleanup(func() { srv.Close() })
+	bin := proxyBinary(t)
+	startPod(t, bin, server)
+	startPod(t, bin, client)
+
+	target := fmt.Sprintf("[%s]:%d", server.ip, httpPort)
+	if res, body := get(t, client.client(), "http://"+target+"/"); res.StatusCode != http.StatusOK || body != "hello over IPv6" {
+		t.Fatalf("got %d %q", res.StatusCode, body)
+	}
+	for _, p := range []struct {
+		pod
+		dir string
+	}{{client, "outbound"}, {server, "inbound"}} {
+		if n := p.count(t, "request_total", map[string]string{"direction": p.dir, "target_addr": target}); n != 1 {
+			t.Errorf("%s proxy counted %v %s requests to %s, want 1 (IP6T_SO_ORIGINAL_DST)", p.name, n, p.dir, target)
+		}
+	}
 }
 
 // strip drops iptables-save's timestamped comment lines.

@@ -47,13 +47,21 @@ func Add(tb testing.TB, name string) string {
 }
 
 // Veth connects namespaces a and b with a veth pair, addresses addrA and addrB (CIDR, e.g.
-// 10.250.0.1/24) on each end, both up. The pair goes with its namespaces.
+// 10.250.0.1/24 or fd00:250::1/64) on each end, both up. The pair goes with its namespaces.
 func Veth(tb testing.TB, a, addrA, b, addrB string) {
 	tb.Helper()
 	ea, eb := "v-"+a, "v-"+b
 	IP(tb, "link", "add", ea, "netns", a, "type", "veth", "peer", "name", eb, "netns", b)
-	IP(tb, "-n", a, "addr", "add", addrA, "dev", ea)
-	IP(tb, "-n", b, "addr", "add", addrB, "dev", eb)
+	// nodad: an IPv6 address is usable at once, not after duplicate address detection (a second or two).
+	addr := func(ns, cidr, dev string) {
+		args := []string{"-n", ns, "addr", "add", cidr, "dev", dev}
+		if strings.Contains(cidr, ":") {
+			args = append(args, "nodad")
+		}
+		IP(tb, args...)
+	}
+	addr(a, addrA, ea)
+	addr(b, addrB, eb)
 	IP(tb, "-n", a, "link", "set", ea, "up")
 	IP(tb, "-n", b, "link", "set", eb, "up")
 }
