@@ -45,6 +45,7 @@ func injectCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		listen     string
 		tlsDir     string
 		kubeconfig string
+		anchors    string
 	)
 	fs := flag.NewFlagSet("proxy inject", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -55,7 +56,8 @@ func injectCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.StringVar(&cfg.Image, "image", inject.DefaultImage, "the proxy's `image` (also its init container)")
 	fs.StringVar(&sidecar, "sidecar", string(inject.Native), "`native` (init container with restartPolicy Always) or classic (first container)")
 	fs.StringVar(&cfg.DestinationAddr, "destination-addr", inject.DefaultDestinationAddr, "the discovery service's `host:port` the proxies use")
-	fs.StringVar(&cfg.IdentityAddr, "identity-addr", "", "the identity service's `host:port`; empty: the proxies run without identity")
+	fs.StringVar(&cfg.IdentityAddr, "identity-addr", "", "the identity service's `host:port` (web install runs meshscope-identity.meshscope.svc.cluster.local:8080); empty: the proxies run without identity")
+	fs.StringVar(&anchors, "identity-trust-anchors", "", "PEM `file` of the mesh's trust anchors, required with --identity-addr (kubectl -n meshscope get cm meshscope-identity-trust-anchors -o jsonpath='{.data.ca\\.crt}')")
 	fs.BoolVar(&uninject, "uninject", false, "take the proxy out instead")
 	fs.BoolVar(&webhook, "webhook", false, "serve the admission webhook instead of reading manifests")
 	fs.StringVar(&listen, "listen", "0.0.0.0:8443", "webhook: `address` to serve on")
@@ -68,6 +70,13 @@ func injectCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return usageError{err}
 	}
 	cfg.Sidecar = inject.Sidecar(sidecar)
+	if anchors != "" {
+		b, err := os.ReadFile(anchors)
+		if err != nil {
+			return usageError{fmt.Errorf("--identity-trust-anchors: %w", err)}
+		}
+		cfg.TrustAnchors = b
+	}
 	if err := cfg.Validate(); err != nil {
 		return usageError{err}
 	}

@@ -6,7 +6,9 @@
 package inject
 
 import (
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"slices"
 	"strconv"
@@ -38,6 +40,16 @@ const (
 	// WorkloadLabelPrefix + "deployment" (or statefulset, daemonset, ...) names the pod's workload,
 	// which Prometheus' relabelling turns into the deployment target label.
 	WorkloadLabelPrefix = "meshscope.io/proxy-"
+
+	// TrustAnchorsAnnotation carries the mesh's trust anchors (PEM) on an injected pod template; a
+	// downward API volume turns it into the file the proxy reads, so no ConfigMap has to be copied
+	// into every namespace.
+	TrustAnchorsAnnotation = "meshscope.io/identity-trust-anchors"
+	// IdentityVolume holds the trust anchors and the ServiceAccount token the identity service reviews.
+	IdentityVolume = "meshscope-identity"
+	identityDir    = "/var/run/meshscope/identity"
+	// IdentityAudience is the audience of that token, which the identity service requires.
+	IdentityAudience = "identity.meshscope.io"
 
 	OpaquePortsAnnotation       = "config.meshscope.io/opaque-ports"
 	SkipInboundPortsAnnotation  = "config.meshscope.io/skip-inbound-ports"
@@ -72,6 +84,8 @@ type Config struct {
 	DestinationAddr string
 	// IdentityAddr, when set, is the identity service's host:port the proxy asks for its certificate.
 	IdentityAddr string
+	// TrustAnchors is the mesh's trust anchor bundle (PEM), required with IdentityAddr.
+	TrustAnchors []byte
 }
 
 func (c Config) image() string {
@@ -92,6 +106,38 @@ func (c Config) destinationAddr() string {
 func (c Config) Validate() error {
 	if c.Sidecar != "" && c.Sidecar != Native && c.Sidecar != Classic {
 		return fmt.Errorf("sidecar %q: want native or classic", c.Sidecar)
+	}
+	if c.IdentityAddr != "" {
+		if len(c.TrustAnchors) == 0 {
+			return fmt.Errorf("identity-addr needs the mesh's trust anchors (identity-trust-anchors)")
+		}
+		if err := checkAnchors(c.TrustAnchors); err != nil {
+			return fmt.Errorf("identity-trust-anchors: %w", err)
+		}
+	}
+	return nil
+}
+
+// checkAnchors accepts a PEM bundle of CA certificates.
+func checkAnchors(data []byte) error {
+	n := 0
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			break
+		}
+		cert, err := x509.ParseCertificate(b.Bytes)
+		if b.Type != "CERTIFICATE" || err != nil {
+			return fmt.Errorf("PEM block %d: want a certificate", n+1)
+		}
+		if !cert.IsCA {
+			return fmt.Errorf("%q is not a CA certificate", cert.Subject.CommonName)
+		}
+		n++
+	}
+	if n == 0 {
+		return fmt.Errorf("no PEM certificate")
 	}
 	return nil
 }
@@ -157,6 +203,14 @@ func (c Config) Template(tmpl map[string]any, w Workload) error {
 	spec["initContainers"] = append(inits, list(spec, "initContainers")...)
 	spec["containers"] = containers
 	spec["volumes"] = append(list(spec, "volumes"), map[string]any{"name": XtablesVolume, "emptyDir": map[string]any{}})
+	if c.IdentityAddr != "" {
+		vol, err := runtime.DefaultUnstructuredConverter.ToUnstructured(new(identityVolume()))
+		if err != nil {
+			return err
+		}
+		spec["volumes"] = append(list(spec, "volumes"), vol)
+		ensureMap(ensureMap(tmpl, "metadata"), "annotations")[TrustAnchorsAnnotation] = string(c.TrustAnchors)
+	}
 	if key := w.label(); key != "" {
 		ensureMap(ensureMap(tmpl, "metadata"), "labels")[key] = w.Name
 	}
@@ -177,7 +231,7 @@ func Uninject(tmpl map[string]any) bool {
 			kept := slices.DeleteFunc(slices.Clone(items), func(item any) bool {
 				m, _ := item.(map[string]any)
 				name, _ := m["name"].(string)
-				return name == ProxyContainer || name == InitContainer || name == XtablesVolume
+				return name == ProxyContainer || name == InitContainer || name == XtablesVolume || name == IdentityVolume
 			})
 			if len(kept) == len(items) {
 				continue
@@ -200,6 +254,15 @@ func Uninject(tmpl map[string]any) bool {
 			}
 			if len(labels) == 0 && changed {
 				delete(meta, "labels")
+			}
+		}
+		if annotations, ok := meta["annotations"].(map[string]any); ok {
+			if _, found := annotations[TrustAnchorsAnnotation]; found {
+				delete(annotations, TrustAnchorsAnnotation)
+				changed = true
+				if len(annotations) == 0 {
+					delete(meta, "annotations")
+				}
 			}
 		}
 		if len(meta) == 0 && changed {
@@ -345,8 +408,14 @@ func (c Config) proxyContainer(o options, w Workload) corev1.Container {
 		env = append(env, field("MESHSCOPE_PROXY_DEPLOYMENT", "metadata.labels['"+key+"']"))
 	}
 	env = append(env, corev1.EnvVar{Name: "MESHSCOPE_PROXY_DESTINATION_ADDR", Value: c.destinationAddr()})
+	var mounts []corev1.VolumeMount
 	if c.IdentityAddr != "" {
-		env = append(env, corev1.EnvVar{Name: "MESHSCOPE_PROXY_IDENTITY_ADDR", Value: c.IdentityAddr})
+		env = append(env,
+			corev1.EnvVar{Name: "MESHSCOPE_PROXY_IDENTITY_ADDR", Value: c.IdentityAddr},
+			corev1.EnvVar{Name: "MESHSCOPE_PROXY_IDENTITY_TRUST_ANCHORS", Value: identityDir + "/ca.crt"},
+			corev1.EnvVar{Name: "MESHSCOPE_PROXY_IDENTITY_TOKEN_FILE", Value: identityDir + "/token"},
+		)
+		mounts = []corev1.VolumeMount{{Name: IdentityVolume, MountPath: identityDir, ReadOnly: true}}
 	}
 	if o.opaquePorts != "" {
 		env = append(env, corev1.EnvVar{Name: "MESHSCOPE_PROXY_OPAQUE_PORTS", Value: o.opaquePorts})
@@ -362,9 +431,10 @@ func (c Config) proxyContainer(o options, w Workload) corev1.Container {
 		}
 	}
 	ct := corev1.Container{
-		Name:  ProxyContainer,
-		Image: c.image(),
-		Env:   env,
+		Name:         ProxyContainer,
+		Image:        c.image(),
+		Env:          env,
+		VolumeMounts: mounts,
 		Ports: []corev1.ContainerPort{
 			{Name: "meshscope-proxy", ContainerPort: InboundPort, Protocol: corev1.ProtocolTCP},
 			{Name: AdminPortName, ContainerPort: AdminPort, Protocol: corev1.ProtocolTCP},
@@ -388,6 +458,19 @@ func (c Config) proxyContainer(o options, w Workload) corev1.Container {
 		ct.RestartPolicy = &always
 	}
 	return ct
+}
+
+// identityVolume gives the proxy the trust anchors, from the pod's own annotation, and a
+// ServiceAccount token for the identity service's audience, which the kubelet renews.
+func identityVolume() corev1.Volume {
+	return corev1.Volume{Name: IdentityVolume, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+		Sources: []corev1.VolumeProjection{
+			{DownwardAPI: &corev1.DownwardAPIProjection{Items: []corev1.DownwardAPIVolumeFile{{
+				Path: "ca.crt", FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.annotations['" + TrustAnchorsAnnotation + "']"},
+			}}}},
+			{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Audience: IdentityAudience, ExpirationSeconds: new(int64(86400)), Path: "token"}},
+		},
+	}}}
 }
 
 // toMap converts a typed container into the unstructured form the template holds.

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -20,6 +21,15 @@ import (
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
+
+// trustAnchors is a fixed root (testdata/trust-anchors.pem), so that the golden files stay put.
+var trustAnchors = func() []byte {
+	b, err := os.ReadFile("testdata/trust-anchors.pem")
+	if err != nil {
+		panic(err)
+	}
+	return b
+}()
 
 func TestMain(m *testing.M) { os.Exit(kubetest.Run(m)) }
 
@@ -63,8 +73,9 @@ var goldenCases = []struct {
 		},
 	},
 	{
-		name: "classic sidecar for a job and a bare pod", in: "job-classic.yaml", golden: "job-classic.golden",
-		cfg:     Config{Sidecar: Classic, Image: "registry.example/meshscope/proxy:v9", IdentityAddr: "meshscope-identity.meshscope.svc.cluster.local:8080"},
+		name: "classic sidecar with identity for a job and a bare pod", in: "job-classic.yaml", golden: "job-classic.golden",
+		cfg: Config{Sidecar: Classic, Image: "registry.example/meshscope/proxy:v9",
+			IdentityAddr: "meshscope-identity.meshscope.svc.cluster.local:8080", TrustAnchors: trustAnchors},
 		reports: []string{"job/seed", "pod/debug"},
 	},
 }
@@ -252,5 +263,23 @@ func TestSourcesReadsFilesDirectoriesAndStdin(t *testing.T) {
 	}
 	if _, err := Sources([]string{filepath.Join(dir, "missing.yaml")}, nil); err == nil || !strings.Contains(err.Error(), "missing.yaml") {
 		t.Errorf("missing file: error %v, want one naming it", err)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{}, ""},
+		{Config{Sidecar: "sometimes"}, `sidecar "sometimes": want native or classic`},
+		{Config{IdentityAddr: "identity:8080"}, "identity-addr needs the mesh's trust anchors (identity-trust-anchors)"},
+		{Config{IdentityAddr: "identity:8080", TrustAnchors: []byte("not pem")}, "identity-trust-anchors: no PEM certificate"},
+		{Config{IdentityAddr: "identity:8080", TrustAnchors: trustAnchors}, ""},
+	} {
+		err := tc.cfg.Validate()
+		if got := fmt.Sprint(err); (tc.want == "" && err != nil) || (tc.want != "" && got != tc.want) {
+			t.Errorf("%+v: %v, want %q", tc.cfg, err, tc.want)
+		}
 	}
 }
