@@ -168,7 +168,8 @@ type FanIn struct {
 	Relist time.Duration
 	// Retry is how long a failed proxy waits before it is tapped again (2s).
 	Retry time.Duration
-	// MaxLine caps one NDJSON line from a proxy (tap.DefaultMaxLine); a longer line breaks that stream.
+	// MaxLine caps one NDJSON line from a proxy (tap.DefaultMaxLine); a longer line is dropped and counted
+	// as a dropped event, and the stream goes on.
 	MaxLine int
 	Logger  *slog.Logger
 
@@ -361,6 +362,13 @@ func (f *FanIn) stream(ctx context.Context, p Proxy, filter tap.Filter, emit fun
 	emit(TapItem{Proxy: p, State: ProxyStreaming})
 	for {
 		ev, err := s.Next()
+		if errors.Is(err, tap.ErrLineTooLong) {
+			// One oversized line is one event lost, not the proxy: were the stream dropped, a client that
+			// sends requests with huge headers could keep its proxy out of every live view.
+			f.logger().Info("tap fan-in: event over the line limit dropped", "proxy", p.Name(), "err", err)
+			emit(TapItem{Proxy: p, Event: &tap.Event{V: tap.Version, Type: tap.TypeDropped, TS: time.Now().UTC(), Count: 1}})
+			continue
+		}
 		if err != nil {
 			return err
 		}

@@ -394,3 +394,34 @@ func TestShareByRateWithoutRatesSplitsEvenly(t *testing.T) {
 		t.Errorf("shares %v, want 100 for the busy one and 1 for the idle one", got)
 	}
 }
+
+// Finding 6 of the hardening review: one request with a 600,000-byte header made a tap line over the
+// dashboard's limit, and that proxy's stream failed and reconnected, so repeating it kept the proxy out of
+// the live view. The oversized event is dropped and counted; the stream goes on.
+func TestFanInDropsAnOversizedEventAndKeepsTheStream(t *testing.T) {
+	s := newTapServer(t, "")
+	tl := &targets{}
+	tl.set(target("shop", "web", "web-0", s.admin()))
+	got := runFanIn(t, &FanIn{Targets: tl, MaxLine: 64 << 10}, Selector{Namespace: "shop"}, tap.Filter{MaxRPS: 100})
+	huge := requestEvent(2, "/huge")
+	huge.Headers = map[string][]string{"x-huge": {strings.Repeat("h", 600_000)}}
+	s.events <- requestEvent(1, "/before")
+	s.events <- huge
+	s.events <- requestEvent(3, "/after")
+	got.waitFor(t, "the event after the oversized one", isEvent("web-0", "/after"))
+	var dropped uint64
+	for _, it := range got.snapshot() {
+		if it.State == ProxyFailed {
+			t.Errorf("the proxy's stream failed: %s", it.Err)
+		}
+		if it.Event != nil && it.Event.Type == tap.TypeDropped {
+			dropped += it.Event.Count
+		}
+		if it.Event != nil && it.Event.Path == "/huge" {
+			t.Error("the oversized event was delivered")
+		}
+	}
+	if dropped != 1 {
+		t.Errorf("dropped count %d, want 1", dropped)
+	}
+}

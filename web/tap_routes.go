@@ -2,6 +2,7 @@ package main
 
 import (
 	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meshscope/meshscope/api"
 )
@@ -15,7 +16,12 @@ func (s *server) liveRoutes(r chi.Router) {
 		log:   s.log,
 		stop:  s.stop,
 		open:  &s.hijacked,
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshscope_web_live_sockets_refused_total",
+			Help: "Live view websockets refused by reason: total (all taken), client (its address has a quarter of them), no-origin (sockets without an Origin have an eighth).",
+		}, []string{"reason"}),
 	}
+	s.reg.MustRegister(ls.refused)
 	r.Get("/tap", s.handle(s.tapPage))
 	r.Get("/top", s.handle(s.topPage))
 	r.Get("/api/v1/tap/ws", ls.serveTap)

@@ -6,15 +6,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meshscope/meshscope/api"
 	"github.com/meshscope/meshscope/api/tap"
@@ -44,13 +45,14 @@ type liveSockets struct {
 	topRows int
 	// readLimit caps one message from the client (4 KiB).
 	readLimit int
-	// maxSockets caps the live sockets open at once (64): each taps every proxy it selects.
+	// maxSockets caps the live sockets open at once (64): each taps every proxy it selects. quota shares
+	// them among clients; refused, when set, counts the sockets it refuses by reason.
 	maxSockets int
+	quota      liveQuota
+	refused    *prometheus.CounterVec
 
 	// open, when set, counts the sockets being served (the server waits for it on shutdown).
 	open *sync.WaitGroup
-
-	count atomic.Int64
 }
 
 // orDefault is v, or def when v is zero (or negative).
@@ -190,12 +192,17 @@ func (ls *liveSockets) serve(w http.ResponseWriter, r *http.Request, top bool) {
 		c.Close(websocket.StatusPolicyViolation, closeReason("origin "+origin+" does not match host "+r.Host))
 		return
 	}
-	if n := ls.count.Add(1); n > int64(orDefault(ls.maxSockets, 64)) {
-		ls.count.Add(-1)
-		c.Close(websocket.StatusTryAgainLater, "too many live views open at once; close some and retry")
+	client, _, _ := net.SplitHostPort(r.RemoteAddr)
+	browser := origin != ""
+	if reason, msg := ls.quota.take(client, browser, orDefault(ls.maxSockets, 64)); reason != "" {
+		if ls.refused != nil {
+			ls.refused.WithLabelValues(reason).Inc()
+		}
+		ls.log.Info("live socket refused", "reason", reason, "client", client)
+		c.Close(websocket.StatusTryAgainLater, closeReason(msg))
 		return
 	}
-	defer ls.count.Add(-1)
+	defer ls.quota.give(client, browser)
 	c.SetReadLimit(int64(orDefault(ls.readLimit, 4<<10)))
 
 	lr, err := ls.request(r, c)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -209,5 +210,59 @@ func TestLiveSocketsBeyondTheLimitAreAskedToRetryLater(t *testing.T) {
 	defer second.CloseNow()
 	if code, _ := closeStatus(t, second); code != websocket.StatusTryAgainLater {
 		t.Errorf("second socket closed with %d, want %d (try again later)", code, websocket.StatusTryAgainLater)
+	}
+}
+
+// Finding 6 of the hardening review: 64 websockets without an Origin locked every further live view out.
+// Sockets without an Origin share an eighth of the total, and each client address a quarter: neither a
+// script nor one client can take every live view.
+func TestLiveSocketQuotasKeepViewsForOthers(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ls := &liveSockets{fanin: &api.FanIn{Targets: fixedTargets{}}, log: log, maxSockets: 8}
+	srv := httptest.NewServer(http.HandlerFunc(ls.serveTap))
+	t.Cleanup(srv.Close)
+	host := strings.TrimPrefix(srv.URL, "http://")
+	// open dials from the loopback address from (all of 127/8 is this machine's), with origin when set,
+	// and reports how the socket fared: 0 when it is serving.
+	open := func(from, origin string) websocket.StatusCode {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		h := http.Header{}
+		if origin != "" {
+			h.Set("Origin", origin)
+		}
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+		hc := &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
+		c, _, err := websocket.Dial(ctx, "ws://"+host+"/?namespace=shop", &websocket.DialOptions{HTTPHeader: h, HTTPClient: hc})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.CloseNow() })
+		// A serving socket says first that no proxy matches; a refused one is closed.
+		_, msg, err := c.Read(ctx)
+		if err == nil && strings.Contains(string(msg), `"state":"none"`) {
+			return 0
+		}
+		return websocket.CloseStatus(err)
+	}
+	if got := open("127.0.0.1", ""); got != 0 {
+		t.Fatalf("first socket without an Origin: %d", got)
+	}
+	for i := range 10 {
+		if got := open("127.0.0.1", ""); got != websocket.StatusTryAgainLater {
+			t.Fatalf("socket %d without an Origin: %d, want %d", i+2, got, websocket.StatusTryAgainLater)
+		}
+	}
+	origin := "http://" + host
+	for i := range 2 {
+		if got := open("127.0.0.1", origin); got != 0 {
+			t.Fatalf("page socket %d: %d, want serving", i+1, got)
+		}
+	}
+	if got := open("127.0.0.1", origin); got != websocket.StatusTryAgainLater {
+		t.Fatalf("a client's third page socket: %d, want %d", got, websocket.StatusTryAgainLater)
+	}
+	if got := open("127.0.0.2", origin); got != 0 {
+		t.Fatalf("another client's page socket: %d, want serving", got)
 	}
 }

@@ -24,8 +24,9 @@ var ErrVersion = errors.New("tap: unsupported event version")
 
 // Decoder reads the events of an NDJSON tap stream.
 type Decoder struct {
-	s   *bufio.Scanner
-	max int
+	r    *bufio.Reader
+	max  int
+	line []byte
 }
 
 // NewDecoder returns a Decoder reading from r that accepts lines up to
@@ -34,20 +35,26 @@ func NewDecoder(r io.Reader, maxLine int) *Decoder {
 	if maxLine <= 0 {
 		maxLine = DefaultMaxLine
 	}
-	s := bufio.NewScanner(r)
-	s.Buffer(make([]byte, 0, min(maxLine, 64<<10)), maxLine)
-	return &Decoder{s: s, max: maxLine}
+	return &Decoder{r: bufio.NewReaderSize(r, min(maxLine, 64<<10)), max: maxLine}
 }
 
 // Decode reads the next event into ev, skipping empty lines. It returns
-// io.EOF at the end of the stream, [ErrLineTooLong] for an oversized line,
+// io.EOF at the end of the stream, [ErrLineTooLong] for an oversized line
+// (skipped without holding it: the next call reads the line after it),
 // [ErrVersion] for an event of an unknown version, and an error naming the
-// problem for a line that is not an event. After an error other than a
-// malformed or unknown-version line, the stream cannot be read further.
+// problem for a line that is not an event. After an error other than these,
+// the stream cannot be read further.
 func (d *Decoder) Decode(ev *Event) error {
-	for d.s.Scan() {
-		line := bytes.TrimSpace(d.s.Bytes())
+	for {
+		line, err := d.readLine()
+		if errors.Is(err, ErrLineTooLong) {
+			return fmt.Errorf("%w (limit %d bytes)", ErrLineTooLong, d.max)
+		}
+		line = bytes.TrimSpace(line)
 		if len(line) == 0 {
+			if err != nil {
+				return err
+			}
 			continue
 		}
 		*ev = Event{}
@@ -64,11 +71,27 @@ func (d *Decoder) Decode(ev *Event) error {
 		}
 		return nil
 	}
-	if err := d.s.Err(); err != nil {
-		if errors.Is(err, bufio.ErrTooLong) {
-			return fmt.Errorf("%w (limit %d bytes)", ErrLineTooLong, d.max)
+}
+
+// readLine returns the next line, without holding more than max bytes of it:
+// a longer line is read to its end, discarded, and reported as ErrLineTooLong.
+// A last line without a newline comes with the error that ended the stream.
+func (d *Decoder) readLine() ([]byte, error) {
+	d.line = d.line[:0]
+	for {
+		chunk, err := d.r.ReadSlice('\n')
+		if len(d.line)+len(bytes.TrimRight(chunk, "\r\n")) > d.max {
+			for errors.Is(err, bufio.ErrBufferFull) {
+				_, err = d.r.ReadSlice('\n')
+			}
+			if err != nil && !errors.Is(err, io.EOF) {
+				return nil, err
+			}
+			return nil, ErrLineTooLong
 		}
-		return err
+		d.line = append(d.line, chunk...)
+		if !errors.Is(err, bufio.ErrBufferFull) {
+			return d.line, err
+		}
 	}
-	return io.EOF
 }

@@ -157,6 +157,8 @@ func TestDecoder(t *testing.T) {
 		want    []Event
 		wantErr error // nil: the stream ends with io.EOF
 		errText string
+		// skipTooLong reads on past ErrLineTooLong, as a reader that drops oversized events does.
+		skipTooLong bool
 	}{
 		{
 			name:  "skips blank lines and accepts CRLF",
@@ -174,6 +176,13 @@ func TestDecoder(t *testing.T) {
 			maxLine: 64,
 			wantErr: ErrLineTooLong,
 		},
+		{
+			name:        "skips a line over the limit and reads on",
+			input:       `{"v":1,"type":"request","path":"/` + strings.Repeat("a", 100<<10) + "\"}\n" + `{"v":1,"type":"end","id":5,"ts":"2026-11-22T18:04:05Z"}`,
+			maxLine:     64,
+			want:        []Event{{V: 1, Type: TypeEnd, ID: 5, TS: ts.Truncate(time.Second)}},
+			skipTooLong: true,
+		},
 		{name: "rejects another version", input: `{"v":2,"type":"request"}`, wantErr: ErrVersion},
 		{name: "rejects an object without version", input: `{"type":"request"}`, wantErr: ErrVersion},
 		{name: "rejects an event without type", input: `{"v":1}`, errText: "no type"},
@@ -187,7 +196,10 @@ func TestDecoder(t *testing.T) {
 			var err error
 			for {
 				var ev Event
-				if err = dec.Decode(&ev); err != nil {
+				if err = dec.Decode(&ev); tt.skipTooLong && errors.Is(err, ErrLineTooLong) {
+					continue
+				}
+				if err != nil {
 					break
 				}
 				got = append(got, ev)
