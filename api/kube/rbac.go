@@ -21,12 +21,14 @@ func ClusterRules() map[string][]rbacv1.PolicyRule {
 			{APIGroups: []string{""}, Resources: []string{"namespaces", "pods"}, Verbs: read},
 			{APIGroups: []string{"apps"}, Resources: []string{"deployments", "statefulsets", "daemonsets", "replicasets"}, Verbs: read},
 		},
-		// The destination service watches endpoints, services and pods and their owners.
+		// The destination service watches endpoints, services and pods and their owners, and the Gateway
+		// API routes whose parents are Services.
 		Destination: {
 			{APIGroups: []string{""}, Resources: []string{"services", "pods", "namespaces"}, Verbs: read},
 			{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: read},
 			{APIGroups: []string{"apps"}, Resources: []string{"replicasets"}, Verbs: read},
 			{APIGroups: []string{"batch"}, Resources: []string{"jobs"}, Verbs: read},
+			{APIGroups: []string{"gateway.networking.k8s.io"}, Resources: []string{"httproutes", "grpcroutes"}, Verbs: read},
 		},
 		// The injector reads a pod's namespace for its meshscope.io/inject annotation.
 		Injector: {

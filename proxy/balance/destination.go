@@ -55,11 +55,12 @@ func NewBuilder() *Builder {
 }
 
 // Build returns the Destination of authority (normalized, see NormalizeAuthority) for its current
-// labels and endpoints. Endpoints dropped since the previous Build lose their state.
-func (b *Builder) Build(authority string, labels map[string]string, endpoints []EndpointSpec) *Destination {
+// labels, endpoints, routes and policy (its default route's timeouts and retries, its failure accrual).
+// Endpoints dropped since the previous Build lose their state.
+func (b *Builder) Build(authority string, labels map[string]string, endpoints []EndpointSpec, rs []*routes.Route, policy routes.Policy) *Destination {
 	states := make(map[string]*endpointState, len(endpoints))
-	d := newDestination(b.clk, authority, labels, endpoints, nil, states, b.states)
-	d.Routes = routes.NewTable(nil, nil)
+	d := newDestination(b.clk, authority, labels, endpoints, policy.Accrual, states, b.states)
+	d.Routes = routes.NewTable(rs, &routes.Route{Timeouts: policy.Timeouts, Retry: policy.Retry})
 	b.states = states
 	return d
 }

@@ -286,7 +286,7 @@ func (c *Client) stream(ctx context.Context, sub *subscription, b *balance.Build
 			got = true
 			c.noteUp()
 		}
-		sub.dest.Store(destinationOf(b, sub.authority, up))
+		sub.dest.Store(destinationOf(b, sub.authority, up, c.log))
 		sub.markReady()
 	}
 	if err := sc.Err(); err != nil {
@@ -296,7 +296,7 @@ func (c *Client) stream(ctx context.Context, sub *subscription, b *balance.Build
 }
 
 // destinationOf turns an update into the balancer's Destination; nil when the authority is not found.
-func destinationOf(b *balance.Builder, authority string, up Update) *balance.Destination {
+func destinationOf(b *balance.Builder, authority string, up Update, log *slog.Logger) *balance.Destination {
 	if !up.Exists {
 		return nil
 	}
@@ -305,7 +305,8 @@ func destinationOf(b *balance.Builder, authority string, up Update) *balance.Des
 		eps[i] = balance.EndpointSpec{Addr: e.Addr, Labels: e.Labels,
 			Hints: balance.Hints{Opaque: e.Hints.Opaque, Meshed: e.Hints.Meshed, Identity: e.Hints.Identity}}
 	}
-	return b.Build(authority, up.Labels, eps)
+	rs, policy := routesOf(up.Policy, authority, log)
+	return b.Build(authority, up.Labels, eps, rs, policy)
 }
 
 func (c *Client) noteDown(err error) {

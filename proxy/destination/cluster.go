@@ -48,6 +48,7 @@ const (
 type cluster struct {
 	services, slices, pods, replicaSets cache.SharedIndexInformer
 	factory                             informers.SharedInformerFactory
+	routes                              *gatewayRoutes // nil without a dynamic client
 
 	domain      string // the cluster's DNS domain, cluster.local
 	trustDomain string // the identities' trust domain, cluster.local
@@ -273,7 +274,8 @@ func (c *cluster) serviceEndpoints(svc *corev1.Service, port int32, hostname str
 	}
 	opaque := sp.AppProtocol != nil && !httpAppProtocols[strings.ToLower(*sp.AppProtocol)] ||
 		portListed(svc.Annotations[OpaquePortsAnnotation], sp.Port)
-	u := Update{Exists: true, Labels: map[string]string{"namespace": svc.Namespace, "service": svc.Name}}
+	u := Update{Exists: true, Labels: map[string]string{"namespace": svc.Namespace, "service": svc.Name},
+		Policy: c.routes.policy(svc, port)}
 	objs, _ := c.slices.GetIndexer().ByIndex(byService, svc.Namespace+"/"+svc.Name)
 	seen := map[string]bool{}
 	for _, obj := range objs {

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"k8s.io/client-go/dynamic"
 	"k8s.io/klog/v2"
 
 	"github.com/meshscope/meshscope/api/kube"
@@ -81,11 +82,15 @@ func Main(ctx context.Context, cfg Config, logOut io.Writer) error {
 	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: cfg.LogLevel}))
 	// client-go logs through klog: route it to the same place, at its own verbosity.
 	klog.SetSlogLogger(log.With("from", "client-go"))
-	client, _, err := kube.Client(cfg.Kubeconfig, "meshscope-destination")
+	client, restCfg, err := kube.Client(cfg.Kubeconfig, "meshscope-destination")
 	if err != nil {
 		return err
 	}
-	srv, err := NewServer(client, Options{ClusterDomain: cfg.ClusterDomain, TrustDomain: cfg.TrustDomain, Log: log})
+	dyn, err := dynamic.NewForConfig(restCfg)
+	if err != nil {
+		return fmt.Errorf("kubernetes dynamic client: %w", err)
+	}
+	srv, err := NewServer(client, Options{ClusterDomain: cfg.ClusterDomain, TrustDomain: cfg.TrustDomain, Log: log, Dynamic: dyn})
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 )
@@ -45,6 +46,9 @@ type Options struct {
 	MaxStreams int
 	// Log may be nil (no logs).
 	Log *slog.Logger
+	// Dynamic, when set, watches Gateway API HTTPRoutes and GRPCRoutes whose parents are Services and
+	// sends their rules with the Services' endpoints (gateway.go). Their CRDs may be installed later.
+	Dynamic dynamic.Interface
 }
 
 // Server is the discovery service. Make it with NewServer, run its informers with Run, and serve its
@@ -120,6 +124,11 @@ func NewServer(client kubernetes.Interface, o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if o.Dynamic != nil {
+		if c.routes, err = newGatewayRoutes(o.Dynamic, o.ClusterDomain); err != nil {
+			return nil, err
+		}
+	}
 	s := &Server{
 		cluster: c, log: o.Log, coalesce: o.Coalesce, maxStreams: int64(o.MaxStreams),
 		synced: make(chan struct{}), stopping: make(chan struct{}), wake: make(chan struct{}, 1),
@@ -133,6 +142,12 @@ func NewServer(client kubernetes.Interface, o Options) (*Server, error) {
 		{c.slices, s.sliceKeys},
 		{c.pods, s.podKeys},
 		{c.replicaSets, s.replicaSetKeys},
+	}
+	if c.routes != nil {
+		handlers = append(handlers, []struct {
+			inf  cache.SharedIndexInformer
+			keys func(obj any) []string
+		}{{c.routes.http, routeKeys}, {c.routes.grpc, routeKeys}}...)
 	}
 	for _, h := range handlers {
 		keys := h.keys
@@ -248,6 +263,12 @@ func (s *Server) Run(ctx context.Context) error {
 	defer close(s.stopping)
 	s.cluster.factory.Start(ctx.Done())
 	defer s.cluster.factory.Shutdown()
+	if g := s.cluster.routes; g != nil {
+		// Not waited for: without the Gateway API CRDs their lists fail until they are installed, and
+		// endpoints must not wait for routes; a route arriving later updates its Services' streams.
+		g.factory.Start(ctx.Done())
+		defer g.factory.Shutdown()
+	}
 	if err := s.waitSynced(ctx); err != nil {
 		return err
 	}

@@ -28,6 +28,8 @@ type Update struct {
 	// Endpoints are the ready endpoints, sorted by address. Empty when the destination exists but has
 	// no ready endpoint (the proxy answers 503).
 	Endpoints []Endpoint `json:"endpoints,omitempty"`
+	// Policy is the Service's routes and annotations; nil for a pod IP or a Service without any.
+	Policy *Policy `json:"policy,omitempty"`
 }
 
 // Endpoint is one address to dial, with what is known about the pod behind it.
@@ -51,4 +53,48 @@ type Hints struct {
 	// Identity is the identity the pod's proxy presents, <sa>.<ns>.serviceaccount.identity.meshscope.<trust
 	// domain>; empty when the pod is not meshed.
 	Identity string `json:"identity,omitempty"`
+}
+
+// Policy is a Service's routing policy, sent with its endpoints: its retry, timeout and failure accrual
+// annotations (retry.meshscope.io/..., timeout.meshscope.io/..., balancer.meshscope.io/...), and the
+// rules of the Gateway API HTTPRoutes and GRPCRoutes whose parent is the Service (and its port).
+type Policy struct {
+	Annotations map[string]string `json:"annotations,omitempty"`
+	Routes      []Route           `json:"routes,omitempty"`
+}
+
+// Route is one rule of an HTTPRoute or GRPCRoute, in the order Gateway API ranks them (oldest route
+// first, then by namespace/name, then the rule's order).
+type Route struct {
+	Kind      string `json:"kind"` // HTTPRoute or GRPCRoute
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	// Annotations are the route object's retry and timeout annotations.
+	Annotations map[string]string `json:"annotations,omitempty"`
+	Matches     []Match           `json:"matches,omitempty"`
+	// Request and BackendRequest are the rule's timeouts (Gateway API durations, "10s"); empty: none.
+	Request        string    `json:"request_timeout,omitempty"`
+	BackendRequest string    `json:"backend_request_timeout,omitempty"`
+	Backends       []Backend `json:"backends,omitempty"`
+}
+
+// Match is one match of a rule: GRPCRoute service and method matches arrive as their path.
+type Match struct {
+	Method   string        `json:"method,omitempty"`
+	PathType string        `json:"path_type,omitempty"` // Exact, PathPrefix or RegularExpression
+	Path     string        `json:"path,omitempty"`
+	Headers  []HeaderMatch `json:"headers,omitempty"`
+}
+
+// HeaderMatch is a header match: Exact, or RegularExpression with Regex.
+type HeaderMatch struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+	Regex bool   `json:"regex,omitempty"`
+}
+
+// Backend is a backendRef to a Service, as the authority the proxy resolves, with its weight.
+type Backend struct {
+	Authority string `json:"authority"`
+	Weight    uint32 `json:"weight"`
 }

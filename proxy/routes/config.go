@@ -136,8 +136,8 @@ func parseMatches(n *yaml.Node, where string) ([]Match, error) {
 				}
 			}
 			if m.Path == PathRegex {
-				if m.re, err = compileWhole(m.Value); err != nil {
-					return nil, errorf(pn, "%s: path.regex: %v", mw, err)
+				if err := m.Compile(); err != nil {
+					return nil, errorf(pn, "%s: path.regex: %v", mw, strings.TrimPrefix(err.Error(), "path: "))
 				}
 			}
 		}
@@ -184,7 +184,7 @@ func parseHeaderMatches(n *yaml.Node, where string) ([]HeaderMatch, error) {
 			if h.re, err = compileWhole(re.Value); err != nil {
 				return nil, errorf(re, "%s: regex: %v", hw, err)
 			}
-			h.Value = re.Value
+			h.Value, h.Regex = re.Value, true
 		}
 		out = append(out, h)
 	}

@@ -8,6 +8,7 @@
 package routes
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"regexp"
@@ -36,11 +37,40 @@ type Match struct {
 	re      *regexp.Regexp
 }
 
-// HeaderMatch requires a request header: its first value equal to Value, or matched (whole) by Regex.
+// HeaderMatch requires a request header: its first value equal to Value or, with Regex, matched whole by
+// the expression Value.
 type HeaderMatch struct {
 	Name  string // canonical (http.CanonicalHeaderKey)
 	Value string
+	Regex bool
 	re    *regexp.Regexp
+}
+
+// Compile checks a Match built by hand (from a Gateway API route) and compiles its expressions; its
+// error names the part at fault. ParseYAML's matches are compiled already.
+func (m *Match) Compile() error {
+	if m.Path == PathRegex {
+		re, err := compileWhole(m.Value)
+		if err != nil {
+			return fmt.Errorf("path: %w", err)
+		}
+		m.re = re
+	} else if m.Value != "" && !strings.HasPrefix(m.Value, "/") {
+		return fmt.Errorf("path: %q does not start with /", m.Value)
+	}
+	for i := range m.Headers {
+		h := &m.Headers[i]
+		h.Name = http.CanonicalHeaderKey(h.Name)
+		if !h.Regex {
+			continue
+		}
+		re, err := compileWhole(h.Value)
+		if err != nil {
+			return fmt.Errorf("header %s: %w", h.Name, err)
+		}
+		h.re = re
+	}
+	return nil
 }
 
 // Timeouts bound a request on a route; zero means none.
@@ -229,7 +259,7 @@ func (m *Match) matches(method, path string, h http.Header) bool {
 		if len(vv) == 0 {
 			return false
 		}
-		if hm.re != nil {
+		if hm.Regex {
 			if !hm.re.MatchString(vv[0]) {
 				return false
 			}
