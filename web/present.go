@@ -332,7 +332,7 @@ func (s *server) row(r api.Row, failed map[string]bool, meshed bool) views.Row {
 
 // tcpText is what an opaque-TCP workload shows instead of "no traffic".
 func tcpText(r api.Row) string {
-	return fmt.Sprintf("TCP: %s conns · %s in · %s out · %s failed/s",
+	return fmt.Sprintf("TCP only: %s conns, %s in, %s out, %s failed/s",
 		strconv.FormatFloat(r.TCPConnections, 'f', 0, 64), formatBytes(r.TCPReadBytesPerSec),
 		formatBytes(r.TCPWriteBytesPerSec), formatRPS(r.TCPFailuresPerSec))
 }
