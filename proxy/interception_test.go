@@ -467,8 +467,8 @@ func TestInterceptionMeshesUnmodifiedApps(t *testing.T) {
 		loops := map[string]string{"direction": "outbound", "reason": "proxy-loop"}
 		before := client.count(t, "tcp_refused_total", loops)
 		res, _ := get(t, client.client(), fmt.Sprintf("http://%s:%d/", serverIP, freshPort))
-		if res.StatusCode != http.StatusBadGateway {
-			t.Errorf("status %d, want 502: the request cannot leave the pod", res.StatusCode)
+		if res.StatusCode != http.StatusBadGateway || res.Header.Get(ProxyErrorHeader) != errUpstream {
+			t.Errorf("status %d, %s %q; want 502 upstream-error: the request cannot leave the pod", res.StatusCode, ProxyErrorHeader, res.Header.Get(ProxyErrorHeader))
 		}
 		if n := client.count(t, "tcp_refused_total", loops) - before; n < 1 {
 			t.Errorf("client proxy refused %v of its own connections as proxy-loop, want at least 1", n)
