@@ -17,6 +17,8 @@ func installCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		kf            kubeFlags
 		ignoreCluster bool
 		replicas      [3]int
+		identity      bool
+		identityDir   string
 	)
 	fs := flag.NewFlagSet("install", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -25,10 +27,11 @@ func installCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 
 Prints, as YAML to apply, everything Meshscope runs in a cluster: the namespace, the dashboard, the
 destination service, the proxy injector (a mutating admission webhook, failurePolicy Ignore, with a
-certificate made here and kept in a Secret), a Prometheus that scrapes every proxy (or none, with
+certificate made here and kept in a Secret), the identity service (proxy identity, with a trust
+anchor and issuer made here unless --identity-dir), a Prometheus that scrapes every proxy (or none, with
 --prometheus-url), and each component's ServiceAccount and least-privilege RBAC. It asks the API
-server whether an earlier install left a webhook certificate, and reuses it, so installing again
-prints the same bytes; --ignore-cluster prints without asking (and makes a new certificate).
+server whether an earlier install left a webhook certificate and an identity issuer, and reuses them,
+so installing again prints the same bytes; --ignore-cluster prints without asking (and makes new ones).
 
 `)
 		fs.PrintDefaults()
@@ -46,6 +49,8 @@ prints the same bytes; --ignore-cluster prints without asking (and makes a new c
 	fs.StringVar(&o.GrafanaURL, "grafana-url", "", "Grafana base `URL` the dashboard links to")
 	fs.StringVar(&o.BasePath, "dashboard-base-path", "", "serve the dashboard under this URL `prefix` (behind an ingress), e.g. /meshscope")
 	fs.StringVar(&o.EnforcedHost, "dashboard-enforced-host", "", "`regex` the dashboard's Host header must match (behind an ingress); default: loopback names, as web dashboard uses")
+	fs.BoolVar(&identity, "identity", true, "install the identity service (proxies get certificates and speak mutual TLS); --identity=false leaves it out")
+	fs.StringVar(&identityDir, "identity-dir", "", "`directory` with the mesh's ca.crt, issuer.crt and issuer.key (proxy identity --generate writes them); default: reuse the cluster's, else make new ones")
 	fs.BoolVar(&ignoreCluster, "ignore-cluster", false, "print without contacting the API server")
 	kf.register(fs)
 	if err := parseFlags(fs, args, os.Getenv); err != nil {
@@ -61,6 +66,13 @@ prints the same bytes; --ignore-cluster prints without asking (and makes a new c
 		return usageError{err}
 	}
 	now := time.Now()
+	o.NoIdentity = !identity
+	if identityDir != "" && identity {
+		var err error
+		if o.Identity, err = install.ReadIdentity(identityDir, now); err != nil {
+			return usageError{fmt.Errorf("--identity-dir: %w", err)}
+		}
+	}
 	if !ignoreCluster {
 		client, _, err := kf.client()
 		if err != nil {
@@ -70,6 +82,17 @@ prints the same bytes; --ignore-cluster prints without asking (and makes a new c
 		defer cancel()
 		if o.TLS, err = install.ClusterTLS(cctx, client, o.Namespace, now); err != nil {
 			return fmt.Errorf("%w (or --ignore-cluster to print without asking the API server)", err)
+		}
+		if identity && o.Identity == nil {
+			if o.Identity, err = install.ClusterIdentity(cctx, client, o.Namespace, now); err != nil {
+				return fmt.Errorf("%w (or --ignore-cluster to print without asking the API server)", err)
+			}
+		}
+	}
+	if identity && o.Identity == nil {
+		var err error
+		if o.Identity, err = install.NewIdentity(now); err != nil {
+			return err
 		}
 	}
 	if o.TLS == nil {

@@ -7,6 +7,7 @@ const (
 	Dashboard   = "meshscope-dashboard"
 	Destination = "meshscope-destination"
 	Injector    = "meshscope-injector"
+	Identity    = "meshscope-identity"
 	Prometheus  = "meshscope-prometheus"
 )
 
@@ -33,6 +34,10 @@ func ClusterRules() map[string][]rbacv1.PolicyRule {
 		// The injector reads a pod's namespace for its meshscope.io/inject annotation.
 		Injector: {
 			{APIGroups: []string{""}, Resources: []string{"namespaces"}, Verbs: []string{"get"}},
+		},
+		// The identity service has proxies' ServiceAccount tokens reviewed.
+		Identity: {
+			{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
 		},
 		// Prometheus discovers pods (kubernetes_sd_configs role pod).
 		Prometheus: {

@@ -69,8 +69,13 @@ type Options struct {
 	// EnforcedHost is the regex the dashboard's Host header must match; empty keeps the dashboard's
 	// default (loopback names: what web dashboard's port-forward uses).
 	EnforcedHost string
-	// TLS is the webhook's certificate; Render needs one (see NewTLS and ReuseTLS).
+	// TLS is the webhook's certificate; Render needs one (see NewTLS and ClusterTLS).
 	TLS *TLS
+	// NoIdentity leaves the identity service out: proxies run without certificates or mutual TLS.
+	NoIdentity bool
+	// Identity is the mesh's trust anchors and issuer; Render needs it unless NoIdentity (see
+	// NewIdentity, ReadIdentity and ClusterIdentity).
+	Identity *Identity
 }
 
 func or[T comparable](v, def T) T {
@@ -142,6 +147,9 @@ func Render(o Options) ([]byte, error) {
 	if o.TLS == nil {
 		return nil, errors.New("no webhook certificate")
 	}
+	if !o.NoIdentity && o.Identity == nil {
+		return nil, errors.New("no identity issuer")
+	}
 	objs := o.objects()
 	var out bytes.Buffer
 	for i, obj := range objs {
@@ -171,6 +179,9 @@ func Render(o Options) ([]byte, error) {
 func (o Options) objects() []runtime.Object {
 	ns := o.namespace()
 	components := []string{kube.Dashboard, kube.Destination, kube.Injector}
+	if !o.NoIdentity {
+		components = append(components, kube.Identity)
+	}
 	if o.PrometheusURL == "" {
 		components = append(components, kube.Prometheus)
 	}
@@ -197,6 +208,9 @@ func (o Options) objects() []runtime.Object {
 			})
 	}
 	objs = append(objs, o.webhookSecret())
+	if !o.NoIdentity {
+		objs = append(objs, o.identitySecret(), o.trustAnchors())
+	}
 	if o.PrometheusURL == "" {
 		objs = append(objs, o.prometheusConfig())
 	}
@@ -205,10 +219,16 @@ func (o Options) objects() []runtime.Object {
 		o.service(kube.Destination, DestinationPort, DestinationPort, "grpc"),
 		o.service(kube.Injector, 443, WebhookPort, "https"),
 	)
+	if !o.NoIdentity {
+		objs = append(objs, o.service(kube.Identity, IdentityPort, IdentityPort, "https"))
+	}
 	if o.PrometheusURL == "" {
 		objs = append(objs, o.service(kube.Prometheus, PrometheusPort, PrometheusPort, "http"))
 	}
 	objs = append(objs, o.dashboard(), o.destination(), o.injector())
+	if !o.NoIdentity {
+		objs = append(objs, o.identity())
+	}
 	if o.PrometheusURL == "" {
 		objs = append(objs, o.prometheus())
 	}
@@ -337,20 +357,70 @@ func (o Options) destination() *appsv1.Deployment {
 }
 
 func (o Options) injector() *appsv1.Deployment {
-	return o.deployment(kube.Injector, o.InjectorReplicas, corev1.Container{
+	c := corev1.Container{
 		Image: o.image("proxy"),
 		Args: []string{"inject", "--webhook",
 			"--listen=0.0.0.0:" + strconv.Itoa(WebhookPort),
 			"--tls-dir=/var/run/meshscope/tls",
 			"--image=" + o.image("proxy"),
-			"--destination-addr=" + kube.Destination + "." + o.namespace() + ".svc.cluster.local:" + strconv.Itoa(DestinationPort),
+			"--destination-addr=" + o.serviceAddr(kube.Destination, DestinationPort),
 		},
 		Ports:          []corev1.ContainerPort{{Name: "https", ContainerPort: WebhookPort, Protocol: corev1.ProtocolTCP}},
 		ReadinessProbe: httpProbe("/healthz", WebhookPort, corev1.URISchemeHTTPS),
 		LivenessProbe:  httpProbe("/healthz", WebhookPort, corev1.URISchemeHTTPS),
 		Resources:      resources("20m", "32Mi", "128Mi"),
 		VolumeMounts:   []corev1.VolumeMount{{Name: "tls", MountPath: "/var/run/meshscope/tls", ReadOnly: true}},
-	}, corev1.Volume{Name: "tls", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: WebhookSecret}}})
+	}
+	volumes := []corev1.Volume{{Name: "tls", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: WebhookSecret}}}}
+	if !o.NoIdentity {
+		c.Args = append(c.Args,
+			"--identity-addr="+o.serviceAddr(kube.Identity, IdentityPort),
+			"--identity-trust-anchors=/var/run/meshscope/trust-anchors/"+trustAnchorsFile)
+		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: "trust-anchors", MountPath: "/var/run/meshscope/trust-anchors", ReadOnly: true})
+		volumes = append(volumes, corev1.Volume{Name: "trust-anchors", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: TrustAnchorsConfig}}}})
+	}
+	return o.deployment(kube.Injector, o.InjectorReplicas, c, volumes...)
+}
+
+func (o Options) serviceAddr(component string, port int) string {
+	return component + "." + o.namespace() + ".svc.cluster.local:" + strconv.Itoa(port)
+}
+
+// identity is `proxy identity`, the issuer: it signs proxies' certificates for the ServiceAccount
+// their token proves (a TokenReview).
+func (o Options) identity() *appsv1.Deployment {
+	tcp := &corev1.Probe{
+		ProbeHandler:  corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(IdentityPort)}},
+		PeriodSeconds: 10, TimeoutSeconds: 2, FailureThreshold: 3,
+	}
+	return o.deployment(kube.Identity, 1, corev1.Container{
+		Image:          o.image("proxy"),
+		Args:           []string{"identity", "--dir=" + identityServiceFiles, "--listen=0.0.0.0:" + strconv.Itoa(IdentityPort)},
+		Ports:          []corev1.ContainerPort{{Name: "https", ContainerPort: IdentityPort, Protocol: corev1.ProtocolTCP}},
+		ReadinessProbe: tcp,
+		LivenessProbe:  tcp,
+		Resources:      resources("20m", "32Mi", "128Mi"),
+		VolumeMounts:   []corev1.VolumeMount{{Name: "issuer", MountPath: identityServiceFiles, ReadOnly: true}},
+	}, corev1.Volume{Name: "issuer", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: IdentitySecret}}})
+}
+
+func (o Options) identitySecret() *corev1.Secret {
+	return &corev1.Secret{
+		TypeMeta:   typeMeta("v1", "Secret"),
+		ObjectMeta: metav1.ObjectMeta{Name: IdentitySecret, Namespace: o.namespace(), Labels: labels(kube.Identity)},
+		Data: map[string][]byte{
+			trustAnchorsFile: o.Identity.AnchorsPEM, issuerCertFile: o.Identity.IssuerCertPEM, issuerKeyFile: o.Identity.IssuerKeyPEM,
+		},
+	}
+}
+
+// trustAnchors publishes the anchors (not the issuer's key) for the injector and for operators.
+func (o Options) trustAnchors() *corev1.ConfigMap {
+	return &corev1.ConfigMap{
+		TypeMeta:   typeMeta("v1", "ConfigMap"),
+		ObjectMeta: metav1.ObjectMeta{Name: TrustAnchorsConfig, Namespace: o.namespace(), Labels: labels(kube.Identity)},
+		Data:       map[string]string{trustAnchorsFile: string(o.Identity.AnchorsPEM)},
+	}
 }
 
 func (o Options) prometheusConfig() *corev1.ConfigMap {

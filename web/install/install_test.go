@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -29,9 +30,14 @@ func TestMain(m *testing.M) { os.Exit(kubetest.Run(m)) }
 
 func render(t *testing.T, o Options) []byte {
 	t.Helper()
+	var err error
 	if o.TLS == nil {
-		var err error
 		if o.TLS, err = NewTLS(o.namespace(), time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if o.Identity == nil && !o.NoIdentity {
+		if o.Identity, err = NewIdentity(time.Now()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -46,7 +52,7 @@ func render(t *testing.T, o Options) []byte {
 func kinds(t *testing.T, manifests []byte) []string {
 	t.Helper()
 	var out []string
-	for doc := range strings.SplitSeq(string(manifests), "---\n") {
+	for _, doc := range regexp.MustCompile(`(?m)^---$`).Split(string(manifests), -1) {
 		var obj struct {
 			Kind     string
 			Metadata struct{ Name string }
@@ -70,6 +76,7 @@ var optionCases = []struct {
 		GrafanaURL: "https://grafana.example", BasePath: "/meshscope", EnforcedHost: `mesh\.example\.com`,
 	}},
 	{"the user's own Prometheus", Options{Namespace: "mesh-byo", PrometheusURL: "https://thanos.example:10902"}},
+	{"without identity", Options{Namespace: "mesh-noid", NoIdentity: true}},
 }
 
 // TestInstallAcceptedByAPIServer: every object, with and without options, is created by a real API
@@ -98,7 +105,8 @@ func TestInstallPrintsTheControlPlane(t *testing.T) {
 		for _, want := range append(common, "ServiceAccount/meshscope-prometheus", "ClusterRole/meshscope-prometheus-meshscope",
 			"ConfigMap/meshscope-prometheus", "Deployment/meshscope-prometheus", "Service/meshscope-prometheus",
 			"Secret/meshscope-injector-tls", "MutatingWebhookConfiguration/meshscope-proxy-injector-meshscope",
-			"Deployment/meshscope-dashboard", "Deployment/meshscope-destination", "Deployment/meshscope-injector") {
+			"Deployment/meshscope-dashboard", "Deployment/meshscope-destination", "Deployment/meshscope-injector",
+			"Deployment/meshscope-identity", "Service/meshscope-identity", "Secret/meshscope-identity-issuer", "ConfigMap/meshscope-identity-trust-anchors") {
 			if !strings.Contains(got, want) {
 				t.Errorf("no %s in %s", want, got)
 			}
@@ -109,6 +117,7 @@ func TestInstallPrintsTheControlPlane(t *testing.T) {
 			"image: meshscope/web:v0.1.0", "image: meshscope/proxy:v0.1.0", "kubernetes_sd_configs",
 			"failurePolicy: Ignore", "readOnlyRootFilesystem: true", "runAsNonRoot: true",
 			"path: /healthz", "path: /readyz",
+			"--identity-addr=meshscope-identity.meshscope.svc.cluster.local:8080",
 		} {
 			if !bytes.Contains(out, []byte(want)) {
 				t.Errorf("no %q in the output", want)
@@ -179,6 +188,9 @@ func TestInstallIsStable(t *testing.T) {
 		t.Fatalf("the installed certificate was not reused: %v", err)
 	}
 	o.TLS = reused
+	if o.Identity, err = ClusterIdentity(ctx, srv.Client, o.Namespace, time.Now()); err != nil || o.Identity == nil {
+		t.Fatalf("the installed identity was not reused: %v", err)
+	}
 	if again := render(t, o); !bytes.Equal(first, again) {
 		t.Error("installing again with the cluster's certificate printed different bytes")
 	}
@@ -213,6 +225,8 @@ func TestInstalledPermissionsAreLeast(t *testing.T) {
 		{kube.Prometheus, "", "secrets", "get", false},
 		{kube.Dashboard, "", "pods", "list", true},
 		{kube.Dashboard, "", "pods", "delete", false},
+		{kube.Identity, "authentication.k8s.io", "tokenreviews", "create", true},
+		{kube.Identity, "", "secrets", "list", false},
 	} {
 		cfg := rest.CopyConfig(srv.Config)
 		cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + tc.sa}
@@ -239,7 +253,7 @@ func TestInstalledPermissionsAreLeast(t *testing.T) {
 // rules it names.
 func TestInstalledPrometheusConfigLoads(t *testing.T) {
 	var cm *corev1.ConfigMap
-	for _, obj := range (Options{TLS: &TLS{}}).objects() {
+	for _, obj := range (Options{TLS: &TLS{}, Identity: &Identity{}}).objects() {
 		if c, ok := obj.(*corev1.ConfigMap); ok && c.Name == kube.Prometheus {
 			cm = c
 		}
