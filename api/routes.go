@@ -47,7 +47,8 @@ type RouteRow struct {
 	LatencyP50 *float64 `json:"latency_ms_p50"`
 	LatencyP95 *float64 `json:"latency_ms_p95"`
 	LatencyP99 *float64 `json:"latency_ms_p99"`
-	// RetryRPS is retries per second; RetryShare retries per route request (nil: no traffic).
+	// RetryRPS is retries per second; RetryShare the part of the route's tries that were retries,
+	// retries / (requests + retries), as Linkerd's viz stat-outbound computes it (nil: no traffic).
 	RetryRPS   float64  `json:"retry_rps"`
 	RetryShare *float64 `json:"retry_share"`
 	// TimeoutRPS is route requests per second that ended with a route timeout.
@@ -262,7 +263,7 @@ func (q *Querier) Routes(ctx context.Context, rs RouteScope) RouteTable {
 		}
 		slices.SortFunc(r.Backends, func(a, b BackendRow) int { return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name) })
 		if r.RPS > 0 {
-			share := r.RetryRPS / r.RPS
+			share := r.RetryRPS / (r.RPS + r.RetryRPS)
 			r.RetryShare = &share
 		}
 		t.Rows = append(t.Rows, *r)

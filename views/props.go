@@ -63,7 +63,7 @@ type RouteRow struct {
 	P50      string
 	P95      string
 	P99      string
-	Retries  string // per second, and their share of the route's requests
+	Retries  string // per second, and their share of the route's tries
 	Timeouts string // per second
 	Backends []RouteBackend
 	// TapHref opens the live tap on the route's requests.

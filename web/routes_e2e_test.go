@@ -73,7 +73,7 @@ func TestRoutesOnTheDeploymentPageAndInTheTerminal(t *testing.T) {
 		t.Errorf("vote route success %.3f after retries, want at least 0.95", *vote.SuccessRate)
 	}
 	if *vote.RetryShare < 0.05 || *vote.RetryShare > 0.5 {
-		t.Errorf("retries are %.3f of the route's requests, want about 0.22", *vote.RetryShare)
+		t.Errorf("retries are %.3f of the route's tries, want about 0.18", *vote.RetryShare)
 	}
 	for _, b := range vote.Backends {
 		if b.Name == "voting-v2" && (b.Share == nil || *b.Share > 0.3) {

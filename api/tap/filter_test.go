@@ -31,6 +31,8 @@ func TestParseFilter(t *testing.T) {
 		{name: "gRPC status by number", query: "grpc_status=14", want: Filter{GRPCStatus: "UNAVAILABLE"}},
 		{name: "failed other than true", query: "failed=yes", wantParam: "failed"},
 		{name: "gRPC status beyond 16", query: "grpc_status=17", wantParam: "grpc_status"},
+		{name: "route by name", query: "route=place-order", want: Filter{Route: "place-order"}},
+		{name: "route that is no name", query: "route=Place_Order", wantParam: "route"},
 		{name: "gRPC status unknown name", query: "grpc_status=BROKEN", wantParam: "grpc_status"},
 		{name: "unknown parameter", query: "pth=/x", wantParam: "pth"},
 		{name: "parameter given twice", query: "method=GET&method=POST", wantParam: "method"},
@@ -95,7 +97,7 @@ func TestFilterMatches(t *testing.T) {
 	req := &Event{
 		V: Version, Type: TypeRequest, ID: 1, Direction: DirectionOutbound,
 		Destination: Endpoint{Addr: "127.0.0.1:14143", Labels: map[string]string{LabelNamespace: "shop", LabelDeployment: "voting"}},
-		Method:      "GET", Authority: "voting.shop:8080", Path: "/api/vote",
+		Method:      "GET", Authority: "voting.shop:8080", Path: "/api/vote", Route: "vote",
 	}
 	tests := []struct {
 		name        string
@@ -119,6 +121,8 @@ func TestFilterMatches(t *testing.T) {
 		{"dst_deployment other", "dst_deployment=web", 200, false, true},
 		{"dst_namespace same", "dst_namespace=shop", 200, true, true},
 		{"dst_namespace other", "dst_namespace=default", 200, false, true},
+		{"route same", "route=vote", 200, true, true},
+		{"route other", "route=place-order", 200, false, true},
 		{"status class hit", "status=5xx", 503, true, true},
 		{"status class miss", "status=5xx", 404, true, false},
 		{"status class edge", "status=4xx", 499, true, true},
