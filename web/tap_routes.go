@@ -21,7 +21,15 @@ func (s *server) liveRoutes(r chi.Router) {
 			Help: "Live view websockets refused by reason: total (all taken), client (its address has a quarter of them), no-origin (sockets without an Origin have an eighth).",
 		}, []string{"reason"}),
 	}
-	s.reg.MustRegister(ls.refused)
+	// routes may be built more than once on one server (tests swap the backend and build them again):
+	// the counter is registered once and shared.
+	if err := s.reg.Register(ls.refused); err != nil {
+		are, ok := err.(prometheus.AlreadyRegisteredError)
+		if !ok {
+			panic(err)
+		}
+		ls.refused = are.ExistingCollector.(*prometheus.CounterVec)
+	}
 	r.Get("/tap", s.handle(s.tapPage))
 	r.Get("/top", s.handle(s.topPage))
 	r.Get("/api/v1/tap/ws", ls.serveTap)
