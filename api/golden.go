@@ -1,6 +1,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"math"
 	"slices"
@@ -35,6 +36,10 @@ type Stats struct {
 	// meshed does not apply (edges).
 	MeshedUp    int `json:"meshed_up"`
 	MeshedTotal int `json:"meshed_total"`
+	// MTLS is the share of the traffic over mutual TLS, 0..1 (GoldenMTLS
+	// only); nil: no traffic.
+	MTLS *float64 `json:"mtls_share,omitempty"`
+
 	// Trend, set by Worst only, compares the row with its own last hour.
 	*Trend
 }
@@ -80,6 +85,7 @@ const (
 	MetricTCPOut  = "TCP bytes written/s"
 	MetricTCPFail = "TCP connection failures/s"
 	MetricMeshed  = "meshed proxies"
+	MetricMTLS    = "mTLS share"
 )
 
 // Golden fetches the golden metrics of a whole table at once: one query per
@@ -87,6 +93,33 @@ const (
 // scrape targets count how many are up per row.
 func (q *Querier) Golden(ctx context.Context, sc Scope, meshed bool) Table {
 	return q.golden(ctx, q.plan(sc), meshed, nil)
+}
+
+// GoldenMTLS is Golden with the share of the traffic over mutual TLS (MTLS).
+func (q *Querier) GoldenMTLS(ctx context.Context, sc Scope, meshed bool) Table {
+	return q.golden(ctx, sc, meshed, []part{{MetricMTLS, MTLSQuery(sc), setPtr(func(s *Stats) **float64 { return &s.MTLS })}})
+}
+
+// CertExpiry is a proxy whose identity certificate ends soon.
+type CertExpiry struct {
+	Namespace   string  `json:"namespace"`
+	Pod         string  `json:"pod"`
+	SecondsLeft float64 `json:"seconds_left"`
+}
+
+// CertExpiring lists the proxies of the scope's matchers whose identity
+// certificate ends within the given time, soonest first.
+func (q *Querier) CertExpiring(ctx context.Context, sc Scope, within time.Duration) ([]CertExpiry, error) {
+	vec, _, err := q.Vector(ctx, CertExpiryQuery(sc, within))
+	if err != nil {
+		return nil, err
+	}
+	out := make([]CertExpiry, 0, len(vec))
+	for _, s := range vec {
+		out = append(out, CertExpiry{Namespace: string(s.Metric[LabelNamespace]), Pod: string(s.Metric[LabelPod]), SecondsLeft: float64(s.Value)})
+	}
+	slices.SortFunc(out, func(a, b CertExpiry) int { return cmp.Compare(a.SecondsLeft, b.SecondsLeft) })
+	return out, nil
 }
 
 // part is one metric of a table: its query and where its value goes.

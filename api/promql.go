@@ -90,12 +90,18 @@ func (sc Scope) window() string {
 // Values are quoted with Go escaping, which PromQL's string literals share,
 // so no value can end its quotes early.
 func (sc Scope) selector(metric string, extra ...Match) string {
+	return selector(metric, append(append([]Match{{"direction", sc.Direction}}, extra...), sc.Match...))
+}
+
+// selector renders metric{label="value",...}, each value quoted.
+func selector(metric string, matches []Match) string {
 	var b strings.Builder
 	b.WriteString(metric)
-	b.WriteString(`{direction=`)
-	b.WriteString(strconv.Quote(sc.Direction))
-	for _, m := range append(extra, sc.Match...) {
-		b.WriteByte(',')
+	b.WriteByte('{')
+	for i, m := range matches {
+		if i > 0 {
+			b.WriteByte(',')
+		}
 		b.WriteString(m.Label)
 		b.WriteByte('=')
 		b.WriteString(strconv.Quote(m.Value))
@@ -154,6 +160,31 @@ func TCPQuery(sc Scope) string {
 		metric = sc.Recorded.Series(metric)
 	}
 	return sumBy(sc.By, sc.selector(metric, sc.peer()))
+}
+
+// MTLSQuery is the share of traffic over mutual TLS (tls="true"), 0..1: of the
+// requests where there are requests, else of the open TCP connections (an
+// opaque TCP workload). No traffic at all gives no sample.
+func MTLSQuery(sc Scope) string {
+	secured := Match{"tls", "true"}
+	share := func(all, tls string) string {
+		return "(" + tls + " or " + all + " * 0) / (" + all + " > 0)"
+	}
+	requests := share(sumBy(sc.By, sc.rate("request_total")), sumBy(sc.By, sc.rate("request_total", secured)))
+	conns := share(sumBy(sc.By, sc.selector("tcp_open_connections", sc.peer())),
+		sumBy(sc.By, sc.selector("tcp_open_connections", secured, sc.peer())))
+	return "(" + requests + ") or (" + conns + ")"
+}
+
+// CertExpiryQuery is, for each proxy of the scope's matchers, the seconds
+// left on its identity certificate, where fewer than within remain: a proxy
+// renews at 70% of its certificate's life, so one this close to the end has
+// been failing to renew.
+func CertExpiryQuery(sc Scope, within time.Duration) string {
+	// The proxy's own gauge has no direction label: the scope's matchers only.
+	sel := selector("identity_cert_expiration_timestamp_seconds", sc.Match)
+	return "min by (" + LabelNamespace + ", " + LabelPod + ") (" + sel + " > 0) - time() < " +
+		strconv.FormatFloat(within.Seconds(), 'f', 0, 64)
 }
 
 // peer is the side of a proxied TCP connection a scope counts: the client

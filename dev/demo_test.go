@@ -142,6 +142,7 @@ type row struct {
 	RPS         float64           `json:"rps"`
 	P50         *float64          `json:"latency_ms_p50"`
 	TCP         float64           `json:"tcp_connections"`
+	MTLS        *float64          `json:"mtls_share"`
 }
 
 type table struct {
@@ -232,10 +233,12 @@ func checkGoldenMetrics(dash string, want map[string]expectation) error {
 	return nil
 }
 
-// checkEdges compares the deployments' outbound edges with the call graph.
+// checkEdges compares the deployments' outbound edges with the call graph, each secured (all its traffic
+// over mutual TLS), and each deployment's share of inbound traffic over mutual TLS with who calls it: all
+// of it but web's, whose only caller, the traffic generator, is not meshed.
 func checkEdges(dash string, m demo.Mesh) error {
 	for _, s := range m.Services {
-		var page struct{ Outbound, Inbound table }
+		var page struct{ Summary, Outbound, Inbound table }
 		if err := getJSON(dash+"api/v1/namespaces/"+s.Namespace+"/deployments/"+s.Deployment, &page); err != nil {
 			return err
 		}
@@ -243,7 +246,17 @@ func checkEdges(dash string, m demo.Mesh) error {
 		for _, r := range page.Outbound.Rows {
 			if d := r.Labels["dst_deployment"]; d != "" && (r.RPS > 0 || r.TCP > 0) {
 				got = append(got, d)
+				if r.MTLS == nil || *r.MTLS != 1 {
+					return fmt.Errorf("edge %s -> %s: mTLS share %v, want 1 (secured)", s.Deployment, d, r.MTLS)
+				}
 			}
+		}
+		share := 1.0
+		if s.Deployment == "web" {
+			share = 0
+		}
+		if len(page.Summary.Rows) != 1 || page.Summary.Rows[0].MTLS == nil || *page.Summary.Rows[0].MTLS != share {
+			return fmt.Errorf("%s: summary %+v, want an inbound mTLS share of %v", s.Deployment, page.Summary.Rows, share)
 		}
 		slices.Sort(got)
 		want := slices.Sorted(slices.Values(s.Calls))
@@ -361,6 +374,65 @@ func checkTap(dash string) error {
 	return c.Close(websocket.StatusNormalClosure, "")
 }
 
+// checkSecured wants every edge of the call graph over mutual TLS, with the caller's identity on the
+// callee's inbound side: outbound series to a deployment say tls="true" and its server_id, and each
+// callee's inbound series name its callers by client_id (web's only caller, the traffic generator, is
+// not meshed).
+func checkSecured(promURL string, m demo.Mesh) error {
+	client, err := api.NewClient(api.Config{Address: promURL})
+	if err != nil {
+		return err
+	}
+	prom := v1.NewAPI(client)
+	query := func(q string) (model.Vector, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		val, _, _, err := prom.Query(ctx, q, time.Now())
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", q, err)
+		}
+		vec, _ := val.(model.Vector)
+		return vec, nil
+	}
+	// Opaque TCP (the ledger) has tcp_* series only, HTTP both: the TCP families cover every edge.
+	out, err := query(`sum by (deployment, dst_deployment, tls, server_id) (tcp_open_total{direction="outbound", peer="dst"})`)
+	if err != nil {
+		return err
+	}
+	edges := 0
+	for _, s := range out {
+		caller, callee := string(s.Metric["deployment"]), string(s.Metric["dst_deployment"])
+		want := m.PodsOf(callee)[0].Service.IdentityName()
+		if s.Metric["tls"] != "true" || string(s.Metric["server_id"]) != want {
+			return fmt.Errorf("edge %s -> %s: tls=%q server_id=%q, want tls=\"true\" server_id=%q", caller, callee, s.Metric["tls"], s.Metric["server_id"], want)
+		}
+		edges++
+	}
+	if want := len(m.Services) - 1; edges < want {
+		return fmt.Errorf("%d secured edges, want %d", edges, want)
+	}
+	in, err := query(`sum by (deployment, tls, client_id) (tcp_open_total{direction="inbound", peer="src"})`)
+	if err != nil {
+		return err
+	}
+	for _, s := range in {
+		callee := string(s.Metric["deployment"])
+		var callers []string
+		for _, c := range m.Services {
+			if slices.Contains(c.Calls, callee) {
+				callers = append(callers, c.IdentityName())
+			}
+		}
+		switch id := string(s.Metric["client_id"]); {
+		case len(callers) == 0 && s.Metric["tls"] != "no_identity":
+			return fmt.Errorf("%s inbound from the unmeshed traffic generator: tls=%q", callee, s.Metric["tls"])
+		case len(callers) > 0 && (s.Metric["tls"] != "true" || !slices.Contains(callers, id)):
+			return fmt.Errorf("%s inbound: tls=%q client_id=%q, want one of %v", callee, s.Metric["tls"], id, callers)
+		}
+	}
+	return nil
+}
+
 // checkGrafana runs every shipped Grafana expression, variables substituted,
 // against the demo's backend: each must return data.
 func checkGrafana(promURL string) error {
@@ -401,6 +473,7 @@ func TestDemoShowsItsStoryThroughTheDashboard(t *testing.T) {
 			eventually(t, "golden metrics within their bands", func() error { return checkGoldenMetrics(r.DashboardURL, want) })
 			eventually(t, "edges match the call graph", func() error { return checkEdges(r.DashboardURL, r.Mesh) })
 			eventually(t, "the route story: retries and a traffic split", func() error { return checkRouteStory(r.DashboardURL) })
+			eventually(t, "every edge is mutual TLS, its caller named", func() error { return checkSecured(r.PrometheusURL, r.Mesh) })
 			eventually(t, "both catalog pods take traffic", func() error { return checkBalancing(r.DashboardURL) })
 			eventually(t, "tap shows calls", func() error { return checkTap(r.DashboardURL) })
 			eventually(t, "the first screen shows checkout first, with since when", func() error { return checkFirstScreen(r.DashboardURL) })

@@ -6,6 +6,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -75,6 +76,12 @@ func run(ctx context.Context, cfg config, con *console, started func(running)) (
 	bins, err := build(ctx, dir, con)
 	if err != nil {
 		return err
+	}
+	// The mesh's trust anchor and issuer, as an operator makes them.
+	gen := exec.CommandContext(ctx, bins.proxy, "identity", "--generate", "--dir", paths.identity)
+	gen.Stdout, gen.Stderr = io.Discard, con.writer("identity")
+	if err := gen.Run(); err != nil {
+		return fmt.Errorf("proxy identity --generate: %w", err)
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -147,10 +154,16 @@ func run(ctx context.Context, cfg config, con *console, started func(running)) (
 		}()
 	}
 
-	// One proxy per pod.
+	// The issuer, then one proxy per pod, each ready once it holds its certificate.
+	done, err := startProcess(ctx, con, "identity", bins.proxy, m.IssuerArgs(paths.identity), env)
+	if err != nil {
+		return err
+	}
+	watch("identity", done)
 	proxyEnv := append(env[:len(env):len(env)], "MESHSCOPE_PROXY_TAP_TOKEN="+token)
 	for _, p := range m.Pods {
-		done, err := startProcess(ctx, con, "proxy "+p.Name, bins.proxy, m.ProxyArgs(p, paths.destinations), proxyEnv)
+		args := append(m.ProxyArgs(p, paths.destinations), m.IdentityArgs(p, paths.identity)...)
+		done, err := startProcess(ctx, con, "proxy "+p.Name, bins.proxy, args, proxyEnv)
 		if err != nil {
 			return err
 		}
@@ -171,7 +184,7 @@ func run(ctx context.Context, cfg config, con *console, started func(running)) (
 	if cfg.GrafanaURL != "" {
 		webArgs = append(webArgs, "--grafana-url="+cfg.GrafanaURL)
 	}
-	done, err := startProcess(ctx, con, "dashboard", bins.web, webArgs,
+	done, err = startProcess(ctx, con, "dashboard", bins.web, webArgs,
 		append(env[:len(env):len(env)], "MESHSCOPE_WEB_TAP_TOKEN="+token))
 	if err != nil {
 		return err
@@ -232,6 +245,7 @@ func checkPorts(cfg config, m demo.Mesh) error {
 	wants := []want{
 		{cfg.DashboardListen, "the dashboard", "--dashboard-listen"},
 		{cfg.PrometheusListen, "the metrics backend", "--prometheus-listen"},
+		{m.Identity, "the identity issuer", "--port-base"},
 	}
 	for _, p := range m.Pods {
 		for _, a := range []struct{ addr, what string }{
@@ -264,10 +278,19 @@ func checkPorts(cfg config, m demo.Mesh) error {
 // demoFiles are the generated files every process reads.
 type demoFiles struct {
 	prometheusYML, destinations string
+	// identity is the directory of the mesh's trust anchor, issuer and tokens (demo.WriteIdentity).
+	identity string
 }
 
 func writeFiles(dir string, m demo.Mesh) (demoFiles, error) {
-	f := demoFiles{prometheusYML: filepath.Join(dir, "prometheus.yml"), destinations: filepath.Join(dir, "destinations.yaml")}
+	f := demoFiles{prometheusYML: filepath.Join(dir, "prometheus.yml"), destinations: filepath.Join(dir, "destinations.yaml"),
+		identity: filepath.Join(dir, "identity")}
+	if err := os.Mkdir(f.identity, 0o700); err != nil {
+		return f, err
+	}
+	if err := m.WriteTokens(f.identity); err != nil {
+		return f, fmt.Errorf("identity tokens: %w", err)
+	}
 	dest, err := m.Destinations()
 	if err != nil {
 		return f, err

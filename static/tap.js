@@ -160,10 +160,19 @@
     countsEl.dataset.dropped = String(dropped + proxyDropped);
   }
 
-  // Names a request's side for humans: its pod, else its deployment, else its address.
+  // Names a request's side for humans: its pod, else its deployment, else the ServiceAccount its mutual
+  // TLS identity names (an inbound caller), else its address.
   function who(ep) {
     var l = (ep && ep.labels) || {};
+    if (!l.pod && !l.deployment && l.serviceaccount) { return l.namespace + "/" + l.serviceaccount; }
     return l.pod || l.deployment || (ep && ep.addr) || "?";
+  }
+
+  // The identity of a request's peer over mutual TLS: the caller's inbound, the callee's outbound; "" in
+  // plain text.
+  function peerIdentity(ev) {
+    var peer = ev.direction === "outbound" ? ev.destination : ev.source;
+    return (peer && peer.identity) || "";
   }
 
   function fmtMS(v) {
@@ -194,9 +203,11 @@
       tr.dataset.path = ev.path || "";
       tr.dataset.authority = ev.authority || "";
       var target = (ev.path || "") + (ev.query ? "?" + ev.query : "");
-      [ev.direction === "outbound" ? "out" : "in", who(ev.source), who(ev.destination), ev.method, target, "…", ""]
+      var secured = peerIdentity(ev);
+      [(ev.direction === "outbound" ? "out" : "in") + (secured ? " 🔒" : ""), who(ev.source), who(ev.destination), ev.method, target, "…", ""]
         .forEach(function (v, i) {
           var td = el("td", v);
+          if (i === 0) { td.title = secured ? "mutual TLS with " + secured : "plain text"; td.dataset.secured = String(!!secured); }
           if (i === 4) { td.title = (ev.authority || "") + target; td.className = "path"; }
           tr.appendChild(td);
         });
@@ -274,8 +285,11 @@
     details.appendChild(head);
     var facts = [
       "proxy " + c.proxy + " · id " + r.id + " · " + r.direction + " · " + r.ts,
-      "source " + (r.source.addr || "?") + " " + JSON.stringify(r.source.labels || {}),
-      "destination " + (r.destination.addr || "?") + " " + JSON.stringify(r.destination.labels || {})
+      "source " + (r.source.addr || "?") + " " + JSON.stringify(r.source.labels || {}) +
+        (r.source.identity ? " · identity " + r.source.identity : ""),
+      "destination " + (r.destination.addr || "?") + " " + JSON.stringify(r.destination.labels || {}) +
+        (r.destination.identity ? " · identity " + r.destination.identity : ""),
+      peerIdentity(r) ? "mutual TLS" : "plain text"
     ];
     if (c.end) {
       facts.push("ended after " + fmtMS(c.end.duration_ms) + ", " + (c.end.bytes || 0) + " bytes" +

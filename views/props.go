@@ -37,7 +37,9 @@ type Data struct {
 	Banners  []string
 	Warnings []string
 	// Notes qualify the figures, e.g. a window not full yet.
-	Notes   []string
+	Notes []string
+	// Alerts are about the mesh itself: a proxy's identity certificate near its end.
+	Alerts  []string
 	Summary *Summary
 	Charts  []Chart
 	Tables  []Table
@@ -119,6 +121,8 @@ type Table struct {
 	// Source is a quiet footnote saying where the figures come from; empty
 	// shows none.
 	Source string
+	// MTLS adds each row's MTLS after its TCP connections (edges: whether they are secured).
+	MTLS bool
 }
 
 // Row is one resource of a table.
@@ -133,6 +137,8 @@ type Row struct {
 	P95     string
 	P99     string
 	TCP     string
+	// MTLS is the share of the row's traffic over mutual TLS (tables with MTLS).
+	MTLS Cell
 	// Delta is the change against the last hour; Since, for an unhealthy
 	// row, since when it has been under the SLO (tables with Trend).
 	Delta Cell

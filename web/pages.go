@@ -327,6 +327,9 @@ type resourceData struct {
 	Outbound api.Table  `json:"outbound"`
 	Pods     *api.Table `json:"pods,omitempty"`
 	History  history    `json:"history"`
+	// CertExpiring are its proxies whose identity certificate ends within certWarnWithin.
+	CertExpiring []api.CertExpiry `json:"cert_expiring,omitempty"`
+	certFailure  *api.Failure
 	// warnings are the window query's, for the page's banner.
 	warnings []string
 }
@@ -336,6 +339,11 @@ type history struct {
 	RPS     api.Chart `json:"rps"`
 	Latency api.Chart `json:"latency"`
 }
+
+// certWarnWithin is how close to its end a proxy's identity certificate must be for a page to warn: a
+// proxy renews at 70% of the life (about 17 h of the 24 h default), so 6 h left means renewals have been
+// failing for hours.
+const certWarnWithin = 6 * time.Hour
 
 // chartSpan is how far back the charts of a window reach: 30 windows, at
 // least 10 minutes, at most a day.
@@ -354,9 +362,16 @@ func (s *server) resource(ctx context.Context, v viewState, scopes func(w time.D
 	self, inbound, outbound, pods := scopes(win)
 	span, step := chartSpan(v.window)
 	fns := []func(){
-		func() { d.Summary = s.prom.Golden(ctx, self, true) },
-		func() { d.Inbound = s.prom.Golden(ctx, inbound, false) },
-		func() { d.Outbound = s.prom.Golden(ctx, outbound, false) },
+		func() { d.Summary = s.prom.GoldenMTLS(ctx, self, true) },
+		func() { d.Inbound = s.prom.GoldenMTLS(ctx, inbound, false) },
+		func() { d.Outbound = s.prom.GoldenMTLS(ctx, outbound, false) },
+		func() {
+			var err error
+			if d.CertExpiring, err = s.prom.CertExpiring(ctx, self, certWarnWithin); err != nil {
+				f := api.Failure{Metric: "identity certificates", Error: err.Error(), Err: err}
+				d.certFailure = &f
+			}
+		},
 		func() { d.History.Success, d.History.RPS, d.History.Latency = s.prom.History(ctx, self, span, step) },
 	}
 	if pods != nil {
@@ -381,6 +396,9 @@ func (d resourceData) problems() ([]api.Failure, []string) {
 		tables = append(tables, *d.Pods)
 	}
 	fs, ws := problems(tables...)
+	if d.certFailure != nil {
+		fs = append(fs, *d.certFailure)
+	}
 	hf, hw := d.History.problems()
 	return append(append(d.Window.problems(), fs...), hf...), append(append(d.warnings, ws...), hw...)
 }
@@ -433,6 +451,7 @@ func (s *server) deploymentPage(w http.ResponseWriter, r *http.Request) error {
 	p.Data = s.data(here(q), s.summary(d.Summary), append(charts(d.History), d.RouteHistory.charts()...), tables, fs, ws)
 	p.Data.Notes = d.Window.notes()
 	p.Data.Routes = s.routeTable(ns, name, d.Routes)
+	p.Data.Alerts = certAlerts(d.CertExpiring)
 	return s.render(w, r, http.StatusOK, s.shell(r, "Deployment "+ns+"/"+name, nil), views.ResourcePage(p), views.DataFragment(p.Data))
 }
 
@@ -482,6 +501,7 @@ func (s *server) podPage(w http.ResponseWriter, r *http.Request) error {
 	fs, ws := d.problems()
 	p.Data = s.data(here(q), s.summary(d.Summary), charts(d.History), tables, fs, ws)
 	p.Data.Notes = d.Window.notes()
+	p.Data.Alerts = certAlerts(d.CertExpiring)
 	return s.render(w, r, http.StatusOK, s.shell(r, "Pod "+ns+"/"+pod, nil), views.ResourcePage(p), views.DataFragment(p.Data))
 }
 

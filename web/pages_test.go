@@ -47,6 +47,9 @@ func (m *memProm) answer(q string) model.Vector {
 	if q == "vector(1)" {
 		return model.Vector{{Value: 1}}
 	}
+	if strings.Contains(q, "identity_cert_expiration_timestamp_seconds") {
+		return nil // no certificate near its end, unless a test stores one
+	}
 	var by []string
 	if g := byClause.FindStringSubmatch(q); g != nil {
 		by = strings.Split(g[1], ", ")
@@ -70,6 +73,8 @@ func (m *memProm) answer(q string) model.Vector {
 			v = float64(i)
 		case strings.Contains(q, "response_total"):
 			v = float64(i%100) / 100
+		case strings.Contains(q, `tls="true"`):
+			v = 0.5 // half the traffic over mutual TLS
 		case strings.Contains(q, "request_total"):
 			v = 10
 		default:
@@ -425,5 +430,38 @@ func TestJSONTwinsFollowEveryPageParameter(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+func TestDeploymentPageShowsMTLSAndWarnsOfExpiringCertificates(t *testing.T) {
+	m, h := memServer(t, 3, config{})
+	self := api.Scope{Direction: "inbound", Match: []api.Match{{Label: api.LabelNamespace, Value: "shop"}, {Label: api.LabelDeployment, Value: "dep-1"}}}
+	m.answers.Store(api.CertExpiryQuery(self, certWarnWithin), model.Vector{
+		{Metric: model.Metric{"namespace": "shop", "pod": "dep-1-0"}, Value: 7200},
+	})
+	rec := request(h, "/namespaces/shop/deployments/dep-1")
+	if rec.Code != http.StatusOK {
+		t.Fatalf("status %d", rec.Code)
+	}
+	doc, err := goquery.NewDocumentFromReader(rec.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := doc.Find(`[data-testid="cert-warning"]`).Text(); !strings.Contains(got, "pod shop/dep-1-0 ends in 2h0m0s") {
+		t.Errorf("cert warning %q", got)
+	}
+	if got := doc.Find(`[data-testid="summary-mtls"]`).Text(); got != "50% mTLS" {
+		t.Errorf("summary mTLS %q, want 50%% mTLS", got)
+	}
+	if got := doc.Find(`[data-testid="outbound"] [data-testid="mtls"]`).First().Text(); got != "50% mTLS" {
+		t.Errorf("outbound edge mTLS %q", got)
+	}
+	if got := doc.Find(`[data-testid="outbound"] th`).Eq(8).Text(); got != "mTLS" {
+		t.Errorf("outbound header %q, want mTLS", got)
+	}
+	// Another deployment's page: no warning.
+	doc2, _ := goquery.NewDocumentFromReader(request(h, "/namespaces/shop/deployments/dep-2").Body)
+	if n := doc2.Find(`[data-testid="cert-warning"]`).Length(); n != 0 {
+		t.Errorf("%d cert warnings on a deployment whose certificates are fine", n)
 	}
 }

@@ -271,12 +271,14 @@ func (s *server) edgeTable(here func(url.Values) string, v viewState, title, tes
 		empty = "no calls to other services in this window"
 	}
 	vt := views.Table{Title: title, TestID: testID, Columns: s.columns(here, v, nameLabel, false), Empty: empty, Error: panelError(t),
-		Source: sourceNote(t)}
+		Source: sourceNote(t), MTLS: true}
+	vt.Columns = append(vt.Columns, views.Column{Label: "mTLS"})
 	failed := failedMetrics(t.Failures)
 	q := s.query(v)
 	for _, r := range t.Rows {
 		vr := s.row(r, failed, false)
 		vr.Name = name(r)
+		vr.MTLS = mtlsCell(r.MTLS, failed[api.MetricMTLS])
 		ns, dep := r.Labels[nsLabel], r.Labels[depLabel]
 		if api.ValidNamespace(ns) == nil && api.ValidName("deployment", dep) == nil {
 			vr.Href = s.url("/namespaces/{ns}/deployments/{name}", q, ns, dep)
@@ -406,6 +408,36 @@ func successCell(rate *float64) views.Cell {
 	return views.Cell{Text: strconv.FormatFloat(100**rate, 'f', 2, 64) + "%", Class: class}
 }
 
+// mtlsCell shows a share of traffic over mutual TLS: "secured" when all of it is, else the share.
+func mtlsCell(share *float64, failed bool) views.Cell {
+	switch {
+	case failed:
+		return views.Cell{Text: unknown, Class: "none"}
+	case share == nil:
+		return views.Cell{Text: "—", Class: "none"}
+	case *share >= 1:
+		return views.Cell{Text: "secured", Class: "ok"}
+	case *share <= 0:
+		return views.Cell{Text: "plain text", Class: "warn"}
+	}
+	return views.Cell{Text: strconv.FormatFloat(100**share, 'f', 0, 64) + "% mTLS", Class: "warn"}
+}
+
+// certAlerts word the proxies whose identity certificate ends within certWarnWithin.
+func certAlerts(expiring []api.CertExpiry) []string {
+	var out []string
+	for _, e := range expiring {
+		left := time.Duration(e.SecondsLeft) * time.Second
+		msg := fmt.Sprintf("identity certificate of pod %s/%s ends in %s: its proxy has not renewed it (it renews at 70%% of the certificate's life): is the issuer (proxy identity) up?",
+			e.Namespace, e.Pod, left.Round(time.Minute))
+		if left <= 0 {
+			msg = fmt.Sprintf("identity certificate of pod %s/%s has expired: its proxy falls back to plain text and meshed clients are refused; is the issuer (proxy identity) up?", e.Namespace, e.Pod)
+		}
+		out = append(out, msg)
+	}
+	return out
+}
+
 func formatRPS(v float64) string {
 	if v >= 100 {
 		return strconv.FormatFloat(v, 'f', 0, 64)
@@ -466,6 +498,7 @@ func (s *server) summary(t api.Table) *views.Summary {
 			{Label: "P99", Value: views.Cell{Text: vr.P99}, TestID: "summary-p99"},
 			{Label: "TCP connections", Value: views.Cell{Text: vr.TCP}, TestID: "summary-tcp"},
 			{Label: "Meshed", Value: views.Cell{Text: vr.Meshed}, TestID: "summary-meshed"},
+			{Label: "Inbound over mTLS", Value: mtlsCell(r.MTLS, failed[api.MetricMTLS]), TestID: "summary-mtls"},
 		},
 		Error: panelError(t),
 	}

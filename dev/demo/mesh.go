@@ -68,6 +68,8 @@ type Mesh struct {
 	Host     string
 	Services []Service
 	Pods     []Pod
+	// Identity is where the issuer (proxy identity) listens.
+	Identity string
 }
 
 // PortFunc hands out one unused port per call.
@@ -146,7 +148,9 @@ func Layout(host string, ports PortFunc) (Mesh, error) {
 			m.Pods = append(m.Pods, pod)
 		}
 	}
-	return m, nil
+	var err error
+	m.Identity, err = addr()
+	return m, err
 }
 
 func (m Mesh) service(deployment string) Service {
@@ -170,8 +174,8 @@ func (m Mesh) PodsOf(deployment string) []Pod {
 }
 
 // Destinations renders the proxies' destinations file (DESIGN.md): every
-// service's authority, its labels, its pods' proxy inbound addresses and its
-// routes (routes.go).
+// service's authority, its labels, its identity, its pods' proxy inbound
+// addresses and its routes (routes.go).
 func (m Mesh) Destinations() ([]byte, error) {
 	type endpoint struct {
 		Addr   string            `yaml:"addr"`
@@ -180,6 +184,7 @@ func (m Mesh) Destinations() ([]byte, error) {
 	type service struct {
 		Authority string            `yaml:"authority"`
 		Labels    map[string]string `yaml:"labels"`
+		Identity  string            `yaml:"identity"`
 		Endpoints []endpoint        `yaml:"endpoints"`
 		Routes    []route           `yaml:"routes,omitempty"`
 	}
@@ -187,7 +192,9 @@ func (m Mesh) Destinations() ([]byte, error) {
 		Services []service `yaml:"services"`
 	}
 	for _, s := range m.Services {
-		svc := service{Authority: s.Authority, Labels: map[string]string{"namespace": s.Namespace, "deployment": s.Deployment}, Routes: m.routesOf(s.Deployment)}
+		// Every pod is meshed: a proxy with identity originates mutual TLS to it (one without ignores this).
+		svc := service{Authority: s.Authority, Labels: map[string]string{"namespace": s.Namespace, "deployment": s.Deployment},
+			Identity: s.IdentityName(), Routes: m.routesOf(s.Deployment)}
 		for _, p := range m.PodsOf(s.Deployment) {
 			svc.Endpoints = append(svc.Endpoints, endpoint{Addr: p.Inbound, Labels: map[string]string{"pod": p.Name}})
 		}
