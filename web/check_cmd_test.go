@@ -39,7 +39,11 @@ func TestCheckAgainstTheAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	manifests, err := install.Render(install.Options{Namespace: ns, TLS: tlsFiles})
+	id, err := install.NewIdentity(time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifests, err := install.Render(install.Options{Namespace: ns, TLS: tlsFiles, Identity: id})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +59,7 @@ func TestCheckAgainstTheAPIServer(t *testing.T) {
 	promURL := startPrometheus(t, &workload{Namespace: "shop", Deployment: "web", Pod: "web-0", Admin: strings.TrimPrefix(admin.URL, "http://")}).URL()
 
 	// The kubelet's part: the control plane's pods are ready, and one meshed pod runs.
-	for _, component := range []string{"meshscope-dashboard", "meshscope-destination", "meshscope-injector", "meshscope-prometheus"} {
+	for _, component := range []string{"meshscope-dashboard", "meshscope-destination", "meshscope-identity", "meshscope-injector", "meshscope-prometheus"} {
 		p := runPod(t, ctx, client, ns, component+"-0", map[string]string{install.ComponentLabel: component}, false)
 		setReady(t, ctx, client, p, true, nil)
 	}
