@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/meshscope/meshscope/proxy/flagenv"
+	"github.com/meshscope/meshscope/proxy/metrics"
 )
 
 // Config is the proxy's configuration, from flags and their MESHSCOPE_PROXY_* environment twins.
@@ -54,6 +55,9 @@ type Config struct {
 	// MaxConnections bounds each listener's open accepted connections; past it, new ones are closed at once.
 	// 0: no bound.
 	MaxConnections int
+	// MaxMetricsBytes bounds, roughly, the bytes of the HTTP series on /metrics, and of the TCP series;
+	// past it new authorities count as overflow. 0: MaxSeries alone.
+	MaxMetricsBytes int
 	// OpaqueIdleTimeout closes an opaque connection once no byte went either way for it; 0: never.
 	OpaqueIdleTimeout time.Duration
 	// TapToken authorizes /tap clients; empty lets only loopback peers tap.
@@ -125,6 +129,7 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer) 
 		return err
 	})
 	fs.IntVar(&cfg.MaxConnections, "max-connections", defaultMaxConnections(), "how many accepted connections (a `number`) each listener holds open at most; past it, new ones are closed at once and counted in tcp_refused_total{reason=\"max-connections\"}; 0 for no bound (default: a quarter of the open-file limit, at most 10000, so that a listener's connections and their upstream connections fit)")
+	fs.IntVar(&cfg.MaxMetricsBytes, "max-metrics-bytes", metrics.DefaultExpositionBytes, "about how many `bytes` the HTTP series may take on /metrics, and again the TCP series; past it, new authorities are counted as authority=\"overflow\" (as past 2,000 series), so that clients sending many or long Host values cannot make /metrics huge; 0 for no bound but the series count")
 	cfg.OpaqueIdleTimeout = time.Hour
 	fs.Var(durationValue{&cfg.OpaqueIdleTimeout}, "opaque-idle-timeout", "an opaque TCP connection over which no byte went either way for this `duration` is closed; 0 for never")
 	fs.StringVar(&cfg.TapToken, "tap-token", "", "bearer `token` that /tap clients must present; without one, only loopback clients may tap")
@@ -225,6 +230,9 @@ func (c Config) validate() error {
 	}
 	if c.HeaderTimeout <= 0 {
 		return fmt.Errorf("--header-timeout %v: must be positive", c.HeaderTimeout)
+	}
+	if c.MaxMetricsBytes < 0 {
+		return fmt.Errorf("--max-metrics-bytes %d: must not be negative", c.MaxMetricsBytes)
 	}
 	if c.MaxConnections < 0 {
 		return fmt.Errorf("--max-connections %d: must not be negative", c.MaxConnections)

@@ -3,14 +3,19 @@ package main
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/meshscope/meshscope/proxy/metrics"
 )
 
 // Finding 4 of the hardening review: connections that send nothing each became opaque after the detection
@@ -108,4 +113,34 @@ func TestOpaqueIdleTimeout(t *testing.T) {
 	if b, err := io.ReadAll(flowing); string(b) != strings.Repeat("x", 25) {
 		t.Fatalf("one-way stream read %q, %v; want all 25 bytes", b, err)
 	}
+}
+
+// Finding 6 of the hardening review: 3,000 distinct Host values kept the 2,000-series bound but made each
+// proxy's /metrics 10 MB long. The series' bytes are bounded too: past --max-metrics-bytes, new
+// authorities count as overflow.
+func TestManyHostValuesKeepMetricsSmall(t *testing.T) {
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer app.Close()
+	cfg := testConfig(app.Listener.Addr().String())
+	cfg.MaxMetricsBytes = metrics.DefaultExpositionBytes
+	p := startProxy(t, cfg)
+	c := h1Client()
+	const hosts = 3000
+	for i := range hosts {
+		req, _ := http.NewRequest("GET", p.url("--inbound-listen")+"/", nil)
+		req.Host = fmt.Sprintf("host-%d.attacker.example", i)
+		if res, _ := doBody(t, c, req); res.StatusCode != 200 {
+			t.Fatalf("request %d: %s", i, res.Status)
+		}
+	}
+	waitMetric(t, p.registry, "request_total", map[string]string{"direction": "inbound"}, hosts)
+	res, body := get(t, c, p.url("--admin-listen")+"/metrics")
+	if res.StatusCode != 200 || !strings.Contains(body, `authority="overflow"`) {
+		t.Fatalf("/metrics: %s, overflow series %v", res.Status, strings.Contains(body, `authority="overflow"`))
+	}
+	// The HTTP series' bound, plus the rest of the page (TCP, Go runtime, process: tens of kilobytes).
+	if len(body) > metrics.DefaultExpositionBytes+(1<<20) {
+		t.Errorf("/metrics is %d bytes after %d distinct Host values, want at most %d", len(body), hosts, metrics.DefaultExpositionBytes+(1<<20))
+	}
+	t.Logf("/metrics: %d bytes", len(body))
 }

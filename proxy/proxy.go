@@ -110,6 +110,7 @@ func newProxy(cfg Config, log *slog.Logger, level *slog.LevelVar) (_ *proxy, err
 	}
 	p.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	p.metrics = metrics.New(p.registry)
+	p.metrics.SetExpositionBytes(cfg.MaxMetricsBytes)
 	if cfg.IdentityAddr != "" {
 		if p.mtls, err = newMeshTLS(cfg, log, p.registry); err != nil {
 			return nil, err

@@ -28,7 +28,11 @@ var DurationBuckets = []float64{1, 10, 100, 1000, 10000, 100000, 1000000, 100000
 // spraying random hosts cannot exhaust the proxy's memory or Prometheus.
 const MaxSeries = 2000
 
-// OverflowAuthority replaces authorities (and target addresses) past MaxSeries.
+// DefaultExpositionBytes is the default of SetExpositionBytes: about 600 HTTP series of ordinary
+// authorities, or as many TCP series of twice that.
+const DefaultExpositionBytes = 4 << 20
+
+// OverflowAuthority replaces authorities (and target addresses) past MaxSeries or MaxExpositionBytes.
 const OverflowAuthority = "overflow"
 
 // TLS is how the connection a series counts was secured: the labels tls, client_id (inbound), server_id
@@ -113,10 +117,15 @@ type Metrics struct {
 type bound[K comparable, V any] struct {
 	mu sync.RWMutex
 	m  map[K]V
+	// cost, when set, estimates the /metrics bytes of a key's series; spent is the sum for the keys in m,
+	// bounded by maxCost when it is positive.
+	cost           func(K) int
+	spent, maxCost int
 }
 
-// get returns k's value, binding it with bind on first use. With overflow set, a new key past MaxSeries is
-// replaced by overflow(k) first, so that the number of values stays bounded.
+// get returns k's value, binding it with bind on first use. With overflow set, a new key past MaxSeries, or
+// (with cost and maxCost set) whose cost would take the costs of the keys bound past maxCost, is replaced by
+// overflow(k) first, so that the number of values and their size stay bounded.
 func (b *bound[K, V]) get(k K, bind func(K) V, overflow func(K) K) V {
 	b.mu.RLock()
 	v, ok := b.m[k]
@@ -126,7 +135,7 @@ func (b *bound[K, V]) get(k K, bind func(K) V, overflow func(K) K) V {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if overflow != nil && len(b.m) >= MaxSeries {
+	if overflow != nil && (len(b.m) >= MaxSeries || b.maxCost > 0 && b.spent+b.cost(k) > b.maxCost) {
 		k = overflow(k)
 	}
 	if v, ok := b.m[k]; ok {
@@ -134,6 +143,9 @@ func (b *bound[K, V]) get(k K, bind func(K) V, overflow func(K) K) V {
 	}
 	if b.m == nil {
 		b.m = make(map[K]V)
+	}
+	if overflow != nil && b.maxCost > 0 {
+		b.spent += b.cost(k)
 	}
 	v = bind(k)
 	b.m[k] = v
@@ -185,11 +197,13 @@ func New(reg prometheus.Registerer) *Metrics {
 		Name: "limit_reached_total",
 		Help: "Times a bound on resources stopped something: opaque-idle-timeout (an idle opaque connection closed), " +
 			"tap-event-truncated (a tap event's headers cut to size), tap-subscriber-bytes (an event dropped: its " +
-			"subscriber holds too many bytes), h2-rapid-reset (an HTTP/2 client sent GOAWAY for cancelling too many streams).",
+			"subscriber holds too many bytes), h2-rapid-reset (an HTTP/2 connection closed for cancelling too many streams).",
 	}, []string{"limit"})
 	reg.MustRegister(m.requests, m.responses, m.latency,
 		m.tcpOpen, m.tcpClose, m.tcpOpenNow, m.tcpRead, m.tcpWrite, m.tcpDuration, m.tcpRefused, m.detect, m.limits)
 
+	m.http.cost, m.tcp.cost = costHTTP, costTCP
+	m.SetExpositionBytes(DefaultExpositionBytes)
 	m.httpRoutes = newRouteFamilies(reg, "http", "http_status")
 	m.grpcRoutes = newRouteFamilies(reg, "grpc", "grpc_status")
 	return m
@@ -329,6 +343,36 @@ func (m *Metrics) bindTCP(k TCPKey) *TCPSeries {
 		closes:   m.tcpClose,
 	}
 }
+
+// SetExpositionBytes bounds, roughly, the bytes the HTTP series take on /metrics, and again the TCP series,
+// to n (0: no bound but MaxSeries). Every line of a series repeats its labels, so a few thousand
+// client-chosen Host values, or a few very long ones, would make /metrics megabytes long well before
+// MaxSeries; past n, new authorities and targets are counted as overflow, as past MaxSeries. Call it
+// before counting anything.
+func (m *Metrics) SetExpositionBytes(n int) {
+	m.http.maxCost, m.tcp.maxCost = n, n
+}
+
+// Roughly what one series takes on /metrics: lines (a counter, a histogram of 25 buckets and its sum and
+// count, a response or close counter or two), each some fixed bytes of names and label names, plus the
+// label values.
+const (
+	httpLines, tcpLines = 31, 16
+	lineBytes           = 200
+)
+
+// costHTTP estimates the /metrics bytes of k's series.
+func costHTTP(k HTTPKey) int {
+	return httpLines * (lineBytes + len(k.Authority) + len(k.TargetAddr) + k.TLS.size() + k.Dst.size())
+}
+
+// costTCP estimates the /metrics bytes of k's series.
+func costTCP(k TCPKey) int {
+	return tcpLines * (lineBytes + len(k.TargetAddr) + k.TLS.size() + k.Dst.size())
+}
+
+func (t TLS) size() int { return len(t.PeerID) + len(t.NoTLSReason) }
+func (d Dst) size() int { return len(d.Namespace) + len(d.Deployment) + len(d.Pod) }
 
 // overflowTCP is the key counting the new series past MaxSeries.
 func overflowTCP(k TCPKey) TCPKey {

@@ -334,6 +334,7 @@ func TestHTTPAuthoritiesPastMaxSeriesCountAsOverflow(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			reg := prometheus.NewRegistry()
 			m := metrics.New(reg)
+			m.SetExpositionBytes(0) // MaxSeries alone; the byte bound has its own test
 			fill(m)
 			for i := range extra {
 				s := m.HTTP(tc.key(i))
@@ -397,6 +398,7 @@ func TestTCPTargetsPastMaxSeriesCountAsOverflow(t *testing.T) {
 	const extra = 150
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg)
+	m.SetExpositionBytes(0) // MaxSeries alone; the byte bound has its own test
 	for i := range metrics.MaxSeries + extra {
 		m.TCP(metrics.TCPKey{Direction: "outbound", Peer: "dst", TargetAddr: fmt.Sprintf("10.0.%d.%d:80", i/256, i%256)}).Opened()
 	}
@@ -615,6 +617,7 @@ func TestConcurrentCreationPastMaxSeriesLosesNothing(t *testing.T) {
 	const goroutines, each = 8, (metrics.MaxSeries + 400) / 8
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg)
+	m.SetExpositionBytes(0) // MaxSeries alone; the byte bound has its own test
 	var wg sync.WaitGroup
 	for g := range goroutines {
 		wg.Add(1)
