@@ -274,6 +274,10 @@ func TestGRPCTimeoutIsDeadlineExceededAndRetriesTurnUnavailableIntoSuccess(t *te
         matches: [{path: {exact: /meshscope.test.Echo/Unary}}]
         timeouts: {response: 300ms}
         retry: {grpc: unavailable, limit: 3}
+      - name: whole-call
+        matches: [{path: {exact: /meshscope.test.Echo/Unary}, headers: [{name: x-limit, value: request}]}]
+        timeouts: {request: 300ms}
+        retry: {grpc: unavailable, limit: 3}
 `, okAddr, sickEarly, sickLate))
 	conn := dialGRPCAuthority(t, p.addr("--outbound-listen").String(), "checkout.shop:9090")
 	const calls = 60
@@ -297,6 +301,13 @@ func TestGRPCTimeoutIsDeadlineExceededAndRetriesTurnUnavailableIntoSuccess(t *te
 		t.Fatalf("blocked call: %v, want DEADLINE_EXCEEDED", err)
 	}
 	waitMetric(t, p.registry, "outbound_grpc_route_request_statuses_total", map[string]string{"route_name": "unary", "error": "RESPONSE_HEADERS_TIMEOUT"}, 1)
+	// The same call on the route with a request timeout.
+	_, err = unary(metadata.AppendToOutgoingContext(context.Background(), "x-limit", "request"), conn, "block")
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("blocked call on the request timeout's route: %v, want DEADLINE_EXCEEDED", err)
+	}
+	waitMetric(t, p.registry, "outbound_grpc_route_request_statuses_total", map[string]string{"route_name": "whole-call", "error": "REQUEST_TIMEOUT", "grpc_status": "UNKNOWN"}, 1)
+	waitMetric(t, p.registry, "response_total", map[string]string{"authority": "checkout.shop:9090", "error": "request-timeout", "grpc_status": "4", "status_code": "200"}, 1)
 }
 
 func dialGRPCAuthority(t *testing.T, addr, authority string) *grpc.ClientConn {
