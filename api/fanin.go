@@ -95,6 +95,12 @@ func ListProxies(ctx context.Context, tl TargetLister, sel Selector) ([]Proxy, e
 		seen[p.Admin] = true
 		out = append(out, p)
 	}
+	sortProxies(out)
+	return out, nil
+}
+
+// sortProxies orders proxies by namespace, deployment, pod and address.
+func sortProxies(out []Proxy) {
 	sort.Slice(out, func(i, j int) bool {
 		a, b := out[i], out[j]
 		if a.Namespace != b.Namespace {
@@ -108,7 +114,6 @@ func ListProxies(ctx context.Context, tl TargetLister, sel Selector) ([]Proxy, e
 		}
 		return a.Admin < b.Admin
 	})
-	return out, nil
 }
 
 // ProxyState says what the fan-in knows about one proxy's tap stream.
@@ -154,7 +159,10 @@ func ProxyKey(namespace, pod string) string { return namespace + "/" + pod }
 // FanIn taps every proxy a Selector picks and merges their streams. Zero
 // durations and sizes take the defaults named on each field.
 type FanIn struct {
+	// Targets are the metrics backend's scrape targets: the proxies to tap, unless Finder is set.
 	Targets TargetLister
+	// Finder, when set, finds the proxies instead of Targets: KubeProxies asks the API server.
+	Finder ProxyFinder
 	// Rates, when set, splits max_rps across the proxies by the rate each carries (a busy proxy gets more
 	// of it than an idle one), and the fan-in reports what share of the traffic is shown (Sampling).
 	// Without it, or when it fails, every proxy gets an equal share.
@@ -202,6 +210,19 @@ func (f *FanIn) client() *http.Client {
 	return f.Client
 }
 
+// ProxyFinder finds the proxies a Selector picks, sorted as ListProxies sorts them.
+type ProxyFinder interface {
+	FindProxies(ctx context.Context, sel Selector) ([]Proxy, error)
+}
+
+// List returns the proxies sel picks: from Finder when set, else from the targets of Targets.
+func (f *FanIn) List(ctx context.Context, sel Selector) ([]Proxy, error) {
+	if f.Finder != nil {
+		return f.Finder.FindProxies(ctx, sel)
+	}
+	return ListProxies(ctx, f.Targets, sel)
+}
+
 // ShareRPS splits a total rate across n proxies, at least 1 each.
 func ShareRPS(total, n int) int {
 	if n <= 0 {
@@ -236,7 +257,7 @@ func ShareByRate(total int, proxies []Proxy, rates map[string]float64) map[Proxy
 // later failures are delivered as items. Every goroutine it starts has ended when
 // it returns.
 func (f *FanIn) Run(ctx context.Context, sel Selector, filter tap.Filter, emit func(TapItem)) error {
-	proxies, err := ListProxies(ctx, f.Targets, sel)
+	proxies, err := f.List(ctx, sel)
 	if err != nil {
 		return err
 	}
@@ -292,7 +313,7 @@ func (f *FanIn) Run(ctx context.Context, sel Selector, filter tap.Filter, emit f
 			return nil
 		case <-tick.C:
 		}
-		proxies, err := ListProxies(ctx, f.Targets, sel)
+		proxies, err := f.List(ctx, sel)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil

@@ -98,6 +98,7 @@ type liveCLI struct {
 
 func (l *liveCLI) register(fs *flag.FlagSet) {
 	backendFlags(fs, &l.cfg)
+	tapFlags(fs, &l.cfg)
 	fs.StringVar(&l.namespace, "n", "", "`namespace` of the resource")
 	fs.StringVar(&l.namespace, "namespace", "", "`namespace` of the resource")
 	l.filter = filterFlags(fs)
@@ -147,7 +148,11 @@ func (l *liveCLI) fanIn(stderr io.Writer) (*api.FanIn, error) {
 		return nil, err
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	return &api.FanIn{Targets: prom, Rates: prom.ProxyRates, Token: l.cfg.TapToken, Logger: log}, nil
+	finder, err := l.cfg.proxyFinder(os.Getenv)
+	if err != nil {
+		return nil, err
+	}
+	return &api.FanIn{Targets: prom, Finder: finder, Rates: prom.ProxyRates, Token: l.cfg.TapToken, Logger: log}, nil
 }
 
 // statusLine says what happened to a proxy's stream, for stderr.
@@ -264,7 +269,7 @@ type refusals struct {
 
 // newRefusals lists the proxies sel picks, failing when there are none.
 func newRefusals(ctx context.Context, fanin *api.FanIn, sel api.Selector) (*refusals, error) {
-	proxies, err := api.ListProxies(ctx, fanin.Targets, sel)
+	proxies, err := fanin.List(ctx, sel)
 	if err != nil {
 		return nil, err
 	}

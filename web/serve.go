@@ -16,6 +16,9 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/meshscope/meshscope/api"
+	"github.com/meshscope/meshscope/api/kube"
 )
 
 // config is the dashboard's configuration, parsed from flags and their
@@ -48,6 +51,13 @@ type config struct {
 	// ShutdownGrace bounds how long open requests may finish on shutdown;
 	// zero means 10s.
 	ShutdownGrace time.Duration
+	// TapTargets is how the live tap finds proxies: "kubernetes" (the API
+	// server's meshed pods), "prometheus" (the metrics backend's targets) or
+	// "auto" (zero: kubernetes with Kubeconfig or inside a pod).
+	TapTargets string
+	// Kubeconfig is the API server's kubeconfig file for TapTargets
+	// kubernetes; empty means the pod's in-cluster configuration.
+	Kubeconfig string
 }
 
 // defaultHost allows loopback names only: a page served to a browser must not
@@ -117,6 +127,43 @@ func backendFlags(fs *flag.FlagSet, c *config) {
 	c.Window = time.Minute
 	fs.Var(windowFlag{&c.Window}, "window", "default rate `window` of the golden metrics: 10s, 1m, 5m, 15m or 1h")
 	fs.DurationVar(&c.QueryTimeout, "query-timeout", 10*time.Second, "timeout of every Prometheus call")
+}
+
+// tapFlags registers how the dashboard's live tap and the terminal's tap and
+// top find the proxies.
+func tapFlags(fs *flag.FlagSet, c *config) {
+	fs.StringVar(&c.TapTargets, "tap-targets", "auto", "how tap finds the proxies: `kubernetes` (pods with a meshscope-proxy container, from the API server; needs list on pods), prometheus (the backend's scrape targets, which Mimir, Cortex or Thanos Receive do not serve) or auto (kubernetes with --kubeconfig or inside a pod, else prometheus)")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig `file` of the API server tap asks (default: the pod's in-cluster configuration)")
+}
+
+func checkTapTargets(s string) error {
+	switch s {
+	case "", "auto", "kubernetes", "prometheus":
+		return nil
+	}
+	return fmt.Errorf("--tap-targets %q: want kubernetes, prometheus or auto", s)
+}
+
+// proxyFinder returns how the live tap finds proxies: a KubeProxies, or nil
+// for the metrics backend's targets. getenv tells whether the dashboard runs in
+// a pod (KUBERNETES_SERVICE_HOST, set in every container).
+func (c config) proxyFinder(getenv func(string) string) (api.ProxyFinder, error) {
+	if err := checkTapTargets(c.TapTargets); err != nil {
+		return nil, usageError{err}
+	}
+	switch c.TapTargets {
+	case "prometheus":
+		return nil, nil
+	case "", "auto":
+		if c.Kubeconfig == "" && getenv("KUBERNETES_SERVICE_HOST") == "" {
+			return nil, nil
+		}
+	}
+	client, _, err := kube.Client(c.Kubeconfig, "meshscope-web")
+	if err != nil {
+		return nil, fmt.Errorf("--tap-targets kubernetes: %w", err)
+	}
+	return api.KubeProxies{Client: client, Timeout: c.queryTimeout()}, nil
 }
 
 // parseFlags fills fs from args, then from MESHSCOPE_WEB_<FLAG> environment
@@ -253,6 +300,7 @@ MESHSCOPE_WEB_<FLAG> (e.g. MESHSCOPE_WEB_PROMETHEUS_URL); flags win.
 	fs.Float64Var(&cfg.SLO, "slo", 0.99, "success `rate` (0 to 1) under which a workload is unhealthy: the first screen says since when it has been under it")
 	fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 10*time.Second, "how long open requests may finish on shutdown")
 	backendFlags(fs, &cfg)
+	tapFlags(fs, &cfg)
 	if err := parseFlags(fs, args, os.Getenv); err != nil {
 		return err
 	}
@@ -283,6 +331,9 @@ func (c *config) validate() error {
 	}
 	if c.SLO < 0 || c.SLO >= 1 {
 		return fmt.Errorf("--slo %v: want a success rate above 0 and below 1, e.g. 0.99", c.SLO)
+	}
+	if err := checkTapTargets(c.TapTargets); err != nil {
+		return err
 	}
 	if _, ok := windowNames[c.window()]; !ok {
 		return fmt.Errorf("--window %v: want one of 10s, 1m, 5m, 15m, 1h", c.Window)

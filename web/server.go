@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,6 +42,8 @@ type server struct {
 	metrics  *serverMetrics
 	// prom is the one way to the metrics backend.
 	prom *api.Querier
+	// proxies finds the proxies to tap; nil means prom's targets.
+	proxies api.ProxyFinder
 }
 
 // serverMetrics are the dashboard's own metrics, on its own registry.
@@ -87,7 +90,11 @@ func newServer(stop context.Context, cfg config, log *slog.Logger) (*server, err
 		}
 		m.queries.WithLabelValues(call, outcome).Observe(d.Seconds())
 	}
-	return &server{cfg: cfg, log: log, stop: stop, reg: reg, metrics: m, prom: prom}, nil
+	proxies, err := cfg.proxyFinder(os.Getenv)
+	if err != nil {
+		return nil, err
+	}
+	return &server{cfg: cfg, log: log, stop: stop, reg: reg, metrics: m, prom: prom, proxies: proxies}, nil
 }
 
 // routes builds the dashboard's handler. The Host allowlist and the security

@@ -14,12 +14,14 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/meshscope/meshscope/api/kube"
 )
 
 // The names of the cluster's conventions this service reads.
 const (
 	// ProxyContainer is the name of the sidecar container the injector adds: a pod with it is meshed.
-	ProxyContainer = "meshscope-proxy"
+	ProxyContainer = kube.ProxyContainer
 	// OpaquePortsAnnotation lists ports (and ranges, 8000-8100) to proxy as opaque TCP, on a Service
 	// (its ports) or a pod (its container ports).
 	OpaquePortsAnnotation = "config.meshscope.io/opaque-ports"
