@@ -377,10 +377,7 @@ func (c Config) initContainer(o options) corev1.Container {
 		Image:        c.image(),
 		Args:         args,
 		VolumeMounts: []corev1.VolumeMount{{Name: XtablesVolume, MountPath: "/run"}},
-		Resources: corev1.ResourceRequirements{
-			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("10Mi")},
-			Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("50Mi")},
-		},
+		Resources:    resources("10m", "10Mi", "50Mi"),
 		SecurityContext: &corev1.SecurityContext{
 			RunAsUser:                &root,
 			RunAsNonRoot:             new(false),
@@ -441,10 +438,7 @@ func (c Config) proxyContainer(o options, w Workload) corev1.Container {
 		},
 		ReadinessProbe: probe("/ready"),
 		LivenessProbe:  probe("/live"),
-		Resources: corev1.ResourceRequirements{
-			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("20Mi")},
-			Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("250Mi")},
-		},
+		Resources:      resources("10m", "20Mi", "250Mi"),
 		SecurityContext: &corev1.SecurityContext{
 			RunAsUser:                &uid,
 			RunAsNonRoot:             new(true),
@@ -471,6 +465,15 @@ func identityVolume() corev1.Volume {
 			{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Audience: IdentityAudience, ExpirationSeconds: new(int64(86400)), Path: "token"}},
 		},
 	}}}
+}
+
+// resources requests cpu and memory and limits memory (a CPU limit would throttle the proxy on
+// every burst, adding latency to every request of the pod).
+func resources(cpu, memory, limit string) corev1.ResourceRequirements {
+	return corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse(cpu), corev1.ResourceMemory: resource.MustParse(memory)},
+		Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse(limit)},
+	}
 }
 
 // toMap converts a typed container into the unstructured form the template holds.
