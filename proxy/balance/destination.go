@@ -117,8 +117,8 @@ func (ss Sources) Lookup(authority string) *Destination {
 // latency, decaying: two identical endpoints at low concurrency differ by whichever saw the last slow
 // response, and choosing strictly the lower sends every request to one of them for seconds at a time
 // while the other's peak decays (minutes split 74/26 at 20 requests/s in TestTwoIdenticalEndpoints...).
-// Loads within 2x are noise; an endpoint slower than that, or one with requests piling up, still loses
-// every time.
+// Loads within 2x are noise while both carry as many requests; an endpoint slower than that, or one with
+// more requests outstanding, still loses every time (see lighter).
 const loadTolerance = 2
 
 func (d *Destination) Pick(exclude ...*Endpoint) (*Endpoint, error) {
@@ -137,7 +137,7 @@ func (d *Destination) Pick(exclude ...*Endpoint) (*Endpoint, error) {
 			return nil, ErrNoEndpoints
 		}
 		b := d.scan(d.draw(n), a, now, exclude)
-		if b != nil && b.st.load(now)*loadTolerance < a.st.load(now) {
+		if b != nil && b.st.lighter(a.st, now) {
 			a, b = b, a
 		}
 		if a.st.claim(now) {

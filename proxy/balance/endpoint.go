@@ -98,6 +98,18 @@ func (s *endpointState) load(now int64) float64 {
 	return est * float64(s.outstanding.Load()+1)
 }
 
+// lighter reports whether s should win a Pick against o. With as many requests outstanding, only a
+// latency estimate lower by more than loadTolerance counts (the rest is the noise of whichever saw the
+// last slow response); with fewer outstanding, a strictly lower load wins, so a request never queues
+// behind another while an equally fast endpoint is idle.
+func (s *endpointState) lighter(o *endpointState, now int64) bool {
+	ls, lo := s.load(now), o.load(now)
+	if s.outstanding.Load() == o.outstanding.Load() {
+		return ls*loadTolerance < lo
+	}
+	return ls < lo
+}
+
 // observe folds one latency into the estimate as Finagle's PeakEwma does. Finagle decays the estimate on
 // every read of the cost (it observes 0 then) and stamps it; Pick reads without writing, so the decay for
 // the time since the last update is applied here first, exactly what those reads would have done. Then a
