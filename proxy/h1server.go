@@ -292,6 +292,9 @@ func (c *clientConn) serveRequest(hp *httpProxy, req *http.Request) (keep bool) 
 // watch, run by watchTimer for a request still in flight, reads ahead on the connection until the next
 // request begins (the client is still there) or the client goes away: then the request is cancelled.
 func (c *clientConn) watch() {
+	// Every run says it ended, even one that finds its request over: stopWatch waits for each run its
+	// timer started, so none outlives its request and watches the next one beside that one's own.
+	defer func() { c.watchDone <- struct{}{} }()
 	c.mu.Lock()
 	if !c.armed {
 		c.mu.Unlock()
@@ -299,7 +302,6 @@ func (c *clientConn) watch() {
 	}
 	c.watching = true
 	c.mu.Unlock()
-	defer func() { c.watchDone <- struct{}{} }()
 	if _, err := c.br.Peek(1); err != nil {
 		c.mu.Lock()
 		aborted := c.aborting && errors.Is(err, os.ErrDeadlineExceeded)
@@ -312,16 +314,16 @@ func (c *clientConn) watch() {
 
 // stopWatch ends the watcher, if it started, before the connection is read again.
 func (c *clientConn) stopWatch() {
-	c.watchTimer.Stop()
+	// The timer was reset for this request: if Stop finds it fired, watch runs (or ran) once for it.
+	fired := !c.watchTimer.Stop()
 	c.mu.Lock()
 	c.armed = false
-	watching := c.watching
-	if watching {
+	if c.watching {
 		c.aborting = true
 		c.conn.SetReadDeadline(aLongTimeAgo)
 	}
 	c.mu.Unlock()
-	if watching {
+	if fired {
 		<-c.watchDone
 		c.mu.Lock()
 		c.watching, c.aborting = false, false
