@@ -65,17 +65,19 @@ func (sc Scope) Source() string {
 
 // DetectRecorded asks the backend which levels of the recording rules it
 // has for each window, and queries use them from then on. A level serves a
-// window when all its series exist now and one window ago (less one
+// window when its request rate series exist now and one window ago (less one
 // evaluation), so that the window's average covers the whole window: a 1h
-// window reads raw series until the rules have run for an hour. Windows that
-// are not whole multiples of rules.Interval always read raw series. On an
-// error the previous answer stays.
+// window reads raw series until the rules have run for an hour. (The request
+// rates stand for the level: its other series may rightly be absent, e.g.
+// connection closes while every connection stays open.) Windows that are not
+// whole multiples of rules.Interval always read raw series. On an error the
+// previous answer stays.
 func (q *Querier) DetectRecorded(ctx context.Context, windows []time.Duration) error {
-	var all []string
+	var probes []string
 	for _, l := range rules.Levels() {
-		all = append(all, l.Names()...)
+		probes = append(probes, l.Series(rules.Requests))
 	}
-	names := `{__name__=~"` + strings.Join(all, "|") + `"}`
+	names := `{__name__=~"` + strings.Join(probes, "|") + `"}`
 	found := map[time.Duration][]rules.Level{}
 	for _, w := range windows {
 		if w <= 0 || w%rules.Interval != 0 {
@@ -89,12 +91,10 @@ func (q *Querier) DetectRecorded(ctx context.Context, windows []time.Duration) e
 		if err != nil {
 			return fmt.Errorf("detect recording rules: %w", err)
 		}
-		have := map[string]bool{}
-		for _, s := range vec {
-			have[string(s.Metric[model.MetricNameLabel])] = true
-		}
 		for _, l := range rules.Levels() {
-			if !slices.ContainsFunc(l.Names(), func(n string) bool { return !have[n] }) {
+			if slices.ContainsFunc(vec, func(s *model.Sample) bool {
+				return string(s.Metric[model.MetricNameLabel]) == l.Series(rules.Requests)
+			}) {
 				found[w] = append(found[w], l)
 			}
 		}

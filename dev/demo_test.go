@@ -233,6 +233,27 @@ func checkGoldenMetrics(dash string, want map[string]expectation) error {
 	return nil
 }
 
+// checkRecorded checks that the deployments of a namespace and a
+// deployment's edges come from the recording rules' series.
+func checkRecorded(dash string) error {
+	var ns struct {
+		Deployments struct{ Source string }
+	}
+	if err := getJSON(dash+"api/v1/namespaces/shop", &ns); err != nil {
+		return err
+	}
+	var dep struct {
+		Inbound, Outbound struct{ Source string }
+	}
+	if err := getJSON(dash+"api/v1/namespaces/shop/deployments/web", &dep); err != nil {
+		return err
+	}
+	if ns.Deployments.Source != "recorded" || dep.Outbound.Source != "recorded" {
+		return fmt.Errorf("deployments of shop from %q series, edges of web from %q, want recorded", ns.Deployments.Source, dep.Outbound.Source)
+	}
+	return nil
+}
+
 // checkEdges compares the deployments' outbound edges with the call graph, each secured (all its traffic
 // over mutual TLS), and each deployment's share of inbound traffic over mutual TLS with who calls it: all
 // of it but web's, whose only caller, the traffic generator, is not meshed.
@@ -477,6 +498,15 @@ func TestDemoShowsItsStoryThroughTheDashboard(t *testing.T) {
 			eventually(t, "both catalog pods take traffic", func() error { return checkBalancing(r.DashboardURL) })
 			eventually(t, "tap shows calls", func() error { return checkTap(r.DashboardURL) })
 			eventually(t, "the first screen shows checkout first, with since when", func() error { return checkFirstScreen(r.DashboardURL) })
+			eventually(t, "after the rules' first evaluation the pages read recorded series, with the same story", func() error {
+				if err := checkRecorded(r.DashboardURL); err != nil {
+					return err
+				}
+				if err := checkGoldenMetrics(r.DashboardURL, want); err != nil {
+					return err
+				}
+				return checkEdges(r.DashboardURL, r.Mesh)
+			})
 			if backend == "prometheus" {
 				eventually(t, "web top and tap work with the demo's file alone", func() error { return checkCLI(r) })
 				checkCLIRefused(t, r)
