@@ -97,6 +97,7 @@ func (q *Querier) Golden(ctx context.Context, sc Scope, meshed bool) Table {
 
 // GoldenMTLS is Golden with the share of the traffic over mutual TLS (MTLS).
 func (q *Querier) GoldenMTLS(ctx context.Context, sc Scope, meshed bool) Table {
+	sc = q.plan(sc)
 	return q.golden(ctx, sc, meshed, []part{{MetricMTLS, MTLSQuery(sc), setPtr(func(s *Stats) **float64 { return &s.MTLS })}})
 }
 

@@ -124,6 +124,14 @@ func (sc Scope) rate(metric string, extra ...Match) string {
 	return "avg_over_time(" + sel + "[" + sc.window() + "])"
 }
 
+// gauge selects gauge metric, or the rules' sum of it at sc's level.
+func (sc Scope) gauge(metric string, extra ...Match) string {
+	if sc.Recorded.Name != "" {
+		metric = sc.Recorded.Series(metric)
+	}
+	return sc.selector(metric, extra...)
+}
+
 func sumBy(by []string, expr string) string {
 	if len(by) == 0 {
 		return "sum(" + expr + ")"
@@ -155,11 +163,7 @@ func LatencyQuery(sc Scope, q float64) string {
 // for inbound, to destinations (peer dst) for outbound edges. Without the
 // peer matcher each proxied connection would count twice, once per side.
 func TCPQuery(sc Scope) string {
-	metric := rules.TCPOpen
-	if sc.Recorded.Name != "" {
-		metric = sc.Recorded.Series(metric)
-	}
-	return sumBy(sc.By, sc.selector(metric, sc.peer()))
+	return sumBy(sc.By, sc.gauge(rules.TCPOpen, sc.peer()))
 }
 
 // MTLSQuery is the share of traffic over mutual TLS (tls="true"), 0..1: of the
@@ -170,9 +174,9 @@ func MTLSQuery(sc Scope) string {
 	share := func(all, tls string) string {
 		return "(" + tls + " or " + all + " * 0) / (" + all + " > 0)"
 	}
-	requests := share(sumBy(sc.By, sc.rate("request_total")), sumBy(sc.By, sc.rate("request_total", secured)))
-	conns := share(sumBy(sc.By, sc.selector("tcp_open_connections", sc.peer())),
-		sumBy(sc.By, sc.selector("tcp_open_connections", secured, sc.peer())))
+	requests := share(sumBy(sc.By, sc.rate(rules.Requests)), sumBy(sc.By, sc.rate(rules.Requests, secured)))
+	conns := share(sumBy(sc.By, sc.gauge(rules.TCPOpen, sc.peer())),
+		sumBy(sc.By, sc.gauge(rules.TCPOpen, secured, sc.peer())))
 	return "(" + requests + ") or (" + conns + ")"
 }
 

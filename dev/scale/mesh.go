@@ -129,13 +129,19 @@ func (m Mesh) families(from, to int) []family {
 		target := `job="meshscope-proxy",instance="` + ip + `:4191",namespace="` + dep.Namespace +
 			`",deployment="` + dep.Name + `",pod="` + pod + `"`
 		add("up", target, 1, true)
-		in := target + `,direction="inbound",authority="` + dep.Name + "." + dep.Namespace + `:8080",target_addr="` + ip + `:8080",tls="true"`
+		// One deployment in five is not on mutual TLS (its proxies have no
+		// identity), for the dashboard's mTLS share.
+		tls := `",tls="true"`
+		if d%5 == 4 {
+			tls = `",tls="no_identity",no_tls_reason="no_identity"`
+		}
+		in := target + `,direction="inbound",authority="` + dep.Name + "." + dep.Namespace + `:8080",target_addr="` + ip + `:8080` + tls
 		http(in, dep.RPS, dep.Failure, dep.MeanMs)
 		tcp(in+`,peer="src"`, 4, dep.RPS)
 		for _, c := range dep.Calls {
 			callee := m.Deployment(c)
 			dst := target + `,direction="outbound",authority="` + callee.Name + "." + callee.Namespace + `:8080",target_addr="` +
-				callee.Name + "." + callee.Namespace + `:8080",tls="true",dst_namespace="` + callee.Namespace +
+				callee.Name + "." + callee.Namespace + `:8080` + tls + `,dst_namespace="` + callee.Namespace +
 				`",dst_deployment="` + callee.Name + `"`
 			http(dst, dep.RPS/2, callee.Failure, callee.MeanMs+1)
 			tcp(dst+`,peer="dst"`, 2, dep.RPS/2)

@@ -80,7 +80,7 @@ func TestRecordedAndRawAgree(t *testing.T) {
 			sc := s.sc
 			sc.Window = w
 			t.Run(s.name+" "+w.String(), func(t *testing.T) {
-				a, b := raw.Golden(ctx, sc, false), recorded.Golden(ctx, sc, false)
+				a, b := raw.GoldenMTLS(ctx, sc, false), recorded.GoldenMTLS(ctx, sc, false)
 				if a.Source != api.SourceRaw || b.Source != api.SourceRecorded {
 					t.Fatalf("sources %s and %s, want raw (no rules) and recorded", a.Source, b.Source)
 				}
@@ -121,6 +121,10 @@ func compareRows(t *testing.T, raw, rec api.Row) {
 		}
 	}
 	exact("rps", raw.RPS, rec.RPS)
+	if raw.MTLS == nil || rec.MTLS == nil {
+		t.Fatalf("%v: mTLS share raw %v, recorded %v", name, raw.MTLS, rec.MTLS)
+	}
+	exact("mTLS share", *raw.MTLS, *rec.MTLS)
 	exact("tcp connections", raw.TCPConnections, rec.TCPConnections)
 	exact("tcp bytes read/s", raw.TCPReadBytesPerSec, rec.TCPReadBytesPerSec)
 	exact("tcp bytes written/s", raw.TCPWriteBytesPerSec, rec.TCPWriteBytesPerSec)

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,6 +37,17 @@ type TSDB struct {
 	Series int       `json:"series"`
 	Start  time.Time `json:"start"`
 	End    time.Time `json:"end"`
+	// Version names the generator and the rules the TSDB was built with: a
+	// cached TSDB of another version is built again.
+	Version string `json:"version"`
+}
+
+// version is this generator's and the recording rules' fingerprint; bump
+// generation when the synthetic series change.
+func version() string {
+	const generation = "2"
+	sum := sha256.Sum256(rules.YAML())
+	return generation + "-" + hex.EncodeToString(sum[:8])
 }
 
 func (t TSDB) Raw() string   { return filepath.Join(t.Dir, "raw") }
@@ -66,7 +79,7 @@ type buildOptions struct {
 // merge the overlapping blocks of both directories once, so later runs
 // start on compacted data.
 func buildTSDB(ctx context.Context, o buildOptions) (TSDB, error) {
-	t := TSDB{Dir: o.Dir, Pods: o.Mesh.Pods(), Series: o.Mesh.Pods() * o.Mesh.SeriesPerPod(), Start: o.Start, End: o.End}
+	t := TSDB{Dir: o.Dir, Pods: o.Mesh.Pods(), Series: o.Mesh.Pods() * o.Mesh.SeriesPerPod(), Start: o.Start, End: o.End, Version: version()}
 	if err := os.RemoveAll(o.Dir); err != nil {
 		return t, err
 	}
@@ -135,7 +148,7 @@ func loadTSDB(dir string) (TSDB, bool) {
 		return TSDB{}, false
 	}
 	t.Dir = dir
-	return t, true
+	return t, t.Version == version()
 }
 
 // backfillRules copies the raw blocks into the rules directory (hard links:
