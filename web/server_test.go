@@ -229,7 +229,7 @@ func TestHelpListsEverySubcommand(t *testing.T) {
 		if code := cli(context.Background(), args, &stdout, &stderr); code != 0 {
 			t.Fatalf("%v: exit %d", args, code)
 		}
-		for _, sub := range []string{"serve", "stat", "top", "tap"} {
+		for _, sub := range []string{"serve", "stat", "top", "tap", "routes", "install", "check", "dashboard"} {
 			if !strings.Contains(stdout.String(), "web "+sub) {
 				t.Errorf("%v: usage does not list %s:\n%s", args, sub, stdout.String())
 			}
