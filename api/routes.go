@@ -18,11 +18,14 @@ import (
 // Route identifies a route: the service it belongs to (its parent) and its name ("http" or "grpc" for a
 // service's default route, kind "default").
 type Route struct {
-	ParentNamespace string `json:"parent_namespace"`
-	ParentName      string `json:"parent_name"`
-	ParentPort      string `json:"parent_port"`
-	Kind            string `json:"route_kind"`
-	Name            string `json:"route_name"`
+	// CallerNamespace and CallerDeployment are the calling workload, in a table of inbound routes.
+	CallerNamespace  string `json:"namespace,omitempty"`
+	CallerDeployment string `json:"deployment,omitempty"`
+	ParentNamespace  string `json:"parent_namespace"`
+	ParentName       string `json:"parent_name"`
+	ParentPort       string `json:"parent_port"`
+	Kind             string `json:"route_kind"`
+	Name             string `json:"route_name"`
 }
 
 // Authority is the route's service as the destinations file names it, name.namespace:port.
@@ -95,10 +98,30 @@ var (
 	routeOK = `error="",http_status!~"5..",grpc_status=~"|OK"`
 )
 
-// RouteScope is the client workload whose outbound routes to show, over a rate window (zero: 1m).
+// RouteScope is the client workload whose outbound routes to show, over a rate window (zero: 1m). With
+// Inbound, it is the routes of the Service named like the workload (parent_name), by calling workload,
+// as the callers' proxies count them.
 type RouteScope struct {
 	Namespace, Deployment string
 	Window                time.Duration
+	Inbound               bool
+}
+
+// callers are the labels that tell an inbound route's calling workloads apart.
+var callers = []string{"namespace", "deployment"}
+
+func (rs RouteScope) routeBy() []string {
+	if rs.Inbound {
+		return append(append([]string(nil), callers...), routeBy...)
+	}
+	return routeBy
+}
+
+func (rs RouteScope) backendBy() []string {
+	if rs.Inbound {
+		return append(append([]string(nil), callers...), backendBy...)
+	}
+	return backendBy
 }
 
 func (rs RouteScope) window() string { return Scope{Window: rs.Window}.window() }
@@ -109,9 +132,13 @@ func (rs RouteScope) selector(family, extra string) string {
 	var b strings.Builder
 	b.WriteString(`{__name__=~"outbound_(http|grpc)_route_`)
 	b.WriteString(family)
-	b.WriteString(`",namespace=`)
+	ns, name := `",namespace=`, `,deployment=`
+	if rs.Inbound {
+		ns, name = `",parent_namespace=`, `,parent_name=`
+	}
+	b.WriteString(ns)
 	b.WriteString(strconv.Quote(rs.Namespace))
-	b.WriteString(`,deployment=`)
+	b.WriteString(name)
 	b.WriteString(strconv.Quote(rs.Deployment))
 	if extra != "" {
 		b.WriteByte(',')
@@ -127,41 +154,41 @@ func (rs RouteScope) rate(family, extra string) string {
 
 // RouteRPSQuery is route requests per second, per route.
 func RouteRPSQuery(rs RouteScope) string {
-	return sumBy(routeBy, rs.rate("request_statuses_total", ""))
+	return sumBy(rs.routeBy(), rs.rate("request_statuses_total", ""))
 }
 
 // RouteSuccessQuery is the share of route requests that succeeded, per route (NaN: no traffic).
 func RouteSuccessQuery(rs RouteScope) string {
 	all := RouteRPSQuery(rs)
-	ok := sumBy(routeBy, rs.rate("request_statuses_total", routeOK))
+	ok := sumBy(rs.routeBy(), rs.rate("request_statuses_total", routeOK))
 	return "(" + ok + " or " + all + " * 0) / " + all
 }
 
 // RouteLatencyQuery is the q-quantile of route request duration in ms, per route.
 func RouteLatencyQuery(rs RouteScope, q float64) string {
 	return "1000 * histogram_quantile(" + strconv.FormatFloat(q, 'f', -1, 64) + ", " +
-		sumBy(append([]string{"le"}, routeBy...), rs.rate("request_duration_seconds_bucket", "")) + ")"
+		sumBy(append([]string{"le"}, rs.routeBy()...), rs.rate("request_duration_seconds_bucket", "")) + ")"
 }
 
 // RouteRetriesQuery is retries per second, per route.
 func RouteRetriesQuery(rs RouteScope) string {
-	return sumBy(routeBy, rs.rate("retry_requests_total", ""))
+	return sumBy(rs.routeBy(), rs.rate("retry_requests_total", ""))
 }
 
 // RouteTimeoutsQuery is route requests per second ended by a route timeout, per route.
 func RouteTimeoutsQuery(rs RouteScope) string {
-	return sumBy(routeBy, rs.rate("request_statuses_total", `error=~"REQUEST_TIMEOUT|RESPONSE_HEADERS_TIMEOUT"`))
+	return sumBy(rs.routeBy(), rs.rate("request_statuses_total", `error=~"REQUEST_TIMEOUT|RESPONSE_HEADERS_TIMEOUT"`))
 }
 
 // BackendRPSQuery is tries per second, per route and backend.
 func BackendRPSQuery(rs RouteScope) string {
-	return sumBy(backendBy, rs.rate("backend_requests_total", ""))
+	return sumBy(rs.backendBy(), rs.rate("backend_requests_total", ""))
 }
 
 // BackendSuccessQuery is the share of a backend's responses that succeeded, per route and backend.
 func BackendSuccessQuery(rs RouteScope) string {
-	all := sumBy(backendBy, rs.rate("backend_response_statuses_total", ""))
-	ok := sumBy(backendBy, rs.rate("backend_response_statuses_total", routeOK))
+	all := sumBy(rs.backendBy(), rs.rate("backend_response_statuses_total", ""))
+	ok := sumBy(rs.backendBy(), rs.rate("backend_response_statuses_total", routeOK))
 	return "(" + ok + " or " + all + " * 0) / " + all
 }
 
@@ -268,9 +295,10 @@ func (q *Querier) Routes(ctx context.Context, rs RouteScope) RouteTable {
 		}
 		t.Rows = append(t.Rows, *r)
 	}
-	slices.SortFunc(t.Rows, func(a, b RouteRow) int {
-		return strings.Compare(a.ParentNamespace+"/"+a.ParentName+":"+a.ParentPort+"/"+a.Name, b.ParentNamespace+"/"+b.ParentName+":"+b.ParentPort+"/"+b.Name)
-	})
+	key := func(r RouteRow) string {
+		return r.CallerNamespace + "/" + r.CallerDeployment + "/" + r.ParentNamespace + "/" + r.ParentName + ":" + r.ParentPort + "/" + r.Name
+	}
+	slices.SortFunc(t.Rows, func(a, b RouteRow) int { return strings.Compare(key(a), key(b)) })
 	slices.SortFunc(t.Failures, func(a, b Failure) int { return strings.Compare(a.Metric, b.Metric) })
 	return t
 }
@@ -283,11 +311,13 @@ type BackendKey struct {
 
 func routeOf(m model.Metric) Route {
 	return Route{
-		ParentNamespace: string(m["parent_namespace"]),
-		ParentName:      string(m["parent_name"]),
-		ParentPort:      string(m["parent_port"]),
-		Kind:            string(m["route_kind"]),
-		Name:            string(m["route_name"]),
+		CallerNamespace:  string(m["namespace"]),
+		CallerDeployment: string(m["deployment"]),
+		ParentNamespace:  string(m["parent_namespace"]),
+		ParentName:       string(m["parent_name"]),
+		ParentPort:       string(m["parent_port"]),
+		Kind:             string(m["route_kind"]),
+		Name:             string(m["route_name"]),
 	}
 }
 

@@ -42,6 +42,11 @@ func TestRouteQueries(t *testing.T) {
 			}
 		})
 	}
+	inbound := RouteScope{Namespace: "shop", Deployment: "checkout", Window: time.Minute, Inbound: true}
+	if got, want := RouteRPSQuery(inbound), `sum by (namespace, deployment, parent_namespace, parent_name, parent_port, route_kind, route_name) `+
+		`(rate({__name__=~"outbound_(http|grpc)_route_request_statuses_total",parent_namespace="shop",parent_name="checkout"}[1m]))`; got != want {
+		t.Errorf("inbound rps\n got %s\nwant %s", got, want)
+	}
 	if _, err := parser.NewParser(parser.Options{}).ParseExpr(BackendSuccessQuery(rs)); err != nil {
 		t.Errorf("backend success query does not parse: %v", err)
 	}

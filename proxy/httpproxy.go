@@ -270,6 +270,7 @@ func (p *httpProxy) serve(ctx context.Context, w http.ResponseWriter, r *http.Re
 		if ep != nil && balance.Unreachable(err) && attempt < len(tried) && (body == nil || body.resendable()) {
 			tried[attempt] = ep
 			if next, perr := dest.Pick(tried[:attempt+1]...); perr == nil {
+				ex.backendDone(routeStatusOf(0, metrics.NoGRPCStatus, routeError(errConnectionRefused)))
 				ep = p.moveTo(&ex, out, next)
 				ex.rerouted(p.metrics)
 				continue

@@ -43,14 +43,17 @@ type Data struct {
 	Summary *Summary
 	Charts  []Chart
 	Tables  []Table
-	// Routes, when set, is the page's routes table (a deployment's outbound routes).
-	Routes *RouteTable
+	// Routes are the page's routes tables (a deployment's outbound routes, then its inbound ones).
+	Routes []RouteTable
 }
 
 // RouteTable is the routes a workload calls, one row per route of each service.
 type RouteTable struct {
-	Title string
-	Rows  []RouteRow
+	Title  string
+	TestID string
+	// Callers adds a column naming each row's calling workload (inbound routes).
+	Callers bool
+	Rows    []RouteRow
 	// Empty is shown instead of rows when there are none; Error when a metric failed.
 	Empty string
 	Error string
@@ -58,6 +61,7 @@ type RouteTable struct {
 
 // RouteRow is one route: its golden metrics, retries, timeouts and the backends of its traffic split.
 type RouteRow struct {
+	Caller   string // the calling workload, namespace/deployment (tables with Callers)
 	Service  string // the route's service, name.namespace:port
 	Name     string // the route's name; the default route's is "default"
 	Success  Cell

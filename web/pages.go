@@ -427,7 +427,7 @@ func (s *server) deploymentPage(w http.ResponseWriter, r *http.Request) error {
 				&pods
 		})
 	}, func() {
-		d.Routes, d.RouteHistory = s.routeData(r.Context(), ns, name, v.window)
+		d.Routes, d.InboundRoutes, d.RouteHistory = s.routeData(r.Context(), ns, name, v.window)
 	})
 	if s.isAPI(r) {
 		return s.writeJSON(w, r, d)
@@ -450,7 +450,7 @@ func (s *server) deploymentPage(w http.ResponseWriter, r *http.Request) error {
 	fs, ws := d.problems()
 	p.Data = s.data(here(q), s.summary(d.Summary), append(charts(d.History), d.RouteHistory.charts()...), tables, fs, ws)
 	p.Data.Notes = d.Window.notes()
-	p.Data.Routes = s.routeTable(ns, name, d.Routes)
+	p.Data.Routes = s.routeTables(ns, name, d.Routes, d.InboundRoutes)
 	p.Data.Alerts = certAlerts(d.CertExpiring)
 	return s.render(w, r, http.StatusOK, s.shell(r, "Deployment "+ns+"/"+name, nil), views.ResourcePage(p), views.DataFragment(p.Data))
 }

@@ -15,8 +15,10 @@ import (
 // deploymentData is a deployment's page: a resource's data plus the routes it calls and their history.
 type deploymentData struct {
 	resourceData
-	Routes       api.RouteTable `json:"routes"`
-	RouteHistory routeHistory   `json:"route_history"`
+	Routes api.RouteTable `json:"routes"`
+	// InboundRoutes are the routes of the Service named like the deployment, by caller.
+	InboundRoutes api.RouteTable `json:"inbound_routes"`
+	RouteHistory  routeHistory   `json:"route_history"`
 }
 
 type routeHistory struct {
@@ -27,8 +29,8 @@ type routeHistory struct {
 // problems are the failures and warnings of every part of the page, routes included.
 func (d deploymentData) problems() ([]api.Failure, []string) {
 	fs, ws := d.resourceData.problems()
-	fs = append(fs, d.Routes.Failures...)
-	ws = append(ws, d.Routes.Warnings...)
+	fs = append(append(fs, d.Routes.Failures...), d.InboundRoutes.Failures...)
+	ws = append(append(ws, d.Routes.Warnings...), d.InboundRoutes.Warnings...)
 	for _, c := range []api.Chart{d.RouteHistory.Success, d.RouteHistory.RPS} {
 		if c.Failure != nil {
 			fs = append(fs, *c.Failure)
@@ -38,17 +40,19 @@ func (d deploymentData) problems() ([]api.Failure, []string) {
 	return fs, ws
 }
 
-// routeData fetches the routes a deployment calls over window w, and their history.
-func (s *server) routeData(ctx context.Context, ns, name string, w time.Duration) (api.RouteTable, routeHistory) {
+// routeData fetches the routes a deployment calls over window w, their history, and the routes of the
+// Service named like it, by caller.
+func (s *server) routeData(ctx context.Context, ns, name string, w time.Duration) (out, in api.RouteTable, h routeHistory) {
 	rs := api.RouteScope{Namespace: ns, Deployment: name, Window: w}
 	span, step := chartSpan(w)
-	var t api.RouteTable
-	var h routeHistory
 	fetch(
-		func() { t = s.prom.Routes(ctx, rs) },
+		func() { out = s.prom.Routes(ctx, rs) },
+		func() {
+			in = s.prom.Routes(ctx, api.RouteScope{Namespace: ns, Deployment: name, Window: w, Inbound: true})
+		},
 		func() { h.Success, h.RPS = s.prom.RouteHistory(ctx, rs, span, step) },
 	)
-	return t, h
+	return out, in, h
 }
 
 func (h routeHistory) charts() []views.Chart {
@@ -58,12 +62,22 @@ func (h routeHistory) charts() []views.Chart {
 	}
 }
 
-// routeTable is the routes panel of deployment dep of namespace ns.
-func (s *server) routeTable(ns, dep string, t api.RouteTable) *views.RouteTable {
-	vt := &views.RouteTable{
-		Title: "Routes: what " + dep + " calls, route by route",
-		Empty: "no route metrics from " + dep + "'s proxies (only requests to services of the destinations file are counted by route)",
-	}
+// routeTables are the routes panels of deployment dep of namespace ns: what it calls, and who calls its
+// Service, route by route.
+func (s *server) routeTables(ns, dep string, out, in api.RouteTable) []views.RouteTable {
+	o := s.routeTable(ns, dep, out, false)
+	o.Title, o.TestID = "Routes: what "+dep+" calls, route by route", "routes"
+	o.Empty = "no route metrics from " + dep + "'s proxies (only requests to services of the destinations file are counted by route)"
+	i := s.routeTable(ns, dep, in, true)
+	i.Title, i.TestID = "Inbound routes: who calls service "+dep+", route by route (as the callers' proxies count them)", "inbound-routes"
+	i.Empty = "no caller's proxy counts routes of a service named " + dep + " in namespace " + ns
+	return []views.RouteTable{o, i}
+}
+
+// routeTable is one routes panel; with callers, each row's caller has a column and its tap link taps
+// the caller.
+func (s *server) routeTable(ns, dep string, t api.RouteTable, callers bool) views.RouteTable {
+	vt := views.RouteTable{Callers: callers}
 	if len(t.Failures) > 0 {
 		var names []string
 		for _, f := range t.Failures {
@@ -74,7 +88,12 @@ func (s *server) routeTable(ns, dep string, t api.RouteTable) *views.RouteTable 
 	for _, r := range t.Rows {
 		row := routeRowView(r)
 		filter := tap.Filter{Direction: tap.DirectionOutbound, Authority: r.Authority(), Route: routeFilterName(r.Route)}
-		row.TapHref = s.url("/tap", liveQuery(liveRequest{sel: api.Selector{Namespace: ns, Deployment: dep}, filter: filter}))
+		sel := api.Selector{Namespace: ns, Deployment: dep}
+		if callers {
+			row.Caller = r.CallerNamespace + "/" + r.CallerDeployment
+			sel = api.Selector{Namespace: r.CallerNamespace, Deployment: r.CallerDeployment}
+		}
+		row.TapHref = s.url("/tap", liveQuery(liveRequest{sel: sel, filter: filter}))
 		vt.Rows = append(vt.Rows, row)
 	}
 	return vt

@@ -99,6 +99,27 @@ func TestRoutesOnTheDeploymentPageAndInTheTerminal(t *testing.T) {
 		t.Errorf("tap link %q does not open the tap on the route", href)
 	}
 
+	// voting's page: who calls its service, route by route.
+	var votingPage struct {
+		InboundRoutes api.RouteTable `json:"inbound_routes"`
+	}
+	if err := getJSON(t, base+"/api/v1/namespaces/shop/deployments/voting", &votingPage); err != nil {
+		t.Fatal(err)
+	}
+	callers := 0
+	for _, r := range votingPage.InboundRoutes.Rows {
+		if r.CallerNamespace == "shop" && r.CallerDeployment == "web" && r.Name == "vote" && r.RPS > 0 {
+			callers++
+		}
+	}
+	if callers != 1 {
+		t.Errorf("voting's inbound routes %+v: want web's vote route", votingPage.InboundRoutes.Rows)
+	}
+	_, _, votingHTML := getBody(t, base+"/namespaces/shop/deployments/voting")
+	if got := parseDoc(t, votingHTML).Find(`[data-testid=inbound-routes] [data-testid=route-row][data-name=vote] [data-testid=caller]`).Text(); got != "shop/web" {
+		t.Errorf("voting's inbound routes table names caller %q, want shop/web", got)
+	}
+
 	var out, errOut bytes.Buffer
 	if code := cli(t.Context(), []string{"routes", "deploy/web", "-n", "shop", "--prometheus-url", prom.URL(), "--window", "10s", "-o", "json"}, &out, &errOut); code != 0 {
 		t.Fatalf("web routes exit %d: %s", code, errOut.String())
