@@ -216,7 +216,7 @@ func (o Options) objects() []runtime.Object {
 	}
 	objs = append(objs,
 		o.service(kube.Dashboard, DashboardPort, DashboardPort, "http"),
-		o.service(kube.Destination, DestinationPort, DestinationPort, "grpc"),
+		o.service(kube.Destination, DestinationPort, DestinationPort, "http"),
 		o.service(kube.Injector, 443, WebhookPort, "https"),
 	)
 	if !o.NoIdentity {
@@ -342,16 +342,12 @@ func (o Options) dashboard() *appsv1.Deployment {
 }
 
 func (o Options) destination() *appsv1.Deployment {
-	tcp := &corev1.Probe{
-		ProbeHandler:  corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(DestinationPort)}},
-		PeriodSeconds: 10, TimeoutSeconds: 2, FailureThreshold: 3,
-	}
 	return o.deployment(kube.Destination, o.DestinationReplicas, corev1.Container{
 		Image:          o.image("proxy"),
 		Args:           []string{"destination", "--listen=0.0.0.0:" + strconv.Itoa(DestinationPort)},
-		Ports:          []corev1.ContainerPort{{Name: "grpc", ContainerPort: DestinationPort, Protocol: corev1.ProtocolTCP}},
-		ReadinessProbe: tcp,
-		LivenessProbe:  tcp,
+		Ports:          []corev1.ContainerPort{{Name: "http", ContainerPort: DestinationPort, Protocol: corev1.ProtocolTCP}},
+		ReadinessProbe: httpProbe("/ready", DestinationPort, corev1.URISchemeHTTP),
+		LivenessProbe:  httpProbe("/live", DestinationPort, corev1.URISchemeHTTP),
 		Resources:      resources("50m", "64Mi", "256Mi"),
 	})
 }
