@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"sort"
 	"strings"
@@ -156,6 +158,37 @@ type ProxyRates func(ctx context.Context, sel Selector, direction string) (map[s
 // ProxyKey names a proxy in a ProxyRates answer: its namespace and pod target labels.
 func ProxyKey(namespace, pod string) string { return namespace + "/" + pod }
 
+// ErrTokenWithheld: a proxy is not tapped, because its address is outside the networks the tap token may
+// be sent to.
+var ErrTokenWithheld = errors.New("tap token withheld")
+
+// DefaultTokenNetworks is where a tap token goes unless told otherwise: this machine only (the demo,
+// kubectl port-forward).
+var DefaultTokenNetworks = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+
+// TokenAllowed reports whether a tap token may be sent to the proxy admin address admin (host:port) when
+// tokens may go to networks (nil: DefaultTokenNetworks).
+func TokenAllowed(admin string, networks []netip.Prefix) bool {
+	if networks == nil {
+		networks = DefaultTokenNetworks
+	}
+	host, _, err := net.SplitHostPort(admin)
+	if err != nil {
+		return false
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return false
+	}
+	ip = ip.Unmap()
+	for _, n := range networks {
+		if n.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
 // FanIn taps every proxy a Selector picks and merges their streams. Zero
 // durations and sizes take the defaults named on each field.
 type FanIn struct {
@@ -167,8 +200,14 @@ type FanIn struct {
 	// of it than an idle one), and the fan-in reports what share of the traffic is shown (Sampling).
 	// Without it, or when it fails, every proxy gets an equal share.
 	Rates ProxyRates
-	// Token is sent as a bearer token to every proxy; it never leaves the dashboard.
+	// Token is sent as a bearer token to the proxies whose admin address is in TokenNetworks; it never
+	// leaves the dashboard.
 	Token string
+	// TokenNetworks are the networks Token may be sent to, in clear: whoever gets a target listed (a line
+	// in a file_sd file, a pod matching the scrape config) would otherwise receive the one credential
+	// that taps every proxy. A proxy outside them is not tapped (with Token set), and says why. Nil
+	// means DefaultTokenNetworks; a host name is never in them (it may resolve anywhere).
+	TokenNetworks []netip.Prefix
 	// Client makes the tap requests; nil means one with connect and header timeouts
 	// and no overall timeout, since a tap stream stays open.
 	Client *http.Client
@@ -375,6 +414,9 @@ func (f *FanIn) tapProxy(ctx context.Context, p Proxy, filter tap.Filter, emit f
 
 // stream makes one tap request to p and delivers its events until the stream or ctx ends.
 func (f *FanIn) stream(ctx context.Context, p Proxy, filter tap.Filter, emit func(TapItem)) error {
+	if f.Token != "" && !TokenAllowed(p.Admin, f.TokenNetworks) {
+		return fmt.Errorf("%w: %s is not in the networks the tap token may be sent to (--tap-token-networks)", ErrTokenWithheld, p.Admin)
+	}
 	s, err := OpenTap(ctx, f.client(), p.Admin, f.Token, filter, f.MaxLine)
 	if err != nil {
 		return err

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"runtime"
 	"slices"
@@ -423,5 +424,42 @@ func TestFanInDropsAnOversizedEventAndKeepsTheStream(t *testing.T) {
 	}
 	if dropped != 1 {
 		t.Errorf("dropped count %d, want 1", dropped)
+	}
+}
+
+// Finding 1 of the hardening review: the dashboard sent its one fleet-wide tap token, in clear, to every
+// target Prometheus discovered, so a pod that got itself scraped received it. The token goes only to
+// addresses in the allowed networks; another target is not tapped, and the stream says why.
+func TestFanInSendsTheTokenOnlyToAllowedNetworks(t *testing.T) {
+	const token = "s3cret"
+	s := newTapServer(t, token)
+	tl := &targets{}
+	tl.set(target("shop", "web", "web-0", s.admin()))
+	f := &FanIn{Targets: tl, Token: token, TokenNetworks: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}
+	got := runFanIn(t, f, Selector{Namespace: "shop"}, tap.Filter{MaxRPS: 100})
+	failed := got.waitFor(t, "the proxy reported as not tapped", isState("web-0", ProxyFailed))
+	if !strings.Contains(failed.Err, ErrTokenWithheld.Error()) || !strings.Contains(failed.Err, "--tap-token-networks") {
+		t.Errorf("failure %q does not say the token was withheld and which flag allows it", failed.Err)
+	}
+	if q := s.lastAsked(); q != nil {
+		t.Errorf("the proxy outside the allowed networks was asked %v", q)
+	}
+
+	for _, tt := range []struct {
+		admin    string
+		networks []netip.Prefix
+		want     bool
+	}{
+		{"127.0.0.1:4191", nil, true},
+		{"[::1]:4191", nil, true},
+		{"10.1.2.3:4191", nil, false},
+		{"10.1.2.3:4191", []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, true},
+		{"[::ffff:10.1.2.3]:4191", []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, true},
+		{"localhost:4191", nil, false},
+		{"proxy.attacker.example:4191", []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}, false},
+	} {
+		if got := TokenAllowed(tt.admin, tt.networks); got != tt.want {
+			t.Errorf("TokenAllowed(%s, %v) = %v, want %v", tt.admin, tt.networks, got, tt.want)
+		}
 	}
 }

@@ -152,7 +152,7 @@ func (l *liveCLI) fanIn(stderr io.Writer) (*api.FanIn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &api.FanIn{Targets: prom, Finder: finder, Rates: prom.ProxyRates, Token: l.cfg.TapToken, Logger: log}, nil
+	return &api.FanIn{Targets: prom, Finder: finder, Rates: prom.ProxyRates, Token: l.cfg.TapToken, TokenNetworks: l.cfg.TapTokenNetworks, Logger: log}, nil
 }
 
 // statusLine says what happened to a proxy's stream, for stderr.

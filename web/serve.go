@@ -10,6 +10,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"regexp"
@@ -37,8 +38,10 @@ type config struct {
 	// BasePath serves the dashboard under a prefix, e.g. "/meshscope"; empty
 	// means the root.
 	BasePath string
-	// TapToken is sent as a bearer token to the proxies' tap endpoints.
+	// TapToken is sent as a bearer token to the proxies' tap endpoints in TapTokenNetworks.
 	TapToken string
+	// TapTokenNetworks are where TapToken may be sent; nil means loopback only (api.DefaultTokenNetworks).
+	TapTokenNetworks []netip.Prefix
 	// Window is the default rate window of the golden metrics; zero means 1m.
 	Window time.Duration
 	// QueryTimeout bounds every Prometheus call; zero means 10s.
@@ -120,10 +123,31 @@ func (c config) shutdownGrace() time.Duration {
 	return c.ShutdownGrace
 }
 
+// parseNetworks reads a comma-separated list of CIDRs.
+func parseNetworks(v string) ([]netip.Prefix, error) {
+	nets := []netip.Prefix{}
+	for part := range strings.SplitSeq(v, ",") {
+		if part = strings.TrimSpace(part); part == "" {
+			continue
+		}
+		n, err := netip.ParsePrefix(part)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a CIDR such as 10.0.0.0/8", part)
+		}
+		nets = append(nets, n.Masked())
+	}
+	return nets, nil
+}
+
 // backendFlags registers the flags the server and the terminal twins share.
 func backendFlags(fs *flag.FlagSet, c *config) {
 	fs.StringVar(&c.PrometheusURL, "prometheus-url", "http://127.0.0.1:9090", "Prometheus HTTP API `URL` the golden metrics come from")
 	fs.StringVar(&c.TapToken, "tap-token", "", "bearer `token` for the proxies' tap endpoints")
+	fs.Func("tap-token-networks", "comma-separated `CIDRs` of the proxy addresses the tap token may be sent to, in clear (a proxy elsewhere is not tapped); default 127.0.0.0/8,::1/128; in a cluster, the pod network, e.g. 10.0.0.0/8", func(v string) error {
+		nets, err := parseNetworks(v)
+		c.TapTokenNetworks = nets
+		return err
+	})
 	c.Window = time.Minute
 	fs.Var(windowFlag{&c.Window}, "window", "default rate `window` of the golden metrics: 10s, 1m, 5m, 15m or 1h")
 	fs.DurationVar(&c.QueryTimeout, "query-timeout", 10*time.Second, "timeout of every Prometheus call")

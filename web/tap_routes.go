@@ -12,7 +12,7 @@ import (
 // security headers; the dashboard calls it from server.routes.
 func (s *server) liveRoutes(r chi.Router) {
 	ls := &liveSockets{
-		fanin: &api.FanIn{Targets: s.prom, Finder: s.proxies, Rates: s.prom.ProxyRates, Token: s.cfg.TapToken, Logger: s.log},
+		fanin: &api.FanIn{Targets: s.prom, Finder: s.proxies, Rates: s.prom.ProxyRates, Token: s.cfg.TapToken, TokenNetworks: s.cfg.TapTokenNetworks, Logger: s.log},
 		log:   s.log,
 		stop:  s.stop,
 		open:  &s.hijacked,
