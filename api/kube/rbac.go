@@ -11,25 +11,26 @@ const (
 	Prometheus  = "meshscope-prometheus"
 )
 
-var read = []string{"get", "list", "watch"}
+// watch is what an informer (or Prometheus' service discovery) does: list, then watch from there.
+var watch = []string{"list", "watch"}
 
 // ClusterRules returns the cluster-wide permissions each control-plane component needs, by
-// component: read access to what it watches and nothing else (proxies hold none at all).
+// component: the verbs its code uses on what it uses them on, and nothing else (proxies hold none at
+// all). rbac_test.go asks the real API server that each can do what it needs and nothing more.
 func ClusterRules() map[string][]rbacv1.PolicyRule {
 	return map[string][]rbacv1.PolicyRule{
-		// The dashboard lists namespaces, workloads and pods (tap targets).
+		// The dashboard lists pods to find the proxies to tap (api.KubeProxies); everything else it shows
+		// comes from Prometheus.
 		Dashboard: {
-			{APIGroups: []string{""}, Resources: []string{"namespaces", "pods"}, Verbs: read},
-			{APIGroups: []string{"apps"}, Resources: []string{"deployments", "statefulsets", "daemonsets", "replicasets"}, Verbs: read},
+			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"list"}},
 		},
 		// The destination service watches endpoints, services and pods and their owners, and the Gateway
 		// API routes whose parents are Services.
 		Destination: {
-			{APIGroups: []string{""}, Resources: []string{"services", "pods", "namespaces"}, Verbs: read},
-			{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: read},
-			{APIGroups: []string{"apps"}, Resources: []string{"replicasets"}, Verbs: read},
-			{APIGroups: []string{"batch"}, Resources: []string{"jobs"}, Verbs: read},
-			{APIGroups: []string{"gateway.networking.k8s.io"}, Resources: []string{"httproutes", "grpcroutes"}, Verbs: read},
+			{APIGroups: []string{""}, Resources: []string{"services", "pods"}, Verbs: watch},
+			{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: watch},
+			{APIGroups: []string{"apps"}, Resources: []string{"replicasets"}, Verbs: watch},
+			{APIGroups: []string{"gateway.networking.k8s.io"}, Resources: []string{"httproutes", "grpcroutes"}, Verbs: watch},
 		},
 		// The injector reads a pod's namespace for its meshscope.io/inject annotation.
 		Injector: {
@@ -41,7 +42,7 @@ func ClusterRules() map[string][]rbacv1.PolicyRule {
 		},
 		// Prometheus discovers pods (kubernetes_sd_configs role pod).
 		Prometheus: {
-			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: read},
+			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: watch},
 		},
 	}
 }
