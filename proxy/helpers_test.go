@@ -191,7 +191,7 @@ func freeAddr(t *testing.T) string {
 }
 
 // writeDestinations writes a destinations file with content and returns its path.
-func writeDestinations(t *testing.T, content string) string {
+func writeDestinations(t testing.TB, content string) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "destinations.yaml")
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {

@@ -40,7 +40,7 @@ type testMesh struct {
 	tokens  map[string]string
 }
 
-func newTestMesh(t *testing.T, lifetime time.Duration) *testMesh {
+func newTestMesh(t testing.TB, lifetime time.Duration) *testMesh {
 	t.Helper()
 	dir := t.TempDir()
 	if _, err := identity.Generate(dir, time.Now()); err != nil {
@@ -81,7 +81,7 @@ func newTestMesh(t *testing.T, lifetime time.Duration) *testMesh {
 
 // logLines keeps a proxy's log lines for a test to count, and shows them in the test's log.
 type logLines struct {
-	t  *testing.T
+	t  testing.TB
 	mu sync.Mutex
 	b  bytes.Buffer
 }
@@ -111,7 +111,7 @@ func (l *logLines) count(substrings ...string) int {
 
 // meshedProxy starts a proxy with the identity of ServiceAccount sa (namespace shop) and waits until it
 // is ready, which it is only once it has its certificate.
-func (m *testMesh) meshedProxy(t *testing.T, sa string, cfg Config) (*proxy, *logLines) {
+func (m *testMesh) meshedProxy(t testing.TB, sa string, cfg Config) (*proxy, *logLines) {
 	t.Helper()
 	cfg.IdentityAddr, cfg.IdentityTrustAnchors, cfg.IdentityTokenFile = m.addr, m.anchors, m.tokens[sa]
 	logs := &logLines{t: t}
@@ -125,7 +125,7 @@ func (m *testMesh) meshedProxy(t *testing.T, sa string, cfg Config) (*proxy, *lo
 	return p, logs
 }
 
-func adminStatus(t *testing.T, p *proxy, path string) int {
+func adminStatus(t testing.TB, p *proxy, path string) int {
 	res, err := http.Get("http://" + p.addr("--admin-listen").String() + path)
 	if err != nil {
 		t.Fatal(err)

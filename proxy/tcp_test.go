@@ -10,7 +10,7 @@ import (
 )
 
 // tcpServer accepts connections and runs serve on each until the test ends.
-func tcpServer(t *testing.T, serve func(net.Conn)) string {
+func tcpServer(t testing.TB, serve func(net.Conn)) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
