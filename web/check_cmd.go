@@ -39,7 +39,8 @@ func checkCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 Checks Meshscope in a cluster, in order: the API server is reachable and recent enough (native
 sidecars), the control plane's pods are ready, the API server calls the injector (a dry-run pod asking
-for injection comes back with a proxy), every meshed pod's proxy is ready, and Prometheus scrapes every
+for injection comes back with a proxy), every running pod that asks for injection has its proxy, every
+meshed pod's proxy is ready, and Prometheus scrapes every
 meshed pod's proxy. Each prints ok or a one-line cause and a hint; the exit code is 1 when any fails.
 The installed Prometheus is reached through the API server's service proxy unless --prometheus-url.
 

@@ -94,8 +94,8 @@ func TestCheckAgainstTheAPIServer(t *testing.T) {
 					t.Errorf("%s: %s with exit 0", r.Name, r.Status)
 				}
 			}
-			if len(rs) != 5 {
-				t.Errorf("%d checks, want 5", len(rs))
+			if len(rs) != 6 {
+				t.Errorf("%d checks, want 6", len(rs))
 			}
 			break
 		}
@@ -138,6 +138,21 @@ func TestCheckAgainstTheAPIServer(t *testing.T) {
 		setReady(t, ctx, client, p, true, nil)
 		expectFail(t, "prometheus-scrapes-proxies", "shop/web-1: Prometheus has no target for its proxy (job meshscope-proxy)")
 		client.CoreV1().Pods("shop").Delete(ctx, "web-1", metav1.DeleteOptions{GracePeriodSeconds: new(int64(0))})
+	})
+	t.Run("a pod created without its proxy in a namespace that asks for one", func(t *testing.T) {
+		// Created before the namespace asked for injection, as if while the injector was down.
+		if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop-auto"}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		p := runPod(t, ctx, client, "shop-auto", "cart-0", nil, false)
+		setReady(t, ctx, client, p, true, nil)
+		nsObj, _ := client.CoreV1().Namespaces().Get(ctx, "shop-auto", metav1.GetOptions{})
+		nsObj.Annotations = map[string]string{"meshscope.io/inject": "enabled"}
+		if _, err := client.CoreV1().Namespaces().Update(ctx, nsObj, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		expectFail(t, "pods-injected", "shop-auto/cart-0 has no proxy though injection is enabled for it (created while the injector was down?)")
+		client.CoreV1().Pods("shop-auto").Delete(ctx, "cart-0", metav1.DeleteOptions{GracePeriodSeconds: new(int64(0))})
 	})
 	t.Run("the injector down", func(t *testing.T) {
 		stopWebhook()

@@ -82,6 +82,7 @@ func (c *Checker) Run(ctx context.Context) []Result {
 		{"kubernetes-api", c.apiServer},
 		{"control-plane", c.controlPlane},
 		{"webhook", c.webhook},
+		{"pods-injected", c.injected},
 		{"proxies-ready", c.proxiesReady},
 		{"prometheus-scrapes-proxies", c.scraping},
 	}
@@ -214,19 +215,52 @@ func hasProxy(p *corev1.Pod) bool {
 	return false
 }
 
-// meshedPods lists every running pod with a proxy, in every namespace.
-func (c *Checker) meshedPods(ctx context.Context) ([]corev1.Pod, error) {
+// runningPods lists the running pods of every namespace.
+func (c *Checker) runningPods(ctx context.Context) ([]corev1.Pod, error) {
 	pods, err := c.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "status.phase=Running"})
 	if err != nil {
 		return nil, fmt.Errorf("list pods: %v", oneLine(err))
 	}
-	var out []corev1.Pod
-	for _, p := range pods.Items {
-		if hasProxy(&p) {
-			out = append(out, p)
+	return pods.Items, nil
+}
+
+// meshedPods lists every running pod with a proxy, in every namespace.
+func (c *Checker) meshedPods(ctx context.Context) ([]corev1.Pod, error) {
+	pods, err := c.runningPods(ctx)
+	return slices.DeleteFunc(pods, func(p corev1.Pod) bool { return !hasProxy(&p) }), err
+}
+
+// injected: every running pod the webhook should have meshed has its proxy. With failurePolicy
+// Ignore, a pod created while the injector was down runs without one, and nothing else says so.
+func (c *Checker) injected(ctx context.Context) Result {
+	nss, err := c.Client.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fail("", "list namespaces: %v", oneLine(err))
+	}
+	enabled := map[string]bool{}
+	for _, ns := range nss.Items {
+		enabled[ns.Name] = ns.Annotations[injectAnnotation] == "enabled"
+	}
+	pods, err := c.runningPods(ctx)
+	if err != nil {
+		return fail("", "%v", err)
+	}
+	asked := 0
+	for _, p := range pods {
+		want := p.Annotations[injectAnnotation]
+		if want == "" && enabled[p.Namespace] {
+			want = "enabled"
+		}
+		if want != "enabled" || p.Spec.HostNetwork || p.Namespace == c.Namespace || p.Namespace == "kube-system" {
+			continue
+		}
+		asked++
+		if !hasProxy(&p) {
+			return fail(fmt.Sprintf("restart its workload (kubectl -n %s rollout restart deploy/NAME) or delete the pod, with the injector up", p.Namespace),
+				"%s/%s has no proxy though injection is enabled for it (created while the injector was down?)", p.Namespace, p.Name)
 		}
 	}
-	return out, nil
+	return ok("%d running pods asked for injection, every one has its proxy", asked)
 }
 
 // proxiesReady: every running meshed pod's proxy container is ready.
