@@ -175,11 +175,23 @@ func (c *cluster) slice(service, name string, ports []portSpec, eps ...epSpec) {
 	c.must(slices.Create(ctx, s, metav1.CreateOptions{}))
 }
 
-// startServer runs a discovery service over the test API server on a loopback port and returns its
-// address and a function that stops it.
+// startServer runs a discovery service over the test API server (as its administrator) on a loopback
+// port, addr when given, and returns its address and a function that stops it.
 func startServer(t *testing.T, addr string, opts destination.Options) (string, func()) {
 	t.Helper()
-	srv, err := destination.NewServer(kubetest.Start(t).Client, opts)
+	return startServerOn(t, kubetest.Start(t).Client, addr, opts)
+}
+
+// startServerWith runs a discovery service over client on a free loopback port.
+func startServerWith(t *testing.T, client kubernetes.Interface, opts destination.Options) string {
+	t.Helper()
+	addr, _ := startServerOn(t, client, "", opts)
+	return addr
+}
+
+func startServerOn(t *testing.T, client kubernetes.Interface, addr string, opts destination.Options) (string, func()) {
+	t.Helper()
+	srv, err := destination.NewServer(client, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

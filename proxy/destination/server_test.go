@@ -9,6 +9,13 @@ import (
 	"testing"
 	"time"
 
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/meshscope/meshscope/api/kube"
+	"github.com/meshscope/meshscope/dev/kubetest"
 	"github.com/meshscope/meshscope/proxy/destination"
 )
 
@@ -158,5 +165,35 @@ func TestThousandsOfEndpointsArriveAsFewUpdates(t *testing.T) {
 	_, before := s.waitFor("all endpoints", func(u destination.Update) bool { return len(u.Endpoints) == slices*per })
 	if before >= slices-1 {
 		t.Fatalf("%d updates before the whole set for %d slice changes: changes are not coalesced", before+1, slices)
+	}
+}
+
+// The service needs no more than the ClusterRole web install grants it: started as its ServiceAccount
+// with only those rules bound, it syncs and serves.
+func TestServesWithOnlyItsClusterRole(t *testing.T) {
+	c := newCluster(t)
+	srv := kubetest.Start(t)
+	role := "meshscope-destination-" + c.ns
+	user := "system:serviceaccount:" + c.ns + ":" + kube.Destination
+	c.must(c.client.RbacV1().ClusterRoles().Create(t.Context(), &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: role},
+		Rules: kube.ClusterRules()[kube.Destination]}, metav1.CreateOptions{}))
+	c.must(c.client.RbacV1().ClusterRoleBindings().Create(t.Context(), &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: role},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: kube.Destination, Namespace: c.ns}}}, metav1.CreateOptions{}))
+	cfg := rest.CopyConfig(srv.Config)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: user}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := c.replicaSet("web", "web-1")
+	c.pod(podSpec{name: "web-1-a", ip: "10.40.0.1", owner: &rs})
+	c.service("web", "", nil, httpPort...)
+	c.slice("web", "web-1", httpPort, epSpec{ip: "10.40.0.1", pod: "web-1-a"})
+
+	addr := startServerWith(t, client, destination.Options{})
+	u, _ := openStream(t, addr, "web."+c.ns+":80", "").waitFor("the endpoint", func(u destination.Update) bool { return len(u.Endpoints) == 1 })
+	if u.Endpoints[0].Labels["deployment"] != "web" {
+		t.Fatalf("endpoint %+v: its ReplicaSet's Deployment unknown", u.Endpoints[0])
 	}
 }
