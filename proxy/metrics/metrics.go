@@ -197,7 +197,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		Name: "limit_reached_total",
 		Help: "Times a bound on resources stopped something: opaque-idle-timeout (an idle opaque connection closed), " +
 			"tap-event-truncated (a tap event's headers cut to size), tap-subscriber-bytes (an event dropped: its " +
-			"subscriber holds too many bytes), h2-rapid-reset (an HTTP/2 connection closed for cancelling too many streams).",
+			"subscriber holds too many bytes), tap-subscribers (a tap stream refused: too many open), h2-rapid-reset (an HTTP/2 connection closed for cancelling too many streams).",
 	}, []string{"limit"})
 	reg.MustRegister(m.requests, m.responses, m.latency,
 		m.tcpOpen, m.tcpClose, m.tcpOpenNow, m.tcpRead, m.tcpWrite, m.tcpDuration, m.tcpRefused, m.detect, m.limits)

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -74,6 +75,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sub, err := h.Hub.Subscribe(filter)
+	if errors.Is(err, ErrTooManySubscribers) {
+		w.Header().Set("Retry-After", "10")
+		plain(w, http.StatusServiceUnavailable, fmt.Sprintf("tap: %d tap streams are open on this proxy, the most it serves; close one and retry", h.Hub.maxSubs))
+		return
+	}
 	if err != nil {
 		plain(w, http.StatusServiceUnavailable, "tap: the proxy is shutting down")
 		return

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -252,5 +253,34 @@ func TestEncodedStreamIsNDJSON(t *testing.T) {
 	}
 	if !bytes.Contains(lines[2], []byte(`"type":"end"`)) || !bytes.Contains(lines[2], []byte(`"grpc_status":14`)) {
 		t.Errorf("end line %s", lines[2])
+	}
+}
+
+// Each tap stream may hold its buffer's worth of memory: past MaxSubscribers a new one is refused with 503
+// and counted, and the streams already open keep streaming.
+func TestHandlerRefusesStreamsPastTheMost(t *testing.T) {
+	var refused atomic.Int32
+	hub := New(Options{MaxSubscribers: 2, LimitReached: func(l string) {
+		if l == LimitSubscribers {
+			refused.Add(1)
+		}
+	}})
+	srv := httptest.NewServer(&Handler{Hub: hub})
+	defer srv.Close()
+	for range 2 {
+		res := openStream(t, t.Context(), srv.Client(), srv, hub, "")
+		defer res.Body.Close()
+	}
+	res, err := srv.Client().Get(srv.URL + "/tap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "2 tap streams are open") {
+		t.Fatalf("third stream: %d %q, want 503 naming the bound", res.StatusCode, body)
+	}
+	if n := refused.Load(); n != 1 {
+		t.Errorf("%s reached %d times, want 1", LimitSubscribers, n)
 	}
 }

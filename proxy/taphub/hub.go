@@ -35,11 +35,20 @@ const DefaultBufferBytes = 4 << 20
 
 // Limits reported to Options.LimitReached: an event's fields cut to size
 // (tap.Event.Trim), an event dropped because its subscriber holds
-// DefaultBufferBytes already.
+// DefaultBufferBytes already, a stream refused past MaxSubscribers.
 const (
 	LimitEventTruncated  = "tap-event-truncated"
 	LimitSubscriberBytes = "tap-subscriber-bytes"
+	LimitSubscribers     = "tap-subscribers"
 )
+
+// DefaultMaxSubscribers is how many tap streams a hub serves at once when
+// Options.MaxSubscribers is zero: each may hold DefaultBufferBytes.
+const DefaultMaxSubscribers = 64
+
+// ErrTooManySubscribers is Subscribe's error when the hub already serves
+// its most subscribers.
+var ErrTooManySubscribers = errors.New("too many tap streams open")
 
 // ErrClosed is Subscribe's error once the hub is closed (the proxy is
 // shutting down).
@@ -61,6 +70,9 @@ type Options struct {
 	// BufferBytes bounds the bytes of each subscriber's buffered events; 0
 	// means DefaultBufferBytes.
 	BufferBytes int64
+	// MaxSubscribers bounds the subscriptions open at once; 0 means
+	// DefaultMaxSubscribers.
+	MaxSubscribers int
 	// LimitReached, when set, is called each time a bound stops something,
 	// with LimitEventTruncated or LimitSubscriberBytes (a metric).
 	LimitReached func(limit string)
@@ -84,6 +96,7 @@ type Hub struct {
 	identity map[string]string // read-only, shared by events
 	buffer   int
 	bytes    int64 // Options.BufferBytes
+	maxSubs  int
 	limitHit func(string)
 	now      func() time.Time
 	epoch    time.Time // origin of the rate limiters' monotonic nanoseconds
@@ -95,6 +108,7 @@ func New(opts Options) *Hub {
 		done:     make(chan struct{}),
 		buffer:   opts.Buffer,
 		bytes:    opts.BufferBytes,
+		maxSubs:  opts.MaxSubscribers,
 		limitHit: opts.LimitReached,
 		now:      opts.Now,
 	}
@@ -103,6 +117,9 @@ func New(opts Options) *Hub {
 	}
 	if h.bytes <= 0 {
 		h.bytes = DefaultBufferBytes
+	}
+	if h.maxSubs <= 0 {
+		h.maxSubs = DefaultMaxSubscribers
 	}
 	if h.limitHit == nil {
 		h.limitHit = func(string) {}
@@ -163,7 +180,8 @@ type Subscription struct {
 }
 
 // Subscribe starts delivering the events of requests that pass f, at most
-// f.RPS() requests per second. It fails only with ErrClosed.
+// f.RPS() requests per second. It fails with ErrClosed, or with
+// ErrTooManySubscribers when MaxSubscribers are open.
 func (h *Hub) Subscribe(f tap.Filter) (*Subscription, error) {
 	s := &subscriber{filter: f, events: make(chan *tap.Event, h.buffer), maxHeld: h.bytes, limitHit: h.limitHit}
 	s.limit.init(f.RPS())
@@ -174,6 +192,10 @@ func (h *Hub) Subscribe(f tap.Filter) (*Subscription, error) {
 	}
 	var next []*subscriber
 	if old := h.subs.Load(); old != nil {
+		if len(*old) >= h.maxSubs {
+			h.limitHit(LimitSubscribers)
+			return nil, ErrTooManySubscribers
+		}
 		next = append(next, *old...)
 	}
 	next = append(next, s)
