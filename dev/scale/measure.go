@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -47,9 +48,13 @@ type result struct {
 	// execTotalTime) for the slowest of the page's queries, which run
 	// concurrently, and for all of them, in the median round.
 	slowest, total time.Duration
-	queries        int
-	sources        []string
-	failures       int
+	// cpu is the CPU time Prometheus spent during the page (user and
+	// system): unlike the times above, it does not grow with the machine's
+	// load.
+	cpu      time.Duration
+	queries  int
+	sources  []string
+	failures int
 }
 
 type measureOptions struct {
@@ -123,11 +128,19 @@ func measureOne(ctx context.Context, bin, dir string, withRules bool, m Mesh, o 
 				if err != nil {
 					return nil, err
 				}
+				cpuBefore, err := cpuTime(prom.cmd.Process.Pid)
+				if err != nil {
+					return nil, err
+				}
 				d, r, err := web.get(ctx, path)
 				if err != nil {
 					return nil, err
 				}
-				r.server, r.rules, r.page, r.window = d, withRules, p.name, w
+				cpuAfter, err := cpuTime(prom.cmd.Process.Pid)
+				if err != nil {
+					return nil, err
+				}
+				r.server, r.rules, r.page, r.window, r.cpu = d, withRules, p.name, w, cpuAfter-cpuBefore
 				if err := readQueryLog(queryLog, before, &r); err != nil {
 					return nil, err
 				}
@@ -135,7 +148,7 @@ func measureOne(ctx context.Context, bin, dir string, withRules bool, m Mesh, o 
 			}
 			slices.SortFunc(rounds, func(a, b result) int { return int(a.server - b.server) })
 			r := rounds[len(rounds)/2]
-			o.Log.Info("page", "rules", withRules, "page", p.name, "window", w, "server", r.server.Round(time.Millisecond),
+			o.Log.Info("page", "rules", withRules, "page", p.name, "window", w, "server", r.server.Round(time.Millisecond), "prometheus_cpu", r.cpu,
 				"prometheus_slowest", r.slowest.Round(time.Millisecond), "queries", r.queries, "failures", r.failures)
 			out = append(out, r)
 		}
@@ -180,6 +193,30 @@ func readQueryLog(path string, offset int64, r *result) error {
 		r.slowest = max(r.slowest, d)
 	}
 	return sc.Err()
+}
+
+// cpuTime is the user and system CPU time process pid has used, from
+// /proc/PID/stat (fields 14 and 15, in clock ticks of 1/100 s on Linux).
+func cpuTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces; fields after it are plain.
+	rest := string(b[strings.LastIndexByte(string(b), ')')+2:])
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+	}
+	var ticks int64
+	for _, s := range f[11:13] {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond, nil
 }
 
 func fileSize(path string) (int64, error) {
