@@ -211,6 +211,11 @@ func TestCommandsRefuseBadUsageInOneLineWithExit2(t *testing.T) {
 		{[]string{"stat", "svc"}, `unknown resource "svc"`},
 		{[]string{"stat", "deploy", "--window", "bogus"}, "want one of 10s, 1m, 5m, 15m, 1h"},
 		{[]string{"top", "--window", "2m"}, "want one of 10s, 1m, 5m, 15m, 1h"},
+		{[]string{"install", "--no-such-flag"}, "no-such-flag"},
+		{[]string{"install", "--injector-replicas", "0"}, "--injector-replicas 0: want 1 or more"},
+		{[]string{"install", "--namespace", "Mesh"}, `namespace "Mesh"`},
+		{[]string{"check", "-o", "yaml"}, `-o "yaml": want text or json`},
+		{[]string{"dashboard", "--port", "70000"}, "--port 70000: want 0 to 65535"},
 	} {
 		var stdout, stderr strings.Builder
 		code := cli(context.Background(), tc.args, &stdout, &stderr)

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +22,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 )
 
 // servingCert makes a CA and a certificate for 127.0.0.1 signed by it, as `web install` arranges
@@ -163,6 +165,26 @@ func TestWebhookInTheAPIServer(t *testing.T) {
 		})
 	}
 
+	t.Run("a pod it must not mesh is admitted unchanged with a warning saying why", func(t *testing.T) {
+		warnings := &collectWarnings{}
+		cfg := rest.CopyConfig(srv.Config)
+		cfg.WarningHandler = warnings
+		warned, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := createPod(ctx, warned, "mesh-on", "node-agent", nil, "", func(p *corev1.Pod) { p.Spec.HostNetwork = true })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if injected(p) {
+			t.Error("a hostNetwork pod was injected")
+		}
+		if want := "meshscope: not injected: hostNetwork: the proxy would intercept the node's own traffic"; !slices.Contains(warnings.texts, want) {
+			t.Errorf("warnings %q, want %q", warnings.texts, want)
+		}
+	})
+
 	t.Run("webhook down: the pod is still created, without a proxy", func(t *testing.T) {
 		stopServing()
 		if err := <-served; err != nil {
@@ -179,10 +201,20 @@ func TestWebhookInTheAPIServer(t *testing.T) {
 	})
 }
 
-func createPod(ctx context.Context, client kubernetes.Interface, ns, name string, meta *metav1.ObjectMeta, dryRun string) (*corev1.Pod, error) {
+// collectWarnings keeps the warnings the API server sends back (admission webhooks' among them).
+type collectWarnings struct{ texts []string }
+
+func (c *collectWarnings) HandleWarningHeader(_ int, _ string, text string) {
+	c.texts = append(c.texts, text)
+}
+
+func createPod(ctx context.Context, client kubernetes.Interface, ns, name string, meta *metav1.ObjectMeta, dryRun string, edits ...func(*corev1.Pod)) (*corev1.Pod, error) {
 	p := &corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "shop/app:1"}}}}
 	if meta != nil {
 		p.ObjectMeta = *meta
+	}
+	for _, edit := range edits {
+		edit(p)
 	}
 	p.Name, p.Namespace = name, ns
 	opts := metav1.CreateOptions{}
