@@ -450,3 +450,40 @@ func TestIssuerRotationWhileTrafficFlows(t *testing.T) {
 	}
 	t.Logf("%d requests, none failed, across the rotation", sent.Load())
 }
+
+// TestWithoutACertificateAProxyIsNotReadyAndCallsInPlainText: a proxy whose token the issuer does not
+// accept never gets a certificate: /ready says so, its calls to a meshed endpoint go out in plain text
+// labelled no_local_identity (the meshed server accepts unmeshed clients), and it keeps asking.
+func TestWithoutACertificateAProxyIsNotReadyAndCallsInPlainText(t *testing.T) {
+	m := newTestMesh(t, time.Hour)
+	app := h2cServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	catalog, _ := m.meshedProxy(t, "catalog", testConfig(app.Listener.Addr().String()))
+
+	cfg := testConfig("127.0.0.1:1")
+	cfg.Destinations = writeDestinations(t, fmt.Sprintf("services:\n  - authority: catalog.shop:8080\n    identity: %s\n    endpoints: [{addr: %q}]\n",
+		name("catalog"), catalog.addr("--inbound-listen")))
+	cfg.IdentityAddr, cfg.IdentityTrustAnchors = m.addr, m.anchors
+	cfg.IdentityTokenFile = filepath.Join(t.TempDir(), "token")
+	os.WriteFile(cfg.IdentityTokenFile, []byte("a token nobody issued"), 0o600)
+	logs := &logLines{t: t}
+	level := new(slog.LevelVar)
+	web, err := newProxy(cfg, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: level})), level)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve(t, web)
+	eventually(t, "a refused certificate request", func() bool { return logs.count("identity certificate request failed", "403") > 0 })
+	if code := adminStatus(t, web, "/ready"); code != http.StatusServiceUnavailable {
+		t.Errorf("/ready %d without a certificate, want 503", code)
+	}
+	req, _ := http.NewRequest("GET", web.url("--outbound-listen")+"/", nil)
+	req.Host = "catalog.shop:8080"
+	if res, body := doBody(t, h1Client(), req); res.StatusCode != 200 || body != "ok" {
+		t.Fatalf("%d %q", res.StatusCode, body)
+	}
+	waitMetric(t, web.registry, "response_total", map[string]string{"direction": "outbound", "tls": "no_identity", "no_tls_reason": "no_local_identity"}, 1)
+	waitMetric(t, catalog.registry, "response_total", map[string]string{"direction": "inbound", "tls": "no_identity", "no_tls_reason": "no_tls_from_remote"}, 1)
+	if got := metricValue(t, web.registry, "identity_cert_expiration_timestamp_seconds", nil); got != 0 {
+		t.Errorf("identity_cert_expiration_timestamp_seconds = %v without a certificate, want 0", got)
+	}
+}

@@ -9,11 +9,16 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
+	"github.com/meshscope/meshscope/api/kube"
 	"github.com/meshscope/meshscope/dev/kubetest"
 )
 
@@ -55,6 +60,47 @@ func TestTokenReviewAgainstTheAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Run("with only the RBAC rules web install grants the issuer", func(t *testing.T) {
+		// The issuer's ServiceAccount, bound to api/kube's rules for it and nothing else.
+		srv.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "meshscope"}}, metav1.CreateOptions{})
+		role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: kube.Identity + "-test"}, Rules: kube.ClusterRules()[kube.Identity]}
+		binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: kube.Identity + "-test"},
+			RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role.Name},
+			Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: "meshscope", Name: kube.Identity}}}
+		for _, create := range []func() error{
+			func() error { _, err := srv.Client.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); return err },
+			func() error {
+				_, err := srv.Client.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{})
+				return err
+			},
+		} {
+			if err := create(); err != nil && !strings.Contains(err.Error(), "already exists") {
+				t.Fatal(err)
+			}
+		}
+		cfg := rest.CopyConfig(srv.Config)
+		cfg.Impersonate = rest.ImpersonationConfig{UserName: ServiceAccountUser("meshscope", kube.Identity)}
+		client, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		as := &Service{Issuer: m.issuer, Reviewer: KubeReviewer{Client: client}}
+		// RBAC grants are cached by the API server for a moment: retry while it catches up.
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			chain, err := as.Certify(ctx, token("web", Audience), csr())
+			if err == nil {
+				if chain[0].DNSNames[0] != Name(ns, "web") {
+					t.Fatalf("certificate for %v", chain[0].DNSNames)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the issuer's rules do not let it review tokens: %v", err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	})
 	if got, want := chain[0].DNSNames, Name(ns, "web"); len(got) != 1 || got[0] != want {
 		t.Fatalf("certificate names %v, want %s", got, want)
 	}
