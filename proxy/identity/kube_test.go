@@ -68,7 +68,10 @@ func TestTokenReviewAgainstTheAPIServer(t *testing.T) {
 			RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role.Name},
 			Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: "meshscope", Name: kube.Identity}}}
 		for _, create := range []func() error{
-			func() error { _, err := srv.Client.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); return err },
+			func() error {
+				_, err := srv.Client.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{})
+				return err
+			},
 			func() error {
 				_, err := srv.Client.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{})
 				return err
