@@ -319,8 +319,9 @@ every request with linkerd2-proxy's metric names, and streams live requests on /
   inbound  --inbound-listen  -> --inbound-forward (the local app), or without it each connection's
            original destination (where it was going before proxy init's rules redirected it)
   outbound --outbound-listen -> the service named by each request's Host/:authority, balanced over the
-           endpoints in --destinations; a redirected connection whose authority is not in the file (and
-           every opaque one) goes to its original destination, another is dialled as written
+           endpoints in --destinations, else those the discovery service (--destination-addr, proxy
+           destination) knows for it; a redirected connection whose authority neither knows (and every
+           opaque one) goes to its original destination, another is dialled as written
   routes   --outbound-route LISTEN=AUTHORITY -> AUTHORITY, for every connection
   admin    --admin-listen: /metrics /ready /live /log-level (GET shows, PUT changes) /tap
 

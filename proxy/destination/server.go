@@ -54,6 +54,7 @@ type Options struct {
 // Server is the discovery service. Make it with NewServer, run its informers with Run, and serve its
 // Handler.
 type Server struct {
+	client     kubernetes.Interface
 	cluster    *cluster
 	log        *slog.Logger
 	coalesce   time.Duration
@@ -130,7 +131,7 @@ func NewServer(client kubernetes.Interface, o Options) (*Server, error) {
 		}
 	}
 	s := &Server{
-		cluster: c, log: o.Log, coalesce: o.Coalesce, maxStreams: int64(o.MaxStreams),
+		client: client, cluster: c, log: o.Log, coalesce: o.Coalesce, maxStreams: int64(o.MaxStreams),
 		synced: make(chan struct{}), stopping: make(chan struct{}), wake: make(chan struct{}, 1),
 		watches: map[target]*watch{}, byKey: map[string]map[*watch]struct{}{}, dirty: map[string]struct{}{},
 	}
@@ -279,11 +280,13 @@ func (s *Server) Run(ctx context.Context) error {
 	return nil
 }
 
+// waitSynced waits for the informers' first lists. While they are missing it says why once a minute:
+// the informers retry a refused connection quietly, so it asks the API server itself for the reason.
 func (s *Server) waitSynced(ctx context.Context) error {
 	informers := []cache.SharedIndexInformer{s.cluster.services, s.cluster.slices, s.cluster.pods, s.cluster.replicaSets}
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
-	started, logged := time.Now(), false
+	nextLog := time.Now().Add(5 * time.Second)
 	for {
 		all := true
 		for _, inf := range informers {
@@ -292,9 +295,15 @@ func (s *Server) waitSynced(ctx context.Context) error {
 		if all {
 			return nil
 		}
-		if !logged && time.Since(started) > 5*time.Second {
-			logged = true
-			s.log.Warn("waiting for the kubernetes API server: endpoint streams wait until its first lists arrive")
+		if time.Now().After(nextLog) {
+			nextLog = time.Now().Add(time.Minute)
+			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			_, err := s.client.Discovery().RESTClient().Get().AbsPath("/version").DoRaw(pctx)
+			cancel()
+			if err == nil {
+				err = errors.New("its first lists have not arrived yet")
+			}
+			s.log.Warn("waiting for the kubernetes API server, retrying; endpoint streams wait", "err", err)
 		}
 		select {
 		case <-ctx.Done():

@@ -1,10 +1,14 @@
 package destination_test
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -195,5 +199,37 @@ func TestServesWithOnlyItsClusterRole(t *testing.T) {
 	u, _ := openStream(t, addr, "web."+c.ns+":80", "").waitFor("the endpoint", func(u destination.Update) bool { return len(u.Endpoints) == 1 })
 	if u.Endpoints[0].Labels["deployment"] != "web" {
 		t.Fatalf("endpoint %+v: its ReplicaSet's Deployment unknown", u.Endpoints[0])
+	}
+}
+
+// An API server that cannot be reached at start is logged once, with the reason, and retried; the
+// service stays up, not ready, and stops cleanly.
+func TestAPIServerDownAtStartIsRetriedNotFatal(t *testing.T) {
+	client, err := kubernetes.NewForConfig(&rest.Config{Host: "https://127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	srv, err := destination.NewServer(client, destination.Options{Log: slog.New(slog.NewTextHandler(logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	ran := make(chan error, 1)
+	go func() { ran <- srv.Run(ctx) }()
+	eventually(t, "the failure logged with its reason", func() bool {
+		return strings.Contains(logs.String(), "waiting for the kubernetes API server, retrying") && strings.Contains(logs.String(), "connection refused")
+	})
+	rec := httptest.NewRecorder()
+	srv.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/ready", nil))
+	if rec.Code != http.StatusServiceUnavailable {
+		t.Fatalf("/ready %d while the API server is down, want 503", rec.Code)
+	}
+	cancel()
+	if err := <-ran; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if n := strings.Count(logs.String(), "waiting for the kubernetes API server"); n != 1 {
+		t.Errorf("logged %d times, want once (then once a minute):\n%s", n, logs)
 	}
 }
