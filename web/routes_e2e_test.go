@@ -140,4 +140,9 @@ func TestRoutesOnTheDeploymentPageAndInTheTerminal(t *testing.T) {
 		!strings.Contains(out.String(), "voting.shop:8080") || !strings.Contains(out.String(), "-> voting-v2.shop:8080") {
 		t.Errorf("web routes table (exit %d):\n%s", code, out.String())
 	}
+	out.Reset()
+	if code := cli(t.Context(), []string{"routes", "deploy/voting", "-n", "shop", "--inbound", "--prometheus-url", prom.URL(), "--window", "10s"}, &out, &errOut); code != 0 ||
+		!strings.Contains(out.String(), "CALLER") || !strings.Contains(out.String(), "shop/web") {
+		t.Errorf("web routes --inbound (exit %d):\n%s", code, out.String())
+	}
 }
