@@ -26,8 +26,9 @@ const maxBatch = 512
 // batch instead of one per event, for a delay no one watching can see.
 const linger = 5 * time.Millisecond
 
-// writeTimeout is how long one batch may take to reach a reader: a client
-// that stops reading altogether is cut off after it, freeing its goroutine.
+// writeTimeout is how long one write to a reader may wait: a client that
+// stops reading altogether is cut off after it, freeing its goroutine, while
+// a slow one that keeps reading keeps its stream however long a batch takes.
 const writeTimeout = 10 * time.Second
 
 // Handler serves GET /tap: the NDJSON stream of the hub's events that pass
@@ -89,7 +90,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	// The admin server's read and write timeouts suit its short requests,
 	// not a stream: lift them (a background read past ReadTimeout would
-	// cancel the request) and bound each batch's write instead.
+	// cancel the request) and bound each write instead (progressWriter).
 	_ = rc.SetReadDeadline(time.Time{})
 	_ = rc.SetWriteDeadline(time.Time{})
 	w.Header().Set("Content-Type", tap.ContentType)
@@ -102,7 +103,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	log := h.log().With("peer", r.RemoteAddr, "filter", q.Encode())
 	log.Debug("tap stream started")
-	st := &stream{sub: sub, enc: tap.NewEncoder(w), rc: rc, now: h.Hub.now}
+	st := &stream{sub: sub, enc: tap.NewEncoder(progressWriter{w, rc}), rc: rc, now: h.Hub.now}
 	err = st.run(r.Context())
 	switch {
 	case err == nil:
@@ -196,7 +197,6 @@ func (st *stream) run(ctx context.Context) error {
 // batch writes first (when not nil), the events buffered behind it up to
 // maxBatch, a dropped event if any were lost, and flushes.
 func (st *stream) batch(first *tap.Event) error {
-	_ = st.rc.SetWriteDeadline(time.Now().Add(writeTimeout))
 	if first != nil {
 		if err := st.enc.Encode(first); err != nil {
 			return err
@@ -225,4 +225,17 @@ drain:
 		return err
 	}
 	return st.rc.Flush()
+}
+
+// progressWriter gives each write to the client writeTimeout of its own: a
+// deadline per batch would cut off a reader that is slow but never stops
+// (a batch is up to maxBatch events), and leave it half a line.
+type progressWriter struct {
+	w  http.ResponseWriter
+	rc *http.ResponseController
+}
+
+func (p progressWriter) Write(b []byte) (int, error) {
+	_ = p.rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	return p.w.Write(b)
 }
