@@ -63,7 +63,7 @@ The installed Prometheus is reached through the API server's service proxy unles
 		return err
 	}
 	c := &check.Checker{Client: client, Namespace: namespace, Timeout: timeout}
-	if c.Prometheus, err = prometheusTargets(ctx, cfg, client, namespace, prometheusURL, timeout); err != nil {
+	if c.Prometheus, c.PrometheusVia, err = prometheusTargets(ctx, cfg, client, namespace, prometheusURL, timeout); err != nil {
 		return err
 	}
 	results := c.Run(ctx)
@@ -90,22 +90,25 @@ The installed Prometheus is reached through the API server's service proxy unles
 	return nil
 }
 
-// prometheusTargets returns what asks Prometheus for its targets: the given URL, else the installed
-// Prometheus through the API server's service proxy (authenticated as the kubeconfig's user), else
-// nil when none is installed or the API server cannot say (its own check reports that).
-func prometheusTargets(ctx context.Context, cfg *rest.Config, client kubernetes.Interface, namespace, url string, timeout time.Duration) (check.Targets, error) {
+// prometheusTargets returns what asks Prometheus for its targets, and how it reaches it: the given
+// URL, else the installed Prometheus through the API server's service proxy (authenticated as the
+// kubeconfig's user), else nil when none is installed or the API server cannot say (its own check
+// reports that).
+func prometheusTargets(ctx context.Context, cfg *rest.Config, client kubernetes.Interface, namespace, url string, timeout time.Duration) (check.Targets, string, error) {
 	if url != "" {
-		return api.Dial(url, api.Options{Timeout: timeout})
+		q, err := api.Dial(url, api.Options{Timeout: timeout})
+		return q, url, err
 	}
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if _, err := client.AppsV1().Deployments(namespace).Get(cctx, kube.Prometheus, metav1.GetOptions{}); err != nil {
-		return nil, nil
+		return nil, "", nil
 	}
 	transport, err := rest.TransportFor(cfg)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	proxy := strings.TrimSuffix(cfg.Host, "/") + "/api/v1/namespaces/" + namespace + "/services/http:" + kube.Prometheus + ":" + strconv.Itoa(install.PrometheusPort) + "/proxy"
-	return api.Dial(proxy, api.Options{Timeout: timeout, Transport: transport})
+	q, err := api.Dial(proxy, api.Options{Timeout: timeout, Transport: transport})
+	return q, "service " + namespace + "/" + kube.Prometheus + " through the API server", err
 }

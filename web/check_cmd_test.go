@@ -121,6 +121,20 @@ func TestCheckAgainstTheAPIServer(t *testing.T) {
 			}
 		}
 	}
+	t.Run("the installed Prometheus is asked through the API server's service proxy", func(t *testing.T) {
+		// Without --prometheus-url: the request goes to the API server's proxy to the
+		// meshscope-prometheus Service, which answers 503 as the Service has no endpoints here (no
+		// kubelet, and the API server refuses loopback endpoints).
+		var stdout, stderr bytes.Buffer
+		code := cli(ctx, []string{"check", "--kubeconfig", srv.Kubeconfig, "--namespace", ns, "-o", "json"}, &stdout, &stderr)
+		var rs []check.Result
+		json.Unmarshal(stdout.Bytes(), &rs)
+		r := rs[len(rs)-1]
+		if code != 1 || r.Name != "prometheus-scrapes-proxies" || r.Status != check.Fail ||
+			r.Detail != "cannot ask Prometheus (service mesh-check/meshscope-prometheus through the API server) for its targets: targets: server_error: server error: 503" {
+			t.Errorf("exit %d, %+v", code, r)
+		}
+	})
 	t.Run("a control-plane pod not ready", func(t *testing.T) {
 		p, _ := client.CoreV1().Pods(ns).Get(ctx, "meshscope-destination-0", metav1.GetOptions{})
 		setReady(t, ctx, client, p, false, nil)

@@ -63,6 +63,8 @@ type Checker struct {
 	Namespace string
 	// Prometheus lists the proxies' scrape targets; nil when there is no Prometheus to ask.
 	Prometheus Targets
+	// PrometheusVia says how Prometheus is reached, for messages (its URL, or the service proxy).
+	PrometheusVia string
 	// ProbeNamespace is where the webhook check creates its dry-run Pod; empty means "default".
 	ProbeNamespace string
 	// Timeout bounds each check; zero means 15s.
@@ -307,7 +309,7 @@ func (c *Checker) scraping(ctx context.Context) Result {
 	targets, err := c.Prometheus.Targets(ctx, proxyJob)
 	if err != nil {
 		return fail(fmt.Sprintf("kubectl -n %s describe pods -l %s=meshscope-prometheus", c.Namespace, componentLabel),
-			"cannot ask Prometheus for its targets: %v", oneLine(err))
+			"cannot ask Prometheus (%s) for its targets: %v", c.PrometheusVia, oneLine(err))
 	}
 	health := map[string]v1.ActiveTarget{}
 	for _, t := range targets {
