@@ -39,6 +39,12 @@ func TestBinaryExitsWithOneLineOnBadConfiguration(t *testing.T) {
 			"proxy: --destinations: read destinations file: open /nonexistent.yaml: no such file or directory"},
 		{"init: bad port list", []string{"init", "--outbound-ports-to-ignore", "25,smtp"}, 2, `proxy init: invalid value "25,smtp" for flag -outbound-ports-to-ignore: port "smtp" is not a number in 1..65535`},
 		{"init: no such namespace", []string{"init", "--netns", "/nonexistent/ns"}, 1, "proxy init: network namespace: open /nonexistent/ns: no such file or directory"},
+		{"identity flags without trust anchors", []string{"--inbound-forward", "127.0.0.1:1", "--identity-addr", "127.0.0.1:8080"}, 2,
+			"proxy: --identity-trust-anchors is required with --identity-addr: the PEM file of the mesh's roots"},
+		{"identity: two ways to review tokens", []string{"identity", "--kubeconfig", "k", "--token-file", "t"}, 2,
+			"proxy identity: --kubeconfig and --token-file exclude each other: tokens are reviewed by the API server or by the file"},
+		{"identity: no trust anchors", []string{"identity", "--dir", "/nonexistent", "--token-file", "t"}, 1,
+			"proxy identity: --trust-anchors: open /nonexistent/ca.crt: no such file or directory"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

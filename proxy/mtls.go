@@ -193,7 +193,10 @@ func (m *meshTLS) accept(p *proxy, c net.Conn, srcTarget string, opaque bool) (s
 // dialTLS originates mutual TLS on c to a peer that must prove name.
 func (m *meshTLS) dialTLS(ctx context.Context, c net.Conn, name string) (net.Conn, error) {
 	tc := tls.Client(c, m.id.ClientConfig(name))
-	if err := tc.HandshakeContext(ctx); err != nil {
+	// The handshake has the dial's bound: a peer that accepts and never answers is an unreachable one.
+	hctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
 		c.Close()
 		m.refuse(Outbound, refusalReason(err), c.RemoteAddr().String(), err)
 		return nil, &tlsError{name: name, err: err}
