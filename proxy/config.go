@@ -323,7 +323,8 @@ every request with linkerd2-proxy's metric names, and streams live requests on /
            destination) knows for it; a redirected connection whose authority neither knows (and every
            opaque one) goes to its original destination, another is dialled as written
   routes   --outbound-route LISTEN=AUTHORITY -> AUTHORITY, for every connection
-  admin    --admin-listen: /metrics /ready /live /log-level (GET shows, PUT changes) /tap
+  admin    --admin-listen: /metrics /ready /live /log-level (GET shows, PUT changes: from loopback or with
+           the tap token) /tap; Host must be localhost, an IP address or match --admin-enforced-host
 
 A connection whose destination is the proxy's own listener is refused (proxy-loop, tcp_refused_total).
 In a pod, run "proxy init" first (see "proxy init --help") and the proxy as its --proxy-uid (2102).
