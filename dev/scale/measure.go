@@ -309,7 +309,7 @@ func walk(v any, r *result) {
 		for k, x := range v {
 			switch s := x.(type) {
 			case string:
-				if k == "source" && !slices.Contains(r.sources, s) {
+				if k == "source" && s != "" && !slices.Contains(r.sources, s) {
 					r.sources = append(r.sources, s)
 				}
 			case []any:
