@@ -510,7 +510,9 @@ func TestDemoShowsItsStoryThroughTheDashboard(t *testing.T) {
 			if backend == "prometheus" {
 				eventually(t, "web top and tap work with the demo's file alone", func() error { return checkCLI(r) })
 				checkCLIRefused(t, r)
-				checkFailedTapInBrowser(t, r.DashboardURL)
+				b := browser(t)
+				checkFirstScreenInBrowser(t, b, r.DashboardURL)
+				checkFailedTapInBrowser(t, b, r.DashboardURL)
 			}
 			eventually(t, "every Grafana expression returns data", func() error { return checkGrafana(r.PrometheusURL) })
 		})

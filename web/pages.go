@@ -138,7 +138,11 @@ type windowInfo struct {
 // not divided by time it did not run. One query per page.
 func (s *server) honestWindow(ctx context.Context, v viewState) (windowInfo, time.Duration, []string) {
 	info := windowInfo{Requested: windowNames[v.window], Seconds: v.window.Seconds(), Full: true}
+	if s.dataSince.full(time.Now(), v.window) {
+		return info, v.window, nil
+	}
 	since, full, ws, err := s.prom.DataSince(ctx, v.window)
+	s.dataSince.learn(time.Now(), since)
 	switch {
 	case err != nil:
 		f := api.Failure{Metric: "data since", Error: err.Error(), Err: err}

@@ -44,6 +44,8 @@ type server struct {
 	prom *api.Querier
 	// proxies finds the proxies to tap; nil means prom's targets.
 	proxies api.ProxyFinder
+	// dataSince spares pages of an established mesh the window query.
+	dataSince sinceCache
 }
 
 // serverMetrics are the dashboard's own metrics, on its own registry.
