@@ -76,28 +76,7 @@ esac
 log "building"
 go build -o "$tmp/bin/" ./proxy ./dev/bench/upstream ./dev/bench/reverseproxy ./dev/bench/load
 
-# free_port prints a TCP port nothing on this machine listens on (nor was handed out by this script).
-used=" "
-free_port() {
-	local p
-	for _ in $(seq 100); do
-		p=$((20000 + RANDOM % 30000))
-		if [[ $used != *" $p "* ]] && ! ss -Htln "sport = :$p" | grep -q .; then
-			used+="$p "
-			echo "$p"
-			return
-		fi
-	done
-	die "no free port found"
-}
-
-wait_port() { # port name
-	for _ in $(seq 100); do
-		(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return
-		sleep 0.1
-	done
-	die "$2 did not listen on 127.0.0.1:$1 within 10s (log: $tmp/$2.log)"
-}
+source dev/bench/ports.sh
 
 # start NAME COMMAND...: runs a server in the background (pinned as PIN says); its PID is in pid[NAME].
 declare -A pid port

@@ -42,27 +42,7 @@ trap 'exit 130' INT TERM
 log "building"
 go build -o "$tmp/bin/" ./proxy ./dev/bench/upstream ./dev/bench/load
 
-used=" "
-free_port() {
-	local p
-	for _ in $(seq 100); do
-		p=$((20000 + RANDOM % 30000))
-		if [[ $used != *" $p "* ]] && ! ss -Htln "sport = :$p" | grep -q .; then
-			used+="$p "
-			echo "$p"
-			return
-		fi
-	done
-	die "no free port found"
-}
-
-wait_port() { # port name
-	for _ in $(seq 100); do
-		(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return
-		sleep 0.1
-	done
-	die "$2 did not listen on 127.0.0.1:$1 within 10s"
-}
+source dev/bench/ports.sh
 
 upstream=$(free_port) inbound=$(free_port) admin=$(free_port)
 "$tmp/bin/upstream" --listen "127.0.0.1:$upstream" >"$tmp/upstream.log" 2>&1 &
@@ -74,7 +54,7 @@ wait_port "$upstream" upstream
 proxy=$!
 pids+=($proxy)
 wait_port "$inbound" proxy
-wait_port "$admin" "proxy admin"
+wait_port "$admin" proxy
 
 if [[ $TAP == 1 ]]; then
 	curl -sN "http://127.0.0.1:$admin/tap?max_rps=10000" >/dev/null 2>"$tmp/tap.log" &
