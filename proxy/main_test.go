@@ -45,6 +45,9 @@ func TestBinaryExitsWithOneLineOnBadConfiguration(t *testing.T) {
 			"proxy identity: --kubeconfig and --token-file exclude each other: tokens are reviewed by the API server or by the file"},
 		{"identity: no trust anchors", []string{"identity", "--dir", "/nonexistent", "--token-file", "t"}, 1,
 			"proxy identity: --trust-anchors: open /nonexistent/ca.crt: no such file or directory"},
+		{"destination: bad listen address", []string{"destination", "--listen", "8086"}, 2, `proxy destination: --listen "8086": want host:port`},
+		{"destination: no kubeconfig file", []string{"destination", "--kubeconfig", "/nonexistent/kubeconfig"}, 1, "proxy destination: kubeconfig: stat /nonexistent/kubeconfig: no such file or directory"},
+		{"bad discovery address", []string{"--inbound-forward", "127.0.0.1:1", "--destination-addr", "destination"}, 2, `proxy: --destination-addr "destination": want host:port`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
