@@ -62,6 +62,11 @@ func run(ctx context.Context, args []string) error {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	dir := filepath.Join(*cache, fmt.Sprintf("pods-%d", mesh.Pods()))
+	unlock, err := lockDir(dir, log)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	t, ok := loadTSDB(dir)
 	now := time.Now()
 	if *rebuild || !ok || t.Start.After(now.Add(-time.Hour-5*time.Minute)) || t.End.Before(now.Add(5*time.Minute)) {
@@ -83,6 +88,27 @@ func run(ctx context.Context, args []string) error {
 	}
 	printResults(os.Stdout, t, rs)
 	return nil
+}
+
+// lockDir holds an exclusive lock on dir's lock file until unlock, waiting
+// for another run that holds it: two runs building or measuring the same
+// cached TSDB at once would delete each other's blocks and share the cores.
+func lockDir(dir string, log *slog.Logger) (unlock func(), err error) {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(dir+".lock", os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		log.Info("another run holds the cached TSDB; waiting for it", "lock", f.Name())
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", f.Name(), err)
+		}
+	}
+	return func() { f.Close() }, nil
 }
 
 // printResults prints the figures as a Markdown table, raw and recorded side
