@@ -55,11 +55,12 @@ type Server struct {
 	procs []proc
 }
 
-// proc is a child process and the channel closed when it has exited.
+// proc is a child process, how it was started, and the channel closed when it has exited.
 type proc struct {
-	name string
-	cmd  *exec.Cmd
-	done chan struct{}
+	name, path, logName string
+	args                []string
+	cmd                 *exec.Cmd
+	done                chan struct{}
 }
 
 var shared struct {
@@ -197,25 +198,69 @@ func (s *Server) startEtcd(bin string) (string, error) {
 
 // spawn starts a child that dies with the test process even if Run never stops it.
 func (s *Server) spawn(path, logName string, args ...string) error {
-	logFile, err := os.Create(filepath.Join(s.Dir, logName))
+	p, err := s.startProc(path, logName, args)
 	if err != nil {
 		return err
+	}
+	s.procs = append(s.procs, p)
+	return nil
+}
+
+func (s *Server) startProc(path, logName string, args []string) (proc, error) {
+	logFile, err := os.OpenFile(filepath.Join(s.Dir, logName), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return proc{}, err
 	}
 	cmd := exec.Command(path, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := startOnLastingThread(cmd); err != nil {
 		logFile.Close()
-		return fmt.Errorf("start %s: %w", filepath.Base(path), err)
+		return proc{}, fmt.Errorf("start %s: %w", filepath.Base(path), err)
 	}
-	p := proc{name: filepath.Base(path), cmd: cmd, done: make(chan struct{})}
-	s.procs = append(s.procs, p)
+	p := proc{name: filepath.Base(path), path: path, logName: logName, args: args, cmd: cmd, done: make(chan struct{})}
 	go func() {
 		cmd.Wait()
 		logFile.Close()
 		close(p.done)
 	}()
-	return nil
+	return p, nil
+}
+
+// RestartAPIServer stops the API server (etcd keeps the data) and starts it again on the same address,
+// returning once it is ready: every client's watches are cut and must resume. Tests that use it must
+// not run in parallel with other tests of their package, which share the server.
+func (s *Server) RestartAPIServer(t testing.TB) {
+	t.Helper()
+	shared.Lock()
+	defer shared.Unlock()
+	for i, p := range s.procs {
+		if p.name != "kube-apiserver" {
+			continue
+		}
+		stopProc(p)
+		np, err := s.startProc(p.path, p.logName, p.args)
+		if err != nil {
+			t.Fatalf("kubetest: restart: %v", err)
+		}
+		s.procs[i] = np
+		if err := s.waitReady(3 * time.Minute); err != nil {
+			t.Fatalf("kubetest: restart: %v", err)
+		}
+		return
+	}
+	t.Fatal("kubetest: no kube-apiserver to restart")
+}
+
+// stopProc ends p: SIGTERM, then SIGKILL after 10 seconds.
+func stopProc(p proc) {
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+	}
 }
 
 // spawner runs functions on one OS thread that lives as long as the process.
@@ -276,14 +321,7 @@ func (s *Server) readLog(binary string) string {
 
 func (s *Server) stop() {
 	for i := len(s.procs) - 1; i >= 0; i-- {
-		p := s.procs[i]
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(10 * time.Second):
-			p.cmd.Process.Kill()
-			<-p.done
-		}
+		stopProc(s.procs[i])
 	}
 	if os.Getenv("KUBETEST_KEEP") != "" {
 		fmt.Fprintf(os.Stderr, "kubetest: KUBETEST_KEEP is set: logs and data kept in %s\n", s.Dir)

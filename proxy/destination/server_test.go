@@ -233,3 +233,30 @@ func TestAPIServerDownAtStartIsRetriedNotFatal(t *testing.T) {
 		t.Errorf("logged %d times, want once (then once a minute):\n%s", n, logs)
 	}
 }
+
+// The API server restarts mid-stream: the informers' watches are cut and resume, the proxies' sets
+// never lose an endpoint meanwhile, and a change made after the restart arrives.
+func TestWatchCutByAPIServerRestartLosesNothing(t *testing.T) {
+	c := newCluster(t)
+	addr, _ := startServer(t, "", destination.Options{})
+	rs := c.replicaSet("web", "web-1")
+	c.pod(podSpec{name: "web-1-a", ip: "10.50.0.1", owner: &rs})
+	c.pod(podSpec{name: "web-1-b", ip: "10.50.0.2", owner: &rs})
+	c.service("web", "", nil, httpPort...)
+	c.slice("web", "web-1", httpPort, epSpec{ip: "10.50.0.1", pod: "web-1-a"})
+	s := openStream(t, addr, "web."+c.ns+":80", "")
+	s.waitFor("pod a", func(u destination.Update) bool { return addrs(u) == "10.50.0.1:8080" })
+
+	kubetest.Start(t).RestartAPIServer(t)
+	c.slice("web", "web-1", httpPort, epSpec{ip: "10.50.0.1", pod: "web-1-a"}, epSpec{ip: "10.50.0.2", pod: "web-1-b"})
+	var lost []string
+	s.waitFor("both pods after the restart", func(u destination.Update) bool {
+		if !strings.Contains(addrs(u), "10.50.0.1:8080") {
+			lost = append(lost, addrs(u))
+		}
+		return addrs(u) == "10.50.0.1:8080,10.50.0.2:8080"
+	})
+	if len(lost) > 0 {
+		t.Fatalf("sets without pod a during the restart: %q", lost)
+	}
+}
