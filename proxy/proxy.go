@@ -100,6 +100,10 @@ func newProxy(cfg Config, log *slog.Logger, level *slog.LevelVar) (_ *proxy, err
 	}
 	if cfg.DestinationAddr != "" {
 		p.discovery = destination.NewClient(destination.ClientOptions{Addr: cfg.DestinationAddr, Namespace: cfg.Namespace, Log: log})
+		d := p.discovery
+		p.registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "discovery_authorities_refused_total",
+			Help: "Outbound authorities dialled as written because the proxy already follows as many as it may (10,000)."},
+			func() float64 { return float64(d.Refused.Load()) }))
 		sources = append(sources, p.discovery)
 	}
 	switch len(sources) {

@@ -63,12 +63,15 @@ type Client struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	subs   sync.Map // authority as asked and normalized -> *subscription
-	count  atomic.Int64
-	down   atomic.Bool // the last attempt to reach the service failed
-	full   atomic.Bool // maxSubscriptions reached and logged
-	logMu  sync.Mutex  // orders the down/up log lines
-	closed atomic.Bool
+	subs  sync.Map // authority as asked and normalized -> *subscription
+	count atomic.Int64
+	down  atomic.Bool // the last attempt to reach the service failed
+	full  atomic.Bool // maxSubscriptions reached and logged
+	// Refused counts lookups of new authorities dialled as written because maxSubscriptions were
+	// followed; the proxy exports it.
+	Refused atomic.Int64
+	logMu   sync.Mutex // orders the down/up log lines
+	closed  atomic.Bool
 }
 
 // subscription follows one authority.
@@ -148,6 +151,7 @@ func (c *Client) subscribe(authority string) (any, bool) {
 		return v, true
 	}
 	if c.closed.Load() || c.count.Load() >= maxSubscriptions {
+		c.Refused.Add(1)
 		if c.full.CompareAndSwap(false, true) {
 			c.log.Warn("discovery: too many authorities followed, new ones are dialled as written", "max", maxSubscriptions)
 		}

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -60,6 +62,8 @@ type Server struct {
 	coalesce   time.Duration
 	maxStreams int64
 	streams    atomic.Int64
+	refused    atomic.Int64  // streams refused past maxStreams
+	updates    atomic.Int64  // sets sent, one per stream and change
 	synced     chan struct{} // closed once every informer has its first full list
 	stopping   chan struct{} // closed when Run ends: open streams end
 	wake       chan struct{} // capacity 1: something is dirty
@@ -413,8 +417,8 @@ func (s *Server) subscribe(t target) (*subscriber, func()) {
 	}
 }
 
-// Handler serves the endpoint streams (GET /v1/endpoints), /ready (once the caches are synced) and
-// /live.
+// Handler serves the endpoint streams (GET /v1/endpoints), /ready (once the caches are synced), /live
+// and /metrics (streams open and refused, updates sent).
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/endpoints", s.serveEndpoints)
@@ -427,6 +431,18 @@ func (s *Server) Handler() http.Handler {
 		}
 	})
 	mux.HandleFunc("GET /live", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "live") })
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "destination_streams", Help: "Endpoint streams open."},
+			func() float64 { return float64(s.streams.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "destination_streams_refused_total", Help: "Endpoint streams refused because MaxStreams were open."},
+			func() float64 { return float64(s.refused.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "destination_updates_total", Help: "Endpoint sets written to streams."},
+			func() float64 { return float64(s.updates.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "destination_watched_targets", Help: "Distinct authorities with open streams."},
+			func() float64 { s.mu.Lock(); defer s.mu.Unlock(); return float64(len(s.watches)) }),
+	)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	return mux
 }
 
@@ -443,6 +459,7 @@ func (s *Server) serveEndpoints(w http.ResponseWriter, r *http.Request) {
 	}
 	if s.streams.Add(1) > s.maxStreams {
 		s.streams.Add(-1)
+		s.refused.Add(1)
 		http.Error(w, "too many endpoint streams open", http.StatusServiceUnavailable)
 		return
 	}
@@ -483,6 +500,7 @@ func (s *Server) serveEndpoints(w http.ResponseWriter, r *http.Request) {
 		if _, err := w.Write(line); err != nil {
 			return
 		}
+		s.updates.Add(1)
 		if err := rc.Flush(); err != nil {
 			return
 		}

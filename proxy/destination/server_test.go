@@ -3,6 +3,7 @@ package destination_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -133,6 +134,17 @@ func TestUnknownAuthorityIsNotFoundUntilItsServiceAppears(t *testing.T) {
 
 	c.service("later", "", nil, httpPort...)
 	s.waitFor("found once created", func(u destination.Update) bool { return u.Exists })
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"\ndestination_streams 2\n", "\ndestination_watched_targets 2\n", "\ndestination_streams_refused_total 0\n"} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("/metrics lacks %q:\n%s", strings.TrimSpace(want), metrics)
+		}
+	}
 
 	for _, bad := range []string{"no-port", "web:0", "web:99999", ""} {
 		resp, err := http.Get("http://" + addr + "/v1/endpoints?authority=" + url.QueryEscape(bad))
