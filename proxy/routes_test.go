@@ -195,7 +195,7 @@ func TestTimeoutsOverHTTP1AndH2c(t *testing.T) {
         timeouts: {response: 200ms}
       - name: request
         matches: [{path: {prefix: /request}}]
-        timeouts: {request: 300ms}
+        timeouts: {request: 2s} # long enough for the headers to arrive first on a loaded machine
         backends: [{authority: slowbody.shop:80}]
       - name: request-before-headers
         matches: [{path: {prefix: /both}}]
@@ -262,6 +262,8 @@ func startUnavailableGRPC(t *testing.T, late bool) (string, *atomic.Int64) {
 }
 
 func TestGRPCTimeoutIsDeadlineExceededAndRetriesTurnUnavailableIntoSuccess(t *testing.T) {
+	// The timeouts are long enough that a healthy answer on a loaded machine never meets them; only the
+	// calls the server never answers do.
 	okAddr, _ := startGRPC(t)
 	sickEarly, earlyN := startUnavailableGRPC(t, false)
 	sickLate, lateN := startUnavailableGRPC(t, true)
@@ -272,11 +274,11 @@ func TestGRPCTimeoutIsDeadlineExceededAndRetriesTurnUnavailableIntoSuccess(t *te
     routes:
       - name: unary
         matches: [{path: {exact: /meshscope.test.Echo/Unary}}]
-        timeouts: {response: 300ms}
+        timeouts: {response: 2s}
         retry: {grpc: unavailable, limit: 3}
       - name: whole-call
         matches: [{path: {exact: /meshscope.test.Echo/Unary}, headers: [{name: x-limit, value: request}]}]
-        timeouts: {request: 300ms}
+        timeouts: {request: 2s}
         retry: {grpc: unavailable, limit: 3}
 `, okAddr, sickEarly, sickLate))
 	conn := dialGRPCAuthority(t, p.addr("--outbound-listen").String(), "checkout.shop:9090")
