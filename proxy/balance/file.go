@@ -74,13 +74,13 @@ func (p parser) errorf(n *yaml.Node, where, format string, args ...any) error {
 // fields checks that n is a mapping with only the allowed keys, each at most once, and returns the values.
 func (p parser) fields(n *yaml.Node, where string, allowed ...string) (map[string]*yaml.Node, error) {
 	if n.Kind != yaml.MappingNode {
-		return nil, p.errorf(n, where, "want a mapping with %s, got %s", strings.Join(allowed, ", "), kindName(n))
+		return nil, p.errorf(n, where, "want a mapping with %s, got %s", strings.Join(allowed, ", "), routes.KindName(n))
 	}
 	out := make(map[string]*yaml.Node, len(n.Content)/2)
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
 		if k.Kind != yaml.ScalarNode {
-			return nil, p.errorf(k, where, "want a field name, got %s", kindName(k))
+			return nil, p.errorf(k, where, "want a field name, got %s", routes.KindName(k))
 		}
 		known := false
 		for _, a := range allowed {
@@ -110,7 +110,7 @@ func (p parser) top(n *yaml.Node) ([]serviceSpec, error) {
 		return nil, nil
 	}
 	if list.Kind != yaml.SequenceNode {
-		return nil, p.errorf(list, "services", "want a list, got %s", kindName(list))
+		return nil, p.errorf(list, "services", "want a list, got %s", routes.KindName(list))
 	}
 	services := make([]serviceSpec, 0, len(list.Content))
 	seen := make(map[string]int, len(list.Content))
@@ -160,7 +160,7 @@ func (p parser) service(n *yaml.Node, i int, known map[string]bool) (serviceSpec
 		return serviceSpec{}, p.errorf(n, where, "missing authority")
 	}
 	if an.Kind != yaml.ScalarNode {
-		return serviceSpec{}, p.errorf(an, where, "authority: want host:port, got %s", kindName(an))
+		return serviceSpec{}, p.errorf(an, where, "authority: want host:port, got %s", routes.KindName(an))
 	}
 	authority, err := normalizeFileAuthority(an.Value)
 	if err != nil {
@@ -180,7 +180,7 @@ func (p parser) service(n *yaml.Node, i int, known map[string]bool) (serviceSpec
 		// Annotation names have dots and slashes: read them as plain strings, not label names.
 		a := map[string]string{}
 		if an.Kind != yaml.MappingNode {
-			return serviceSpec{}, p.errorf(an, where, "annotations: want a mapping of name: value, got %s", kindName(an))
+			return serviceSpec{}, p.errorf(an, where, "annotations: want a mapping of name: value, got %s", routes.KindName(an))
 		}
 		if err := an.Decode(&a); err != nil {
 			return serviceSpec{}, p.errorf(an, where, "annotations: %s", oneLine(err.Error()))
@@ -217,7 +217,7 @@ func (p parser) service(n *yaml.Node, i int, known map[string]bool) (serviceSpec
 		return s, nil
 	}
 	if en.Kind != yaml.SequenceNode {
-		return serviceSpec{}, p.errorf(en, where, "endpoints: want a list, got %s", kindName(en))
+		return serviceSpec{}, p.errorf(en, where, "endpoints: want a list, got %s", routes.KindName(en))
 	}
 	seen := make(map[string]int, len(en.Content))
 	for j, epn := range en.Content {
@@ -231,7 +231,7 @@ func (p parser) service(n *yaml.Node, i int, known map[string]bool) (serviceSpec
 			return serviceSpec{}, p.errorf(epn, ewhere, "missing addr")
 		}
 		if addrn.Kind != yaml.ScalarNode {
-			return serviceSpec{}, p.errorf(addrn, ewhere, "addr: want host:port, got %s", kindName(addrn))
+			return serviceSpec{}, p.errorf(addrn, ewhere, "addr: want host:port, got %s", routes.KindName(addrn))
 		}
 		if err := checkAddr(addrn.Value); err != nil {
 			return serviceSpec{}, p.errorf(addrn, ewhere, "bad addr %q: %v", addrn.Value, err)
@@ -263,7 +263,7 @@ func (p parser) labels(n *yaml.Node, where string) (map[string]string, error) {
 		return nil, nil
 	}
 	if n.Kind != yaml.MappingNode {
-		return nil, p.errorf(n, where, "labels: want a mapping of name: value, got %s", kindName(n))
+		return nil, p.errorf(n, where, "labels: want a mapping of name: value, got %s", routes.KindName(n))
 	}
 	out := make(map[string]string, len(n.Content)/2)
 	for i := 0; i+1 < len(n.Content); i += 2 {
@@ -272,7 +272,7 @@ func (p parser) labels(n *yaml.Node, where string) (map[string]string, error) {
 			return nil, p.errorf(k, where, "bad label name %q: want letters, digits and _, not starting with a digit", k.Value)
 		}
 		if v.Kind != yaml.ScalarNode {
-			return nil, p.errorf(v, where, "label %q: want a plain value, got %s", k.Value, kindName(v))
+			return nil, p.errorf(v, where, "label %q: want a plain value, got %s", k.Value, routes.KindName(v))
 		}
 		if _, dup := out[k.Value]; dup {
 			return nil, p.errorf(k, where, "label %q given twice", k.Value)
@@ -289,7 +289,7 @@ func (p parser) identity(n *yaml.Node, where string) (string, error) {
 		return "", nil
 	}
 	if n.Kind != yaml.ScalarNode || !validIdentity(n.Value) {
-		return "", p.errorf(n, where, "bad identity %s: want a DNS name such as web.shop.serviceaccount.identity.meshscope.cluster.local", kindName(n))
+		return "", p.errorf(n, where, "bad identity %s: want a DNS name such as web.shop.serviceaccount.identity.meshscope.cluster.local", routes.KindName(n))
 	}
 	return n.Value, nil
 }
@@ -314,20 +314,6 @@ func validIdentity(s string) bool {
 
 func isNull(n *yaml.Node) bool {
 	return n.Kind == yaml.ScalarNode && n.Tag == "!!null"
-}
-
-func kindName(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a list"
-	case yaml.AliasNode:
-		return "an alias"
-	case yaml.ScalarNode:
-		return fmt.Sprintf("%q", n.Value)
-	}
-	return "nothing"
 }
 
 // validLabelName reports whether s, once prefixed with dst_, is a Prometheus label name.

@@ -42,7 +42,7 @@ func errorf(n *yaml.Node, format string, args ...any) error {
 // file). Errors name the route and the field.
 func ParseYAML(n *yaml.Node, base Policy, normalize func(string) (string, error)) ([]*Route, error) {
 	if n.Kind != yaml.SequenceNode {
-		return nil, errorf(n, "routes: want a list, got %s", kindName(n))
+		return nil, errorf(n, "routes: want a list, got %s", KindName(n))
 	}
 	var out []*Route
 	seen := map[string]int{}
@@ -94,7 +94,7 @@ func ParseYAML(n *yaml.Node, base Policy, normalize func(string) (string, error)
 
 func parseMatches(n *yaml.Node, where string) ([]Match, error) {
 	if n.Kind != yaml.SequenceNode {
-		return nil, errorf(n, "%s: matches: want a list, got %s", where, kindName(n))
+		return nil, errorf(n, "%s: matches: want a list, got %s", where, KindName(n))
 	}
 	var out []Match
 	for i, mn := range n.Content {
@@ -106,7 +106,7 @@ func parseMatches(n *yaml.Node, where string) ([]Match, error) {
 		var m Match
 		if v, ok := f["method"]; ok {
 			if v.Kind != yaml.ScalarNode || !validMethod(v.Value) {
-				return nil, errorf(v, "%s: method: want an HTTP method such as GET or POST, got %s", mw, kindName(v))
+				return nil, errorf(v, "%s: method: want an HTTP method such as GET or POST, got %s", mw, KindName(v))
 			}
 			m.Method = v.Value
 		}
@@ -120,7 +120,7 @@ func parseMatches(n *yaml.Node, where string) ([]Match, error) {
 			}
 			for k, v := range pf {
 				if v.Kind != yaml.ScalarNode {
-					return nil, errorf(v, "%s: path.%s: want a string, got %s", mw, k, kindName(v))
+					return nil, errorf(v, "%s: path.%s: want a string, got %s", mw, k, KindName(v))
 				}
 				m.Value = v.Value
 				switch k {
@@ -153,7 +153,7 @@ func parseMatches(n *yaml.Node, where string) ([]Match, error) {
 
 func parseHeaderMatches(n *yaml.Node, where string) ([]HeaderMatch, error) {
 	if n.Kind != yaml.SequenceNode {
-		return nil, errorf(n, "%s: headers: want a list, got %s", where, kindName(n))
+		return nil, errorf(n, "%s: headers: want a list, got %s", where, KindName(n))
 	}
 	var out []HeaderMatch
 	for i, hn := range n.Content {
@@ -174,12 +174,12 @@ func parseHeaderMatches(n *yaml.Node, where string) ([]HeaderMatch, error) {
 			return nil, errorf(hn, "%s: want exactly one of value, regex", hw)
 		case hasV:
 			if v.Kind != yaml.ScalarNode {
-				return nil, errorf(v, "%s: value: want a string, got %s", hw, kindName(v))
+				return nil, errorf(v, "%s: value: want a string, got %s", hw, KindName(v))
 			}
 			h.Value = v.Value
 		default:
 			if re.Kind != yaml.ScalarNode {
-				return nil, errorf(re, "%s: regex: want a string, got %s", hw, kindName(re))
+				return nil, errorf(re, "%s: regex: want a string, got %s", hw, KindName(re))
 			}
 			if h.re, err = compileWhole(re.Value); err != nil {
 				return nil, errorf(re, "%s: regex: %v", hw, err)
@@ -228,7 +228,7 @@ func parseRetry(n *yaml.Node, where string) (*Retry, error) {
 	kv := map[string]string{}
 	for k, v := range f {
 		if v.Kind != yaml.ScalarNode {
-			return nil, errorf(v, "%s: retry.%s: want a plain value, got %s", where, k, kindName(v))
+			return nil, errorf(v, "%s: retry.%s: want a plain value, got %s", where, k, KindName(v))
 		}
 		kv[k] = v.Value
 	}
@@ -304,7 +304,7 @@ func parseBackends(n *yaml.Node, where string, normalize func(string) (string, e
 		if wn, ok := f["weight"]; ok {
 			w, err := strconv.ParseUint(wn.Value, 10, 32)
 			if err != nil || wn.Kind != yaml.ScalarNode || w > 1_000_000 {
-				return nil, errorf(wn, "%s: weight: want a whole number in 0..1000000, got %s", bw, kindName(wn))
+				return nil, errorf(wn, "%s: weight: want a whole number in 0..1000000, got %s", bw, KindName(wn))
 			}
 			b.Weight = uint32(w)
 		}
@@ -333,13 +333,13 @@ func durationError(n *yaml.Node, err error) error {
 	if err != nil {
 		return err
 	}
-	return fmt.Errorf("want a duration, got %s", kindName(n))
+	return fmt.Errorf("want a duration, got %s", KindName(n))
 }
 
 // fields checks that n is a mapping with only the allowed keys, each at most once, and returns the values.
 func fields(n *yaml.Node, where string, allowed ...string) (map[string]*yaml.Node, error) {
 	if n.Kind != yaml.MappingNode {
-		return nil, errorf(n, "%s: want a mapping with %s, got %s", where, strings.Join(allowed, ", "), kindName(n))
+		return nil, errorf(n, "%s: want a mapping with %s, got %s", where, strings.Join(allowed, ", "), KindName(n))
 	}
 	out := make(map[string]*yaml.Node, len(n.Content)/2)
 	for i := 0; i+1 < len(n.Content); i += 2 {
@@ -359,16 +359,20 @@ func fields(n *yaml.Node, where string, allowed ...string) (map[string]*yaml.Nod
 	return out, nil
 }
 
-func kindName(n *yaml.Node) string {
+// KindName says what a YAML node is, for error messages about a field of the wrong kind: the routes
+// here and the rest of the destinations file (proxy/balance) word them alike.
+func KindName(n *yaml.Node) string {
 	switch n.Kind {
 	case yaml.MappingNode:
 		return "a mapping"
 	case yaml.SequenceNode:
 		return "a list"
+	case yaml.AliasNode:
+		return "an alias"
 	case yaml.ScalarNode:
 		return fmt.Sprintf("%q", n.Value)
 	}
-	return "something else"
+	return "nothing"
 }
 
 // validName reports whether s is a DNS label (RFC 1123), as Kubernetes names routes.
