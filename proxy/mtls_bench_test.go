@@ -219,19 +219,7 @@ func newMeshRigs(b *testing.B) map[string]*meshRig {
 func (r *meshRig) get(b *testing.B, c *http.Client, buf []byte) {
 	req, _ := http.NewRequest("GET", r.url, nil)
 	req.Host = "catalog.shop:8080"
-	res, err := c.Do(req)
-	if err != nil {
-		b.Fatal(err)
-	}
-	for {
-		if _, err := res.Body.Read(buf); err != nil {
-			break
-		}
-	}
-	res.Body.Close()
-	if res.StatusCode != 200 {
-		b.Fatal(res.Status)
-	}
+	benchDo(b, c, req, buf)
 }
 
 // roundTrip opens a connection through the rig's route, sends a line, reads it back and closes.

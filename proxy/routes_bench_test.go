@@ -69,19 +69,7 @@ func BenchmarkRoutes(b *testing.B) {
 			buf := make([]byte, 64)
 			b.ReportAllocs()
 			for b.Loop() {
-				res, err := client.Do(req)
-				if err != nil {
-					b.Fatal(err)
-				}
-				for {
-					if _, err := res.Body.Read(buf); err != nil {
-						break
-					}
-				}
-				res.Body.Close()
-				if res.StatusCode != 200 {
-					b.Fatal(res.Status)
-				}
+				benchDo(b, client, req, buf)
 			}
 		})
 	}
