@@ -18,14 +18,16 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/meshscope/meshscope/api/kube"
 )
 
 // Names fixed by the mesh's contract: the injector's containers and port, the annotations that
 // shape a pod's proxy, and the label prefix that names its workload.
 const (
-	ProxyContainer = "meshscope-proxy"
+	ProxyContainer = kube.ProxyContainer
 	InitContainer  = "meshscope-init"
-	AdminPortName  = "meshscope-admin"
+	AdminPortName  = kube.AdminPortName
 	// XtablesVolume is the init container's writable /run: iptables takes its lock file there, and
 	// the container's root filesystem is read-only.
 	XtablesVolume = "meshscope-init-xtables"

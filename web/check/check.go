@@ -15,16 +15,18 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/version"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/meshscope/meshscope/api"
+	"github.com/meshscope/meshscope/api/kube"
 )
 
 // Names shared with the injector and `web install`, which this package cannot import (the web
-// binary does not link the proxy's code).
+// binary does not link the proxy's code); the proxy's container and scrape job come from api/kube
+// and api.
 const (
-	proxyContainer    = "meshscope-proxy"
 	injectAnnotation  = "meshscope.io/inject"
 	componentLabel    = "meshscope.io/control-plane-component"
 	webhookConfigName = "meshscope-proxy-injector"
-	proxyJob          = "meshscope-proxy"
 )
 
 // MinVersion is the oldest Kubernetes the mesh supports: native sidecars (init containers with
@@ -209,7 +211,7 @@ func (c *Checker) webhook(ctx context.Context) Result {
 func hasProxy(p *corev1.Pod) bool {
 	for _, list := range [][]corev1.Container{p.Spec.InitContainers, p.Spec.Containers} {
 		for _, ct := range list {
-			if ct.Name == proxyContainer {
+			if ct.Name == kube.ProxyContainer {
 				return true
 			}
 		}
@@ -273,13 +275,13 @@ func (c *Checker) proxiesReady(ctx context.Context) Result {
 	}
 	for _, p := range pods {
 		statuses := append(slices.Clone(p.Status.InitContainerStatuses), p.Status.ContainerStatuses...)
-		i := slices.IndexFunc(statuses, func(s corev1.ContainerStatus) bool { return s.Name == proxyContainer })
+		i := slices.IndexFunc(statuses, func(s corev1.ContainerStatus) bool { return s.Name == kube.ProxyContainer })
 		if i < 0 || !statuses[i].Ready {
 			why := "no status yet"
 			if i >= 0 {
 				why = containerState(statuses[i].State)
 			}
-			return fail(fmt.Sprintf("kubectl -n %s logs %s -c %s", p.Namespace, p.Name, proxyContainer),
+			return fail(fmt.Sprintf("kubectl -n %s logs %s -c %s", p.Namespace, p.Name, kube.ProxyContainer),
 				"%s/%s: proxy not ready (%s)", p.Namespace, p.Name, why)
 		}
 	}
@@ -306,7 +308,7 @@ func (c *Checker) scraping(ctx context.Context) Result {
 	if err != nil {
 		return fail("", "%v", err)
 	}
-	targets, err := c.Prometheus.Targets(ctx, proxyJob)
+	targets, err := c.Prometheus.Targets(ctx, api.Job)
 	if err != nil {
 		return fail(fmt.Sprintf("kubectl -n %s describe pods -l %s=meshscope-prometheus", c.Namespace, componentLabel),
 			"cannot ask Prometheus (%s) for its targets: %v", c.PrometheusVia, oneLine(err))
@@ -320,10 +322,10 @@ func (c *Checker) scraping(ctx context.Context) Result {
 		t, found := health[key]
 		switch {
 		case !found:
-			return fail("check that Prometheus uses the scrape job "+proxyJob+" of api/kube/prometheus-kubernetes.yml and may list pods",
-				"%s: Prometheus has no target for its proxy (job %s)", key, proxyJob)
+			return fail("check that Prometheus uses the scrape job "+api.Job+" of api/kube/prometheus-kubernetes.yml and may list pods",
+				"%s: Prometheus has no target for its proxy (job %s)", key, api.Job)
 		case t.Health != v1.HealthGood:
-			return fail(fmt.Sprintf("kubectl -n %s logs %s -c %s", p.Namespace, p.Name, proxyContainer),
+			return fail(fmt.Sprintf("kubectl -n %s logs %s -c %s", p.Namespace, p.Name, kube.ProxyContainer),
 				"%s: Prometheus cannot scrape its proxy at %s: %s", key, t.ScrapeURL, t.LastError)
 		}
 	}
