@@ -14,6 +14,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/meshscope/meshscope/api/kube"
+	"github.com/meshscope/meshscope/api/meshid"
 	"github.com/meshscope/meshscope/proxy/identity"
 )
 
@@ -74,7 +75,7 @@ func identityMain(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})).With("component", "identity")
 
-	pool, _, err := identity.LoadTrustAnchors(orDefault(*anchors, identity.TrustAnchorsFile))
+	pool, _, err := meshid.LoadTrustAnchors(orDefault(*anchors, identity.TrustAnchorsFile))
 	if err != nil {
 		return fmt.Errorf("--trust-anchors: %w", err)
 	}
@@ -118,7 +119,7 @@ does) and the running issuer switches to them within --reload-interval; proxies 
 and trust, since both issuers chain to the same root.
 
 Flags:
-`, identity.Audience, identity.TrustDomain)
+`, meshid.Audience, meshid.TrustDomain)
 	fs.SetOutput(w)
 	fs.PrintDefaults()
 	fs.SetOutput(io.Discard)

@@ -14,8 +14,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/meshscope/meshscope/api/meshid"
 	"github.com/meshscope/meshscope/proxy/detect"
-	"github.com/meshscope/meshscope/proxy/identity"
 	"github.com/meshscope/meshscope/proxy/metrics"
 )
 
@@ -27,7 +27,7 @@ const opaqueTLSDetectTimeout = time.Second
 // meshTLS is the proxy's side of mutual TLS, nil when identity is off: its identity, and the refusals it
 // counts and logs.
 type meshTLS struct {
-	id      *identity.Client
+	id      *meshid.Client
 	log     *slog.Logger
 	refused *prometheus.CounterVec
 
@@ -53,11 +53,11 @@ const (
 )
 
 func newMeshTLS(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*meshTLS, error) {
-	pool, _, err := identity.LoadTrustAnchors(cfg.IdentityTrustAnchors)
+	pool, _, err := meshid.LoadTrustAnchors(cfg.IdentityTrustAnchors)
 	if err != nil {
 		return nil, fmt.Errorf("--identity-trust-anchors: %w", err)
 	}
-	id, err := identity.NewClient(identity.ClientConfig{
+	id, err := meshid.NewClient(meshid.ClientConfig{
 		Addr: cfg.IdentityAddr, ServerName: cfg.IdentityServerName, Anchors: pool, TokenFile: cfg.IdentityTokenFile, Log: log,
 	})
 	if err != nil {
@@ -112,7 +112,7 @@ func refusalReason(err error) string {
 		return refusedExpired
 	case errors.As(err, &hostname):
 		return refusedIdentityMismatch
-	case errors.Is(err, identity.ErrNoIdentity):
+	case errors.Is(err, meshid.ErrNoIdentity):
 		return refusedNoLocalIdentity
 	case errors.As(err, &op) && op.Op == "remote error":
 		return refusedByPeer
@@ -152,7 +152,7 @@ func (m *meshTLS) accept(p *proxy, c net.Conn, srcTarget string, opaque bool) (s
 	// A server name in the mesh's trust domain is meant for a proxy: this one answers with its own
 	// certificate, even for another workload's name, so that a client expecting someone else sees the
 	// mismatch (and refuses) rather than reach the app. Any other TLS is the app's own, passed through.
-	if !ok || !strings.HasSuffix(name, "."+identity.TrustDomain) {
+	if !ok || !strings.HasSuffix(name, "."+meshid.TrustDomain) {
 		src := counted(conn, metrics.TLS{NoTLSReason: metrics.NoTLSFromRemote})
 		if opaque && proto != detect.TLS {
 			return src, detect.Opaque, reasonOpaquePort, src
@@ -160,7 +160,7 @@ func (m *meshTLS) accept(p *proxy, c net.Conn, srcTarget string, opaque bool) (s
 		return src, proto, reason, src
 	}
 	if !m.id.Ready() {
-		m.refuse(Inbound, refusedNoLocalIdentity, c.RemoteAddr().String(), identity.ErrNoIdentity)
+		m.refuse(Inbound, refusedNoLocalIdentity, c.RemoteAddr().String(), meshid.ErrNoIdentity)
 		c.Close()
 		return nil, proto, reason, nil
 	}
@@ -173,7 +173,7 @@ func (m *meshTLS) accept(p *proxy, c net.Conn, srcTarget string, opaque bool) (s
 		c.Close()
 		return nil, proto, reason, nil
 	}
-	peer, err := identity.PeerName(tc.ConnectionState())
+	peer, err := meshid.PeerName(tc.ConnectionState())
 	if err != nil { // VerifyConnection refused it already: defence in depth
 		m.refuse(Inbound, refusedHandshake, c.RemoteAddr().String(), err)
 		c.Close()

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/meshscope/meshscope/api/meshid"
 	"github.com/meshscope/meshscope/proxy/identity"
 )
 
@@ -48,7 +49,7 @@ func newTestMesh(t testing.TB, lifetime time.Duration) *testMesh {
 	}
 	m := &testMesh{dir: dir, anchors: filepath.Join(dir, identity.TrustAnchorsFile), tokens: map[string]string{}}
 	var err error
-	if m.pool, _, err = identity.LoadTrustAnchors(m.anchors); err != nil {
+	if m.pool, _, err = meshid.LoadTrustAnchors(m.anchors); err != nil {
 		t.Fatal(err)
 	}
 	if m.issuer, err = identity.NewIssuer(filepath.Join(dir, identity.IssuerCertFile), filepath.Join(dir, identity.IssuerKeyFile), m.pool); err != nil {
@@ -134,7 +135,7 @@ func adminStatus(t testing.TB, p *proxy, path string) int {
 	return res.StatusCode
 }
 
-func name(sa string) string { return identity.Name("shop", sa) }
+func name(sa string) string { return meshid.Name("shop", sa) }
 
 // TestMutualTLSBetweenTwoProxies sends HTTP/1.1, h2c, gRPC streams and opaque TCP from a client proxy
 // (web) to server proxies (catalog, ledger) over mutual TLS, and checks what the metrics say of it.

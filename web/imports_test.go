@@ -33,13 +33,13 @@ func goList(t *testing.T, args ...string) []string {
 }
 
 // room names the top-level part of the house a package of this module lives in
-// ("api/tap" and "api/kube" are rooms of their own), or "" for packages outside the module.
+// ("api/tap", "api/kube" and "api/meshid" are rooms of their own), or "" for packages outside the module.
 func room(pkg string) string {
 	if pkg != module && !strings.HasPrefix(pkg, module+"/") {
 		return ""
 	}
 	rel := strings.TrimPrefix(strings.TrimPrefix(pkg, module), "/")
-	for _, own := range []string{"api/tap", "api/kube"} {
+	for _, own := range []string{"api/tap", "api/kube", "api/meshid"} {
 		if rel == own || strings.HasPrefix(rel, own+"/") {
 			return own
 		}
@@ -51,17 +51,20 @@ func room(pkg string) string {
 // TestImportsRunOneWay keeps the house of STYLE.md: web -> api -> api/tap,
 // web -> views, web -> static, proxy -> api/tap; views pure; nothing imports
 // dev or another room's main. api/kube (Kubernetes API access shared by the
-// dashboard and the proxy's control-plane subcommands) is open to every room.
+// dashboard and the proxy's control-plane subcommands) and api/meshid (a
+// workload's mesh identity: names, the issuer's wire, its certificate, which
+// both the proxy and the dashboard hold) are open to every room.
 func TestImportsRunOneWay(t *testing.T) {
 	allowed := map[string][]string{
-		"web":      {"web", "api", "api/tap", "api/kube", "views", "static"},
-		"api":      {"api", "api/tap", "api/kube"},
-		"api/tap":  {"api/tap"},
-		"api/kube": {"api/kube"},
-		"views":    {"views"},
-		"static":   {"static"},
-		"proxy":    {"proxy", "api/tap", "api/kube"},
-		"dev":      {"dev", "api", "api/tap", "api/kube"},
+		"web":        {"web", "api", "api/tap", "api/kube", "api/meshid", "views", "static"},
+		"api":        {"api", "api/tap", "api/kube", "api/meshid"},
+		"api/tap":    {"api/tap"},
+		"api/kube":   {"api/kube"},
+		"api/meshid": {"api/meshid"},
+		"views":      {"views"},
+		"static":     {"static"},
+		"proxy":      {"proxy", "api/tap", "api/kube", "api/meshid"},
+		"dev":        {"dev", "api", "api/tap", "api/kube", "api/meshid"},
 	}
 	for _, line := range goList(t, "-f", "{{.ImportPath}} {{join .Imports \" \"}}", "./...") {
 		fields := strings.Fields(line)

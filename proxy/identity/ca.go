@@ -15,6 +15,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/meshscope/meshscope/api/meshid"
 )
 
 // File names in a directory that --generate writes and the issuer reads by default.
@@ -30,8 +32,6 @@ const (
 const (
 	AnchorLifetime = 10 * 365 * 24 * time.Hour
 	IssuerLifetime = 365 * 24 * time.Hour
-	// MaxAnchors bounds the trust bundle: the current root, and the next during a root rotation.
-	MaxAnchors = 2
 )
 
 // Generate writes a new issuer certificate and key into dir, signed by the trust anchor there (ca.crt
@@ -49,7 +49,7 @@ func Generate(dir string, now time.Time) ([]string, error) {
 			return nil, fmt.Errorf("%s exists without %s: cannot sign a new issuer (bring the root's key, or generate in an empty directory)", anchorPath, keyPath)
 		}
 		var key *ecdsa.PrivateKey
-		if root, key, err = newCA(nil, nil, "root."+TrustDomain, now, AnchorLifetime, 1); err != nil {
+		if root, key, err = newCA(nil, nil, "root."+meshid.TrustDomain, now, AnchorLifetime, 1); err != nil {
 			return nil, err
 		}
 		rootKey = key
@@ -63,7 +63,7 @@ func Generate(dir string, now time.Time) ([]string, error) {
 	case err != nil:
 		return nil, err
 	}
-	issuer, issuerKey, err := newCA(root, rootKey, TrustDomain, now, min(IssuerLifetime, root.NotAfter.Sub(now)), 0)
+	issuer, issuerKey, err := newCA(root, rootKey, meshid.TrustDomain, now, min(IssuerLifetime, root.NotAfter.Sub(now)), 0)
 	if err != nil {
 		return nil, err
 	}
@@ -117,7 +117,7 @@ func serial() *big.Int {
 
 // loadPair reads a certificate and its key; the error names the file and says when they do not match.
 func loadPair(certPath, keyPath string) (*x509.Certificate, crypto.Signer, error) {
-	certs, err := LoadCertificates(certPath)
+	certs, err := meshid.LoadCertificates(certPath)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -133,61 +133,6 @@ func loadPair(certPath, keyPath string) (*x509.Certificate, crypto.Signer, error
 		return nil, nil, fmt.Errorf("%s does not match the certificate in %s", keyPath, certPath)
 	}
 	return certs[0], key, nil
-}
-
-// LoadCertificates reads every certificate of a PEM file, at least one.
-func LoadCertificates(path string) ([]*x509.Certificate, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	certs, err := parseCertificates(data)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return certs, nil
-}
-
-func parseCertificates(data []byte) ([]*x509.Certificate, error) {
-	var certs []*x509.Certificate
-	for {
-		var b *pem.Block
-		b, data = pem.Decode(data)
-		if b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			return nil, fmt.Errorf("unexpected PEM block %q: want CERTIFICATE", b.Type)
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		certs = append(certs, c)
-	}
-	if len(certs) == 0 {
-		return nil, errors.New("no PEM CERTIFICATE block")
-	}
-	return certs, nil
-}
-
-// LoadTrustAnchors reads the trust anchor bundle: one or two (MaxAnchors) self-signed CA certificates.
-func LoadTrustAnchors(path string) (*x509.CertPool, []*x509.Certificate, error) {
-	certs, err := LoadCertificates(path)
-	if err != nil {
-		return nil, nil, err
-	}
-	if len(certs) > MaxAnchors {
-		return nil, nil, fmt.Errorf("%s: %d certificates: a trust bundle holds at most %d roots (the current and the next)", path, len(certs), MaxAnchors)
-	}
-	pool := x509.NewCertPool()
-	for _, c := range certs {
-		if !c.IsCA {
-			return nil, nil, fmt.Errorf("%s: %q is not a CA certificate", path, c.Subject.CommonName)
-		}
-		pool.AddCert(c)
-	}
-	return pool, certs, nil
 }
 
 // parseKey reads a PEM private key: PKCS#8, SEC 1 (EC PRIVATE KEY) or PKCS#1 (RSA).

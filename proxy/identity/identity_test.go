@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/meshscope/meshscope/api/meshid"
 	"github.com/meshscope/meshscope/dev/kubetest"
 )
 
@@ -36,7 +37,7 @@ func newMesh(t *testing.T) *mesh {
 	if _, err := Generate(dir, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	pool, _, err := LoadTrustAnchors(filepath.Join(dir, TrustAnchorsFile))
+	pool, _, err := meshid.LoadTrustAnchors(filepath.Join(dir, TrustAnchorsFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,14 +84,14 @@ func tokenFile(t *testing.T, users map[string]string) *FileReviewer {
 func TestProxyGetsACertificateForItsServiceAccountOnly(t *testing.T) {
 	m := newMesh(t)
 	addr := m.serve(t, tokenFile(t, map[string]string{"web-token": ServiceAccountUser("shop", "web")}), nil)
-	c, err := NewClient(ClientConfig{Addr: addr, Anchors: m.anchors, TokenFile: writeToken(t, "web-token")})
+	c, err := meshid.NewClient(meshid.ClientConfig{Addr: addr, Anchors: m.anchors, TokenFile: writeToken(t, "web-token")})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.Ready() {
 		t.Fatal("ready before any certificate")
 	}
-	cert, err := c.fetch(context.Background())
+	cert, err := c.Fetch(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +102,7 @@ func TestProxyGetsACertificateForItsServiceAccountOnly(t *testing.T) {
 	if life := leaf.NotAfter.Sub(leaf.NotBefore); life < 24*time.Hour || life > 24*time.Hour+2*clockSkew {
 		t.Errorf("certificate lives %v, want 24h", life)
 	}
-	if _, ok := leaf.PublicKey.(*ecdsa.PublicKey); !ok || !publicKeysEqual(leaf.PublicKey, c.key.Public()) {
+	if _, ok := leaf.PublicKey.(*ecdsa.PublicKey); !ok || !publicKeysEqual(leaf.PublicKey, cert.PrivateKey.(*ecdsa.PrivateKey).Public()) {
 		t.Error("certificate is not for the proxy's own P-256 key")
 	}
 	if _, err := m.issuer.Certificate().Verify(x509.VerifyOptions{Roots: m.anchors}); err != nil {
@@ -130,8 +131,8 @@ func TestIssuerRefuses(t *testing.T) {
 	}{
 		{"an unknown token", "nobody", csrFor(), "unknown token"},
 		{"a user that is not a ServiceAccount", "user-token", csrFor(), "not a ServiceAccount"},
-		{"a request for another workload's name", "web-token", csrFor(Name("shop", "checkout")), "the token proves web.shop"},
-		{"a request for its own name and another", "web-token", csrFor(Name("shop", "web"), "evil.example"), "evil.example"},
+		{"a request for another workload's name", "web-token", csrFor(meshid.Name("shop", "checkout")), "the token proves web.shop"},
+		{"a request for its own name and another", "web-token", csrFor(meshid.Name("shop", "web"), "evil.example"), "evil.example"},
 		{"a malformed request", "web-token", []byte("garbage"), "certificate request"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -142,22 +143,22 @@ func TestIssuerRefuses(t *testing.T) {
 		})
 	}
 	t.Run("its own name", func(t *testing.T) {
-		chain, err := svc.Certify(context.Background(), "web-token", csrFor(Name("shop", "web")))
-		if err != nil || chain[0].DNSNames[0] != Name("shop", "web") {
+		chain, err := svc.Certify(context.Background(), "web-token", csrFor(meshid.Name("shop", "web")))
+		if err != nil || chain[0].DNSNames[0] != meshid.Name("shop", "web") {
 			t.Fatalf("got %v, %v", chain, err)
 		}
 	})
 	t.Run("over the wire, a client with an unknown token has no certificate", func(t *testing.T) {
-		c, _ := NewClient(ClientConfig{Addr: addr, Anchors: m.anchors, TokenFile: writeToken(t, "nobody")})
-		if _, err := c.fetch(context.Background()); err == nil || !strings.Contains(err.Error(), "403") {
+		c, _ := meshid.NewClient(meshid.ClientConfig{Addr: addr, Anchors: m.anchors, TokenFile: writeToken(t, "nobody")})
+		if _, err := c.Fetch(context.Background()); err == nil || !strings.Contains(err.Error(), "403") {
 			t.Fatalf("got %v, want 403", err)
 		}
 	})
 	t.Run("a client that does not trust the issuer's anchor refuses it", func(t *testing.T) {
 		other := newMesh(t)
-		c, _ := NewClient(ClientConfig{Addr: addr, Anchors: other.anchors, TokenFile: writeToken(t, "web-token")})
+		c, _ := meshid.NewClient(meshid.ClientConfig{Addr: addr, Anchors: other.anchors, TokenFile: writeToken(t, "web-token")})
 		var uae x509.UnknownAuthorityError
-		if _, err := c.fetch(context.Background()); !errors.As(err, &uae) {
+		if _, err := c.Fetch(context.Background()); !errors.As(err, &uae) {
 			t.Fatalf("got %v, want an unknown authority", err)
 		}
 	})
@@ -166,11 +167,11 @@ func TestIssuerRefuses(t *testing.T) {
 func TestIssuerRateLimits(t *testing.T) {
 	m := newMesh(t)
 	addr := m.serve(t, tokenFile(t, map[string]string{"web-token": ServiceAccountUser("shop", "web")}), rate.NewLimiter(rate.Every(time.Hour), 1))
-	c, _ := NewClient(ClientConfig{Addr: addr, Anchors: m.anchors, TokenFile: writeToken(t, "web-token")})
-	if _, err := c.fetch(context.Background()); err != nil {
+	c, _ := meshid.NewClient(meshid.ClientConfig{Addr: addr, Anchors: m.anchors, TokenFile: writeToken(t, "web-token")})
+	if _, err := c.Fetch(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.fetch(context.Background()); err == nil || !strings.Contains(err.Error(), "429") {
+	if _, err := c.Fetch(context.Background()); err == nil || !strings.Contains(err.Error(), "429") {
 		t.Fatalf("second request in the hour: %v, want 429", err)
 	}
 }
@@ -180,8 +181,8 @@ func TestIssuerRateLimits(t *testing.T) {
 func TestIssuerRotation(t *testing.T) {
 	m := newMesh(t)
 	addr := m.serve(t, tokenFile(t, map[string]string{"web-token": ServiceAccountUser("shop", "web")}), nil)
-	c, _ := NewClient(ClientConfig{Addr: addr, Anchors: m.anchors, TokenFile: writeToken(t, "web-token")})
-	before, err := c.fetch(context.Background())
+	c, _ := meshid.NewClient(meshid.ClientConfig{Addr: addr, Anchors: m.anchors, TokenFile: writeToken(t, "web-token")})
+	before, err := c.Fetch(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +197,7 @@ func TestIssuerRotation(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	after, err := c.fetch(context.Background())
+	after, err := c.Fetch(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -246,7 +247,7 @@ func TestTrustAnchors(t *testing.T) {
 	}
 	bundle := filepath.Join(t.TempDir(), "bundle.crt")
 	os.WriteFile(bundle, []byte(read(a)+read(b)), 0o644)
-	pool, certs, err := LoadTrustAnchors(bundle)
+	pool, certs, err := meshid.LoadTrustAnchors(bundle)
 	if err != nil || len(certs) != 2 {
 		t.Fatalf("two roots: %v %v", certs, err)
 	}
@@ -257,11 +258,11 @@ func TestTrustAnchors(t *testing.T) {
 		}
 	}
 	os.WriteFile(bundle, []byte(read(a)+read(b)+read(c)), 0o644)
-	if _, _, err := LoadTrustAnchors(bundle); err == nil || !strings.Contains(err.Error(), "at most 2") {
+	if _, _, err := meshid.LoadTrustAnchors(bundle); err == nil || !strings.Contains(err.Error(), "at most 2") {
 		t.Errorf("three roots: %v", err)
 	}
 	os.WriteFile(bundle, []byte("not pem"), 0o644)
-	if _, _, err := LoadTrustAnchors(bundle); err == nil || !strings.Contains(err.Error(), "no PEM CERTIFICATE") {
+	if _, _, err := meshid.LoadTrustAnchors(bundle); err == nil || !strings.Contains(err.Error(), "no PEM CERTIFICATE") {
 		t.Errorf("garbage: %v", err)
 	}
 }
@@ -284,7 +285,7 @@ func TestBringYourOwnIssuer(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "root.pem"), certPEM(root), 0o644)
 	os.WriteFile(filepath.Join(dir, "issuer.pem"), certPEM(issuerCert), 0o644)
 	os.WriteFile(filepath.Join(dir, "issuer-key.pem"), keyPEM(ikey), 0o600)
-	pool, _, err := LoadTrustAnchors(filepath.Join(dir, "root.pem"))
+	pool, _, err := meshid.LoadTrustAnchors(filepath.Join(dir, "root.pem"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -293,7 +294,7 @@ func TestBringYourOwnIssuer(t *testing.T) {
 		t.Fatal(err)
 	}
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	chain, err := is.Sign(key.Public(), Name("shop", "web"))
+	chain, err := is.Sign(key.Public(), meshid.Name("shop", "web"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/meshscope/meshscope/api/meshid"
 )
 
 // DefaultLifetime is how long a workload certificate is valid: a day, renewed at 70% of it by the proxy.
@@ -183,7 +185,7 @@ func (st *issuerState) sign(pub crypto.PublicKey, name string, now time.Time, li
 	return []*x509.Certificate{leaf, st.cert}, nil
 }
 
-// servingCertificate is the issuer service's own TLS certificate, for IssuerName, signed by the issuer in
+// servingCertificate is the issuer service's own TLS certificate, for meshid.IssuerName, signed by the issuer in
 // use (made once per issuer, so a rotation changes it too).
 func (is *Issuer) servingCertificate() (*tls.Certificate, error) {
 	st := is.cur.Load()
@@ -194,7 +196,7 @@ func (is *Issuer) servingCertificate() (*tls.Certificate, error) {
 			return
 		}
 		// The service's certificate lives as long as the issuer: it is re-made only when the issuer changes.
-		chain, err := st.sign(key.Public(), IssuerName, is.now(), st.cert.NotAfter.Sub(is.now()))
+		chain, err := st.sign(key.Public(), meshid.IssuerName, is.now(), st.cert.NotAfter.Sub(is.now()))
 		if err != nil {
 			st.servingErr = err
 			return

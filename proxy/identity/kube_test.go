@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/meshscope/meshscope/api/kube"
+	"github.com/meshscope/meshscope/api/meshid"
 	"github.com/meshscope/meshscope/dev/kubetest"
 )
 
@@ -56,7 +57,7 @@ func TestTokenReviewAgainstTheAPIServer(t *testing.T) {
 		return der
 	}
 
-	chain, err := svc.Certify(ctx, token("web", Audience), csr())
+	chain, err := svc.Certify(ctx, token("web", meshid.Audience), csr())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,9 +92,9 @@ func TestTokenReviewAgainstTheAPIServer(t *testing.T) {
 		// RBAC grants are cached by the API server for a moment: retry while it catches up.
 		deadline := time.Now().Add(30 * time.Second)
 		for {
-			chain, err := as.Certify(ctx, token("web", Audience), csr())
+			chain, err := as.Certify(ctx, token("web", meshid.Audience), csr())
 			if err == nil {
-				if chain[0].DNSNames[0] != Name(ns, "web") {
+				if chain[0].DNSNames[0] != meshid.Name(ns, "web") {
 					t.Fatalf("certificate for %v", chain[0].DNSNames)
 				}
 				break
@@ -104,7 +105,7 @@ func TestTokenReviewAgainstTheAPIServer(t *testing.T) {
 			time.Sleep(200 * time.Millisecond)
 		}
 	})
-	if got, want := chain[0].DNSNames, Name(ns, "web"); len(got) != 1 || got[0] != want {
+	if got, want := chain[0].DNSNames, meshid.Name(ns, "web"); len(got) != 1 || got[0] != want {
 		t.Fatalf("certificate names %v, want %s", got, want)
 	}
 
@@ -114,7 +115,7 @@ func TestTokenReviewAgainstTheAPIServer(t *testing.T) {
 		want        string
 	}{
 		{"a token for another audience", token("web", "https://kubernetes.default.svc.cluster.local"), csr(), "audience"},
-		{"a request for another ServiceAccount's name", token("web", Audience), csr(Name(ns, "checkout")), "the token proves web." + ns},
+		{"a request for another ServiceAccount's name", token("web", meshid.Audience), csr(meshid.Name(ns, "checkout")), "the token proves web." + ns},
 		{"a forged token", "eyJhbGciOiJSUzI1NiJ9.e30.c2lnbmF0dXJl", csr(), "not proven"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -127,14 +128,14 @@ func TestTokenReviewAgainstTheAPIServer(t *testing.T) {
 
 	// The same code path reviews tokens of a file outside a cluster: the same answers.
 	t.Run("the file reviewer agrees", func(t *testing.T) {
-		web := token("web", Audience)
+		web := token("web", meshid.Audience)
 		fr := tokenFile(t, map[string]string{web: ServiceAccountUser(ns, "web")})
 		fsvc := &Service{Issuer: m.issuer, Reviewer: fr}
 		chain, err := fsvc.Certify(ctx, web, csr())
-		if err != nil || chain[0].DNSNames[0] != Name(ns, "web") {
+		if err != nil || chain[0].DNSNames[0] != meshid.Name(ns, "web") {
 			t.Fatalf("got %v %v", chain, err)
 		}
-		if _, err := fsvc.Certify(ctx, web, csr(Name(ns, "checkout"))); !errors.Is(err, ErrNotProven) {
+		if _, err := fsvc.Certify(ctx, web, csr(meshid.Name(ns, "checkout"))); !errors.Is(err, ErrNotProven) {
 			t.Fatalf("another name: %v", err)
 		}
 	})

@@ -3,6 +3,7 @@ package identity
 import (
 	"context"
 	"crypto/subtle"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -15,6 +16,8 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/meshscope/meshscope/api/meshid"
 )
 
 // TokenReviewer says whom a bearer token authenticates, for the given audiences: Kubernetes' TokenReview.
@@ -33,7 +36,7 @@ type Review struct {
 	Error         string
 }
 
-// prove returns the identity a review proves: an authenticated ServiceAccount token for Audience.
+// prove returns the identity a review proves: an authenticated ServiceAccount token for meshid.Audience.
 func prove(r Review) (string, error) {
 	if !r.Authenticated {
 		reason := r.Error
@@ -42,12 +45,35 @@ func prove(r Review) (string, error) {
 		}
 		return "", fmt.Errorf("%w: %s", ErrNotProven, reason)
 	}
-	if !slices.Contains(r.Audiences, Audience) {
-		return "", fmt.Errorf("%w: token is not for the audience %s", ErrNotProven, Audience)
+	if !slices.Contains(r.Audiences, meshid.Audience) {
+		return "", fmt.Errorf("%w: token is not for the audience %s", ErrNotProven, meshid.Audience)
 	}
 	name, err := nameOfUser(r.User)
 	if err != nil {
 		return "", fmt.Errorf("%w: %v", ErrNotProven, err)
+	}
+	return name, nil
+}
+
+// ErrNotProven is the issuer's answer to a request whose token does not prove the name it asks for, or
+// does not prove any.
+var ErrNotProven = errors.New("identity not proven")
+
+// serviceAccountPrefix begins the user name Kubernetes gives a ServiceAccount token: system:serviceaccount:<ns>:<sa>.
+const serviceAccountPrefix = "system:serviceaccount:"
+
+// nameOfUser returns the identity proven by a ServiceAccount token's user name.
+func nameOfUser(user string) (string, error) {
+	rest, ok := strings.CutPrefix(user, serviceAccountPrefix)
+	if !ok {
+		return "", fmt.Errorf("user %q is not a ServiceAccount", user)
+	}
+	ns, sa, ok := strings.Cut(rest, ":")
+	name := meshid.Name(ns, sa)
+	// ParseName checks both are RFC 1123 labels: a ServiceAccount name with a dot would parse back as
+	// another namespace, and is refused.
+	if pns, psa, err := meshid.ParseName(name); !ok || err != nil || pns != ns || psa != sa {
+		return "", fmt.Errorf("user %q: want %s<namespace>:<name>", user, serviceAccountPrefix)
 	}
 	return name, nil
 }
@@ -166,13 +192,13 @@ func (f *FileReviewer) load() ([]fileToken, error) {
 	return f.tokens, nil
 }
 
-// WriteTokenFile writes a FileReviewer's file: each token mapped to its ServiceAccount user, for Audience.
+// WriteTokenFile writes a FileReviewer's file: each token mapped to its ServiceAccount user, for meshid.Audience.
 func WriteTokenFile(path string, users map[string]string) error {
 	var doc struct {
 		Tokens []fileToken `yaml:"tokens"`
 	}
 	for token, user := range users {
-		doc.Tokens = append(doc.Tokens, fileToken{Token: token, User: user, Audiences: []string{Audience}})
+		doc.Tokens = append(doc.Tokens, fileToken{Token: token, User: user, Audiences: []string{meshid.Audience}})
 	}
 	slices.SortFunc(doc.Tokens, func(a, b fileToken) int { return strings.Compare(a.User, b.User) })
 	data, err := yaml.Marshal(doc)

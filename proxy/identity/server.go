@@ -13,34 +13,12 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/meshscope/meshscope/api/meshid"
 )
 
-// The issuer's wire: HTTPS (TLS 1.3, the service presenting IssuerName's certificate), one JSON request
-// and answer, both bounded.
-//
-//	POST /v1/certify  {"token": "<ServiceAccount token>", "csr": "<base64 DER certificate request>"}
-//	200 {"chain": ["<base64 DER leaf>", "<base64 DER issuer>"]}
-//	4xx/5xx {"error": "..."}: 400 a malformed request or CSR, 403 an identity not proven, 429 too many
-//	requests (Retry-After), 503 the token could not be reviewed.
-const CertifyPath = "/v1/certify"
-
-// Bounds of the issuer's requests.
-const (
-	maxRequestBytes = 64 << 10
-	maxTokenBytes   = 16 << 10
-	// reviewTimeout bounds the TokenReview of one request.
-	reviewTimeout = 5 * time.Second
-)
-
-type certifyRequest struct {
-	Token string `json:"token"`
-	CSR   []byte `json:"csr"` // base64 in JSON
-}
-
-type certifyResponse struct {
-	Chain [][]byte `json:"chain,omitempty"`
-	Error string   `json:"error,omitempty"`
-}
+// reviewTimeout bounds the TokenReview of one request.
+const reviewTimeout = 5 * time.Second
 
 // Service is the issuer service: it signs a proxy's certificate request for the identity its
 // ServiceAccount token proves, and for no other name.
@@ -66,12 +44,12 @@ func (s *Service) Certify(ctx context.Context, token string, csrDER []byte) ([]*
 	if err := checkPublicKey(csr.PublicKey); err != nil {
 		return nil, badRequest{err}
 	}
-	if token == "" || len(token) > maxTokenBytes {
-		return nil, badRequest{fmt.Errorf("token: want 1 to %d bytes", maxTokenBytes)}
+	if token == "" || len(token) > meshid.MaxTokenBytes {
+		return nil, badRequest{fmt.Errorf("token: want 1 to %d bytes", meshid.MaxTokenBytes)}
 	}
 	rctx, cancel := context.WithTimeout(ctx, reviewTimeout)
 	defer cancel()
-	review, err := s.Reviewer.Review(rctx, token, []string{Audience})
+	review, err := s.Reviewer.Review(rctx, token, []string{meshid.Audience})
 	if err != nil {
 		return nil, err
 	}
@@ -108,25 +86,25 @@ func (b badRequest) Error() string { return b.err.Error() }
 // ServeHTTP answers POST /v1/certify.
 func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	log := logger(s.Log).With("peer", r.RemoteAddr)
-	if r.URL.Path != CertifyPath {
-		writeJSON(w, http.StatusNotFound, certifyResponse{Error: "not found: POST " + CertifyPath})
+	if r.URL.Path != meshid.CertifyPath {
+		writeJSON(w, http.StatusNotFound, meshid.CertifyResponse{Error: "not found: POST " + meshid.CertifyPath})
 		return
 	}
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		writeJSON(w, http.StatusMethodNotAllowed, certifyResponse{Error: "method not allowed: POST " + CertifyPath})
+		writeJSON(w, http.StatusMethodNotAllowed, meshid.CertifyResponse{Error: "method not allowed: POST " + meshid.CertifyPath})
 		return
 	}
 	if s.Limiter != nil && !s.Limiter.Allow() {
 		w.Header().Set("Retry-After", "1")
-		writeJSON(w, http.StatusTooManyRequests, certifyResponse{Error: "too many requests"})
+		writeJSON(w, http.StatusTooManyRequests, meshid.CertifyResponse{Error: "too many requests"})
 		return
 	}
-	var req certifyRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBytes))
+	var req meshid.CertifyRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, meshid.MaxRequestBytes))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
-		writeJSON(w, http.StatusBadRequest, certifyResponse{Error: "request body: " + err.Error()})
+		writeJSON(w, http.StatusBadRequest, meshid.CertifyResponse{Error: "request body: " + err.Error()})
 		return
 	}
 	chain, err := s.Certify(r.Context(), req.Token, req.CSR)
@@ -135,19 +113,19 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case err == nil:
 	case errors.As(err, &bad):
 		log.Info("certificate request refused", "reason", err)
-		writeJSON(w, http.StatusBadRequest, certifyResponse{Error: err.Error()})
+		writeJSON(w, http.StatusBadRequest, meshid.CertifyResponse{Error: err.Error()})
 		return
 	case errors.Is(err, ErrNotProven):
 		log.Info("certificate request refused", "reason", err)
-		writeJSON(w, http.StatusForbidden, certifyResponse{Error: err.Error()})
+		writeJSON(w, http.StatusForbidden, meshid.CertifyResponse{Error: err.Error()})
 		return
 	default:
 		log.Warn("certificate request failed", "err", err)
-		writeJSON(w, http.StatusServiceUnavailable, certifyResponse{Error: err.Error()})
+		writeJSON(w, http.StatusServiceUnavailable, meshid.CertifyResponse{Error: err.Error()})
 		return
 	}
 	log.Info("certificate issued", "identity", chain[0].DNSNames[0], "expires", chain[0].NotAfter.UTC().Format(time.RFC3339))
-	res := certifyResponse{}
+	res := meshid.CertifyResponse{}
 	for _, c := range chain {
 		res.Chain = append(res.Chain, c.Raw)
 	}

@@ -16,8 +16,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/meshscope/meshscope/api/meshid"
 	"github.com/meshscope/meshscope/api/tap"
-	"github.com/meshscope/meshscope/proxy/identity"
 )
 
 // DefaultBuffer is how many events a subscriber's buffer holds when
@@ -437,7 +437,7 @@ func (s *Span) identify(peer, local string) {
 		return
 	}
 	s.src.Identity, s.dst.Identity = peer, local
-	if ns, sa, err := identity.ParseName(peer); err == nil {
+	if ns, sa, err := meshid.ParseName(peer); err == nil {
 		s.src.Labels = map[string]string{tap.LabelNamespace: ns, tap.LabelServiceAccount: sa}
 	}
 }

@@ -1,16 +1,14 @@
-// Package identity gives every meshed workload a cryptographic identity, as Linkerd's identity does: a
-// trust anchor (root) and an issuer (intermediate) certificate, the issuer service that signs a proxy's
-// certificate once its ServiceAccount token is proven by a TokenReview, and the proxy's side (a key that
-// never leaves memory, its certificate fetched and renewed, and the TLS configurations of mutual TLS
-// between proxies).
+// Package meshid is a workload's side of the mesh's identity, shared by the proxy and the dashboard:
+// identity names, the issuer's wire, and a Client that holds a key in memory and the certificate the
+// issuer (proxy/identity, `proxy identity`) signs for it, renewed at 70% of its life, with the TLS
+// configurations of mutual TLS on both sides of a connection.
 //
 // An identity is a DNS name, <sa>.<ns>.serviceaccount.identity.meshscope.cluster.local, carried as the
 // only DNS subject alternative name of the workload's certificate, so that crypto/tls's own hostname
 // check verifies a peer's identity.
-package identity
+package meshid
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 )
@@ -43,22 +41,6 @@ func ParseName(name string) (ns, sa string, err error) {
 	return ns, sa, nil
 }
 
-// serviceAccountPrefix begins the user name Kubernetes gives a ServiceAccount token: system:serviceaccount:<ns>:<sa>.
-const serviceAccountPrefix = "system:serviceaccount:"
-
-// nameOfUser returns the identity proven by a ServiceAccount token's user name.
-func nameOfUser(user string) (string, error) {
-	rest, ok := strings.CutPrefix(user, serviceAccountPrefix)
-	if !ok {
-		return "", fmt.Errorf("user %q is not a ServiceAccount", user)
-	}
-	ns, sa, ok := strings.Cut(rest, ":")
-	if !ok || !dnsLabel(ns) || !dnsLabel(sa) {
-		return "", fmt.Errorf("user %q: want %s<namespace>:<name>", user, serviceAccountPrefix)
-	}
-	return Name(ns, sa), nil
-}
-
 // dnsLabel reports whether s is an RFC 1123 label, as Kubernetes namespaces are. ServiceAccount names may
 // be DNS subdomains (with dots); the issuer refuses those, since a dot would make the identity ambiguous.
 func dnsLabel(s string) bool {
@@ -73,7 +55,3 @@ func dnsLabel(s string) bool {
 	}
 	return true
 }
-
-// ErrNotProven is the issuer's answer to a request whose token does not prove the name it asks for, or
-// does not prove any.
-var ErrNotProven = errors.New("identity not proven")

@@ -1,4 +1,4 @@
-package identity
+package meshid
 
 import (
 	"bytes"
@@ -33,7 +33,7 @@ const (
 	maxRetry = time.Minute
 )
 
-// ClientConfig configures a proxy's Client.
+// ClientConfig configures a workload's Client.
 type ClientConfig struct {
 	// Addr is the issuer service, host:port.
 	Addr string
@@ -48,8 +48,9 @@ type ClientConfig struct {
 	Now func() time.Time
 }
 
-// Client is a proxy's identity: a P-256 key made in memory and never written anywhere, and the certificate
-// the issuer signed for it, fetched at start and renewed at 70% of its life (Run).
+// Client is a workload's identity (a proxy's, or the dashboard's): a P-256 key made in memory and never
+// written anywhere, and the certificate the issuer signed for it, fetched at start and renewed at 70% of
+// its life (Run).
 type Client struct {
 	cfg  ClientConfig
 	key  *ecdsa.PrivateKey
@@ -72,7 +73,10 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if cfg.ServerName == "" {
 		cfg.ServerName = IssuerName
 	}
-	c := &Client{cfg: cfg, key: key, log: logger(cfg.Log), sessions: tls.NewLRUClientSessionCache(1024)}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	c := &Client{cfg: cfg, key: key, log: cfg.Log, sessions: tls.NewLRUClientSessionCache(1024)}
 	c.http = &http.Client{
 		Timeout: 10 * time.Second,
 		Transport: &http.Transport{
@@ -201,7 +205,7 @@ func (c *Client) Run(ctx context.Context) {
 	retry := time.Duration(0)
 	for {
 		var wait time.Duration
-		cert, err := c.fetch(ctx)
+		cert, err := c.Fetch(ctx)
 		if ctx.Err() != nil {
 			return
 		}
@@ -232,10 +236,11 @@ func (c *Client) Run(ctx context.Context) {
 }
 
 // maxTokenFileBytes bounds the ServiceAccount token file.
-const maxTokenFileBytes = maxTokenBytes
+const maxTokenFileBytes = MaxTokenBytes
 
-// fetch asks the issuer for a certificate for the proxy's key.
-func (c *Client) fetch(ctx context.Context) (*tls.Certificate, error) {
+// Fetch asks the issuer once for a certificate for the client's key and returns it, without holding it
+// (Run does that, and asks again before it expires).
+func (c *Client) Fetch(ctx context.Context) (*tls.Certificate, error) {
 	token, err := readToken(c.cfg.TokenFile)
 	if err != nil {
 		return nil, err
@@ -244,7 +249,7 @@ func (c *Client) fetch(ctx context.Context) (*tls.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	body, err := json.Marshal(certifyRequest{Token: token, CSR: csr})
+	body, err := json.Marshal(CertifyRequest{Token: token, CSR: csr})
 	if err != nil {
 		return nil, err
 	}
@@ -258,8 +263,8 @@ func (c *Client) fetch(ctx context.Context) (*tls.Certificate, error) {
 		return nil, err
 	}
 	defer res.Body.Close()
-	var out certifyResponse
-	if err := json.NewDecoder(io.LimitReader(res.Body, maxRequestBytes)).Decode(&out); err != nil {
+	var out CertifyResponse
+	if err := json.NewDecoder(io.LimitReader(res.Body, MaxRequestBytes)).Decode(&out); err != nil {
 		return nil, fmt.Errorf("issuer answered %s: %v", res.Status, err)
 	}
 	if res.StatusCode != http.StatusOK {
@@ -283,7 +288,7 @@ func (c *Client) checkChain(chain [][]byte) (*tls.Certificate, error) {
 		certs[i] = cert
 	}
 	leaf := certs[0]
-	if !publicKeysEqual(leaf.PublicKey, c.key.Public()) {
+	if !c.key.PublicKey.Equal(leaf.PublicKey) {
 		return nil, errors.New("issuer sent a certificate for another key")
 	}
 	inter := x509.NewCertPool()
