@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
@@ -8,9 +9,13 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/meshscope/meshscope/api/meshid"
+	"github.com/meshscope/meshscope/proxy/detect"
 	"github.com/meshscope/meshscope/proxy/taphub"
 )
 
@@ -35,7 +40,8 @@ func (p *proxy) adminRoutes() http.Handler {
 		}
 		io.WriteString(w, "ready\n")
 	})
-	mux.Handle("GET /tap", &taphub.Handler{Hub: p.tap, Token: p.cfg.TapToken, Log: p.log})
+	mux.Handle("GET /tap", &taphub.Handler{Hub: p.tap, Token: p.cfg.TapToken, TLSClient: p.cfg.TapClientIdentity, Log: p.log,
+		Refused: func(reason string, r *http.Request, why string) { p.refuseTap(reason, r.RemoteAddr, why) }})
 	mux.HandleFunc("GET /live", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "live\n")
 	})
@@ -43,9 +49,10 @@ func (p *proxy) adminRoutes() http.Handler {
 		io.WriteString(w, strings.ToLower(p.level.Level().String())+"\n")
 	})
 	mux.HandleFunc("PUT /log-level", func(w http.ResponseWriter, r *http.Request) {
-		// The one mutation: from the pod itself (kubectl port-forward arrives on loopback), or with the
-		// tap token; never from whoever reaches the admin port.
-		if !taphub.Loopback(r.RemoteAddr) && (p.cfg.TapToken == "" || !taphub.BearerIs(r, p.cfg.TapToken)) {
+		// The one mutation: from the pod itself (kubectl port-forward arrives on loopback), with the tap
+		// token, or from the tap client over mutual TLS (the only client the TLS side accepts); never from
+		// whoever reaches the admin port.
+		if r.TLS == nil && !taphub.Loopback(r.RemoteAddr) && (p.cfg.TapToken == "" || !taphub.BearerIs(r, p.cfg.TapToken)) {
 			http.Error(w, "log level: only loopback clients, or clients sending the --tap-token as a bearer token, may change it", http.StatusForbidden)
 			return
 		}
@@ -91,4 +98,100 @@ func (p *proxy) adminHostAllowed(hostport string) bool {
 		return true
 	}
 	return p.cfg.AdminHost != nil && p.cfg.AdminHost.MatchString(host)
+}
+
+// refuseTap counts a refused tap client in tap_refused_total and logs it, once per reason and peer host.
+func (p *proxy) refuseTap(reason, peer, why string) {
+	p.tapRefused.WithLabelValues(reason).Inc()
+	if p.tapRefusedLogged.first("tap", reason, peer) {
+		p.log.Warn("tap refused (logged once per peer and reason; tap_refused_total counts each)", "reason", reason, "peer", peer, "why", why)
+	}
+}
+
+// refuseTapTLS is told of a client the admin port's TLS side refused in the handshake.
+func (p *proxy) refuseTapTLS(peer net.Addr, err error) {
+	p.refuseTap(meshid.RefusalReason(err), peer.String(), err.Error())
+}
+
+// adminSniffTimeout bounds how long a new admin connection may stay silent before its first byte says
+// whether it is TLS (the admin server's header timeout).
+const adminSniffTimeout = 5 * time.Second
+
+// adminListener serves the admin port's two kinds of client on one port: plain HTTP (Prometheus' scrapes,
+// the kubelet's probes, kubectl port-forward) and mutual TLS (the dashboard's tap), told apart by the first
+// byte (22, a TLS handshake record; never the start of an HTTP request). One port keeps tap where
+// discovery finds it (a scrape target's address, the pod's meshscope-admin port) and where proxy init
+// already lets it through. Accept hands out TLS connections as *tls.Conn, whose handshake http.Server
+// runs (under its own timeouts) and whose peer it puts in Request.TLS.
+type adminListener struct {
+	net.Listener
+	tls   *tls.Config
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+	err   error // why accepting ended; read after done is closed
+}
+
+func newAdminListener(ln net.Listener, cfg *tls.Config) *adminListener {
+	l := &adminListener{Listener: ln, tls: cfg, conns: make(chan net.Conn), done: make(chan struct{})}
+	go l.acceptLoop()
+	return l
+}
+
+// acceptLoop accepts until the listener is closed, telling each connection apart in its own goroutine so
+// that a silent client holds up nobody.
+func (l *adminListener) acceptLoop() {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			l.stop(err)
+			return
+		}
+		go l.sniff(c)
+	}
+}
+
+// sniff reads c's first byte and hands c to Accept, as TLS when it starts a handshake.
+func (l *adminListener) sniff(c net.Conn) {
+	var first [1]byte
+	c.SetReadDeadline(time.Now().Add(adminSniffTimeout))
+	if _, err := io.ReadFull(c, first[:]); err != nil {
+		c.Close()
+		return
+	}
+	c.SetReadDeadline(time.Time{})
+	conn := detect.Replay(c, first[:])
+	if first[0] == tlsHandshakeRecord {
+		conn = tls.Server(conn, l.tls)
+	}
+	select {
+	case l.conns <- conn:
+	case <-l.done:
+		c.Close()
+	}
+}
+
+// tlsHandshakeRecord is the content type of a TLS handshake record (RFC 8446 section 5.1).
+const tlsHandshakeRecord = 22
+
+func (l *adminListener) stop(err error) {
+	l.once.Do(func() {
+		l.err = err
+		close(l.done)
+	})
+}
+
+func (l *adminListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, l.err
+	}
+}
+
+func (l *adminListener) Close() error {
+	err := l.Listener.Close()
+	l.stop(net.ErrClosed)
+	return err
 }

@@ -14,6 +14,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/meshscope/meshscope/api/kube"
+	"github.com/meshscope/meshscope/api/meshid"
 	"github.com/meshscope/meshscope/proxy/flagenv"
 	"github.com/meshscope/meshscope/proxy/metrics"
 )
@@ -73,8 +75,11 @@ type Config struct {
 	IdentityTrustAnchors string
 	// IdentityTokenFile holds the ServiceAccount token the issuer reviews.
 	IdentityTokenFile string
-	// IdentityServerName is the issuer service's identity; empty means identity.IssuerName.
+	// IdentityServerName is the issuer service's identity; empty means meshid.IssuerName.
 	IdentityServerName string
+	// TapClientIdentity is the one identity that may tap over mutual TLS on the admin port (with
+	// IdentityAddr): the dashboard's.
+	TapClientIdentity string
 }
 
 // Route is one --outbound-route: a listener whose every connection goes to Authority.
@@ -138,6 +143,7 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer) 
 	fs.StringVar(&cfg.IdentityTrustAnchors, "identity-trust-anchors", "", "PEM `file` of the mesh's trust anchors (one or two roots), which verify the issuer and every peer; required with --identity-addr")
 	fs.StringVar(&cfg.IdentityTokenFile, "identity-token-file", "/var/run/secrets/tokens/meshscope-identity-token", "`file` holding the ServiceAccount token (audience identity.meshscope.io) the issuer reviews; read again at each renewal")
 	fs.StringVar(&cfg.IdentityServerName, "identity-server-name", "", "the issuer's `identity`, checked when connecting to it (default meshscope-identity.meshscope.serviceaccount.identity.meshscope.cluster.local)")
+	fs.StringVar(&cfg.TapClientIdentity, "tap-client-identity", meshid.Name(kube.Namespace, kube.Dashboard), "with --identity-addr, the `identity` that may tap over mutual TLS on the admin port (the dashboard's ServiceAccount; web install sets it for its namespace); a TLS client proving any other is refused and counted in tap_refused_total")
 	fs.Var(durationValue{&cfg.ShutdownGrace}, "shutdown-grace", "on SIGTERM, how long (a `duration`) in-flight requests and connections may take to finish")
 	// Only --help prints the usage; a mistake gets one line naming it.
 	fs.Usage = func() {}
@@ -218,6 +224,9 @@ func (c Config) validate() error {
 		}
 		if c.IdentityTrustAnchors == "" {
 			return errors.New("--identity-trust-anchors is required with --identity-addr: the PEM file of the mesh's roots")
+		}
+		if _, _, err := meshid.ParseName(c.TapClientIdentity); err != nil {
+			return fmt.Errorf("--tap-client-identity: %v", err)
 		}
 	}
 	if c.DestinationAddr != "" {
@@ -324,7 +333,9 @@ every request with linkerd2-proxy's metric names, and streams live requests on /
            opaque one) goes to its original destination, another is dialled as written
   routes   --outbound-route LISTEN=AUTHORITY -> AUTHORITY, for every connection
   admin    --admin-listen: /metrics /ready /live /log-level (GET shows, PUT changes: from loopback or with
-           the tap token) /tap; Host must be localhost, an IP address or match --admin-enforced-host
+           the tap token) /tap; Host must be localhost, an IP address or match --admin-enforced-host.
+           With --identity-addr the same port also speaks mutual TLS, to --tap-client-identity only
+           (the dashboard's tap); plain-text clients are served as without identity
 
 A connection whose destination is the proxy's own listener is refused (proxy-loop, tcp_refused_total).
 In a pod, run "proxy init" first (see "proxy init --help") and the proxy as its --proxy-uid (2102).

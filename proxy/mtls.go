@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -30,27 +28,39 @@ type meshTLS struct {
 	id      *meshid.Client
 	log     *slog.Logger
 	refused *prometheus.CounterVec
-
-	mu     sync.Mutex
-	logged map[refusal]struct{} // refusals already logged: each once, the counter counts them all
+	logged  refusals // each logged once, the counter counts them all
 }
 
-// refusal is what a refused handshake is logged once for.
+// refusal is what a refusal is logged once for.
 type refusal struct{ direction, reason, peer string }
 
 // maxLoggedRefusals bounds the refusals remembered; past it the memory starts again (and logs again).
 const maxLoggedRefusals = 1024
 
-// Reasons of identity_tls_refused_total.
-const (
-	refusedUnknownAuthority = "unknown_authority"     // the peer's certificate does not chain to the trust anchors
-	refusedExpired          = "expired"               // the peer's certificate expired (or is not valid yet)
-	refusedNoClientCert     = "no_client_certificate" // an inbound TLS client presented no certificate
-	refusedIdentityMismatch = "identity_mismatch"     // the server proved another identity than the one expected
-	refusedNoLocalIdentity  = "no_local_identity"     // this proxy has no certificate to answer with
-	refusedByPeer           = "refused_by_peer"       // the peer refused this proxy's certificate
-	refusedHandshake        = "handshake_failed"      // anything else: a malformed handshake, a timeout
-)
+// refusals remembers the refusals already logged, so that a peer refused in a loop is one log line.
+type refusals struct {
+	mu   sync.Mutex
+	seen map[refusal]struct{}
+}
+
+// first reports whether the refusal of peer (host:port, or a host) for reason is new, remembering it.
+func (r *refusals) first(direction, reason, peer string) bool {
+	host, _, err := net.SplitHostPort(peer)
+	if err != nil {
+		host = peer
+	}
+	key := refusal{direction, reason, host}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, seen := r.seen[key]; seen {
+		return false
+	}
+	if r.seen == nil || len(r.seen) >= maxLoggedRefusals {
+		r.seen = make(map[refusal]struct{})
+	}
+	r.seen[key] = struct{}{}
+	return true
+}
 
 func newMeshTLS(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*meshTLS, error) {
 	pool, _, err := meshid.LoadTrustAnchors(cfg.IdentityTrustAnchors)
@@ -70,7 +80,6 @@ func newMeshTLS(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*meshT
 			Name: "identity_tls_refused_total",
 			Help: "Connections refused in the mutual TLS handshake, by direction and reason.",
 		}, []string{"direction", "reason"}),
-		logged: make(map[refusal]struct{}),
 	}
 	reg.MustRegister(id.Collector(), m.refused)
 	return m, nil
@@ -79,48 +88,10 @@ func newMeshTLS(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*meshT
 // refuse counts a refused handshake and logs it, once per direction, reason and peer host.
 func (m *meshTLS) refuse(direction, reason, peer string, err error) {
 	m.refused.WithLabelValues(direction, reason).Inc()
-	host, _, splitErr := net.SplitHostPort(peer)
-	if splitErr != nil {
-		host = peer
-	}
-	key := refusal{direction, reason, host}
-	m.mu.Lock()
-	_, seen := m.logged[key]
-	if !seen {
-		if len(m.logged) >= maxLoggedRefusals {
-			clear(m.logged)
-		}
-		m.logged[key] = struct{}{}
-	}
-	m.mu.Unlock()
-	if !seen {
+	if m.logged.first(direction, reason, peer) {
 		m.log.Warn("mutual TLS refused (logged once per peer and reason; identity_tls_refused_total counts each)",
 			"direction", direction, "reason", reason, "peer", peer, "err", err)
 	}
-}
-
-// refusalReason names why a handshake failed.
-func refusalReason(err error) string {
-	var unknown x509.UnknownAuthorityError
-	var invalid x509.CertificateInvalidError
-	var hostname x509.HostnameError
-	var op *net.OpError
-	switch {
-	case errors.As(err, &unknown):
-		return refusedUnknownAuthority
-	case errors.As(err, &invalid) && invalid.Reason == x509.Expired:
-		return refusedExpired
-	case errors.As(err, &hostname):
-		return refusedIdentityMismatch
-	case errors.Is(err, meshid.ErrNoIdentity):
-		return refusedNoLocalIdentity
-	case errors.As(err, &op) && op.Op == "remote error":
-		return refusedByPeer
-	case strings.Contains(err.Error(), "didn't provide a certificate"):
-		// crypto/tls has no error value for it, only this message.
-		return refusedNoClientCert
-	}
-	return refusedHandshake
 }
 
 // accept detects and, when it is for this proxy, terminates mutual TLS on an inbound connection, and
@@ -160,7 +131,7 @@ func (m *meshTLS) accept(p *proxy, c net.Conn, srcTarget string, opaque bool) (s
 		return src, proto, reason, src
 	}
 	if !m.id.Ready() {
-		m.refuse(Inbound, refusedNoLocalIdentity, c.RemoteAddr().String(), meshid.ErrNoIdentity)
+		m.refuse(Inbound, meshid.RefusedNoLocalIdentity, c.RemoteAddr().String(), meshid.ErrNoIdentity)
 		c.Close()
 		return nil, proto, reason, nil
 	}
@@ -169,13 +140,13 @@ func (m *meshTLS) accept(p *proxy, c net.Conn, srcTarget string, opaque bool) (s
 	err = tc.HandshakeContext(ctx)
 	cancel()
 	if err != nil {
-		m.refuse(Inbound, refusalReason(err), c.RemoteAddr().String(), err)
+		m.refuse(Inbound, meshid.RefusalReason(err), c.RemoteAddr().String(), err)
 		c.Close()
 		return nil, proto, reason, nil
 	}
 	peer, err := meshid.PeerName(tc.ConnectionState())
 	if err != nil { // VerifyConnection refused it already: defence in depth
-		m.refuse(Inbound, refusedHandshake, c.RemoteAddr().String(), err)
+		m.refuse(Inbound, meshid.RefusedHandshake, c.RemoteAddr().String(), err)
 		c.Close()
 		return nil, proto, reason, nil
 	}
@@ -198,7 +169,7 @@ func (m *meshTLS) dialTLS(ctx context.Context, c net.Conn, name string) (net.Con
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
 		c.Close()
-		m.refuse(Outbound, refusalReason(err), c.RemoteAddr().String(), err)
+		m.refuse(Outbound, meshid.RefusalReason(err), c.RemoteAddr().String(), err)
 		return nil, &tlsError{name: name, err: err}
 	}
 	return tc, nil

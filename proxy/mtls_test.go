@@ -63,6 +63,10 @@ func newTestMesh(t testing.TB, lifetime time.Duration) *testMesh {
 		os.WriteFile(m.tokens[w], []byte(token), 0o600)
 		users[token] = identity.ServiceAccountUser("shop", w)
 	}
+	// The dashboard, in the control plane's namespace: the one identity that may tap.
+	m.tokens["dashboard"] = filepath.Join(dir, "dashboard.token")
+	os.WriteFile(m.tokens["dashboard"], []byte("token-of-dashboard"), 0o600)
+	users["token-of-dashboard"] = identity.ServiceAccountUser("meshscope", "meshscope-dashboard")
 	tokens := filepath.Join(dir, "tokens.yaml")
 	if err := identity.WriteTokenFile(tokens, users); err != nil {
 		t.Fatal(err)
@@ -124,6 +128,22 @@ func (m *testMesh) meshedProxy(t testing.TB, sa string, cfg Config) (*proxy, *lo
 	serve(t, p)
 	eventually(t, sa+" proxy ready with its certificate", func() bool { return adminStatus(t, p, "/ready") == http.StatusOK })
 	return p, logs
+}
+
+// workload returns the identity of ServiceAccount sa (as the dashboard or any workload holds one): a key
+// in memory and the certificate the issuer signed for it.
+func (m *testMesh) workload(t testing.TB, sa string) *meshid.Client {
+	t.Helper()
+	c, err := meshid.NewClient(meshid.ClientConfig{Addr: m.addr, Anchors: m.pool, TokenFile: m.tokens[sa]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	eventually(t, sa+" certificate", c.Ready)
+	return c
 }
 
 func adminStatus(t testing.TB, p *proxy, path string) int {

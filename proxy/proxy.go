@@ -53,11 +53,14 @@ type proxy struct {
 	listeners []*listener
 	admin     *http.Server
 	adminLn   net.Listener
-	ready     atomic.Bool
-	conns     tracker      // opaque, upgraded and fast-path HTTP/1.1 connections
-	h1conns   h1Conns      // fast-path HTTP/1.1 connections, for closing the idle ones at shutdown
-	upstreams []idleCloser // the upstream clients, whose idle connections close on shutdown
-	own       ownConns     // the upstream connections' local addresses, to refuse them when redirected back
+	// tapRefused counts refused tap clients by reason; tapRefusedLogged logs each peer's once.
+	tapRefused       *prometheus.CounterVec
+	tapRefusedLogged refusals
+	ready            atomic.Bool
+	conns            tracker      // opaque, upgraded and fast-path HTTP/1.1 connections
+	h1conns          h1Conns      // fast-path HTTP/1.1 connections, for closing the idle ones at shutdown
+	upstreams        []idleCloser // the upstream clients, whose idle connections close on shutdown
+	own              ownConns     // the upstream connections' local addresses, to refuse them when redirected back
 }
 
 type idleCloser interface{ CloseIdleConnections() }
@@ -120,6 +123,11 @@ func newProxy(cfg Config, log *slog.Logger, level *slog.LevelVar) (_ *proxy, err
 			return nil, err
 		}
 	}
+	p.tapRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tap_refused_total",
+		Help: "Tap clients refused, by reason: token, not_loopback (plain text); no_client_certificate, unknown_authority, expired, identity_mismatch, handshake_failed (mutual TLS).",
+	}, []string{"reason"})
+	p.registry.MustRegister(p.tapRefused)
 	p.tap = taphub.New(taphub.Options{
 		Identity:     taphub.Identity{Namespace: cfg.Namespace, Deployment: cfg.Deployment, Pod: cfg.Pod},
 		LimitReached: p.metrics.LimitReached,
@@ -132,6 +140,9 @@ func newProxy(cfg Config, log *slog.Logger, level *slog.LevelVar) (_ *proxy, err
 	}()
 	if p.adminLn, err = listen("--admin-listen", cfg.AdminListen); err != nil {
 		return nil, err
+	}
+	if p.mtls != nil {
+		p.adminLn = newAdminListener(p.adminLn, p.mtls.id.ServerConfigFor(cfg.TapClientIdentity, p.refuseTapTLS))
 	}
 	inDialer := &dialer{direction: Inbound, net: net.Dialer{Timeout: dialTimeout}, metrics: p.metrics, own: &p.own, mtls: p.mtls, loopback: true}
 	outDialer := &dialer{direction: Outbound, net: net.Dialer{Timeout: dialTimeout}, metrics: p.metrics, own: &p.own, mtls: p.mtls}

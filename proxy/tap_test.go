@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/meshscope/meshscope/api/meshid"
 	"github.com/meshscope/meshscope/api/tap"
 	"github.com/meshscope/meshscope/proxy/metrics"
 	"github.com/meshscope/meshscope/proxy/taphub"
@@ -618,4 +620,79 @@ func TestStalledTapSubscriberHoldsBoundedMemory(t *testing.T) {
 	if dropped == 0 || truncated == 0 {
 		t.Errorf("delivered %d (%d truncated), dropped %d", delivered, truncated, dropped)
 	}
+}
+
+// TestTapOverMutualTLS: with identity on, the admin port also speaks mutual TLS, where the dashboard's
+// identity taps and the client checks the proxy's; another workload's valid certificate and a client
+// without one are refused in the handshake, before any request, each counted every time in
+// tap_refused_total and logged once; plain text on loopback taps as without identity.
+func TestTapOverMutualTLS(t *testing.T) {
+	m := newTestMesh(t, time.Hour)
+	cfg := testConfig(shopApp(t))
+	cfg.TapClientIdentity = meshid.Name("meshscope", "meshscope-dashboard")
+	catalog, logs := m.meshedProxy(t, "catalog", cfg)
+	admin := catalog.addr("--admin-listen").String()
+	tapURL := "https://" + admin + "/tap"
+
+	over := func(tc *tls.Config) *http.Client {
+		transport := &http.Transport{TLSClientConfig: tc}
+		t.Cleanup(transport.CloseIdleConnections)
+		return &http.Client{Transport: transport, Timeout: 10 * time.Second}
+	}
+
+	t.Run("the dashboard's identity taps", func(t *testing.T) {
+		dashboard := m.workload(t, "dashboard")
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, "GET", tapURL, nil)
+		res, err := over(dashboard.ClientConfig(name("catalog"))).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		if res.StatusCode != http.StatusOK || res.Header.Get("Content-Type") != tap.ContentType {
+			b, _ := io.ReadAll(res.Body)
+			t.Fatalf("tap over mutual TLS: %s %q", res.Status, b)
+		}
+		do(t, h1Client(), "GET", catalog.url("--inbound-listen")+"/over-mtls", "catalog.shop:8080", nil)
+		r := &tapReader{dec: tap.NewDecoder(res.Body, 0), body: res.Body}
+		if evs := r.requests(t, 1)["/over-mtls"]; len(evs) != 3 {
+			t.Errorf("events of the tapped request: %v", types(evs))
+		}
+	})
+
+	anotherWorkload := m.workload(t, "web")
+	for _, tc := range []struct {
+		name, reason string
+		client       *tls.Config
+	}{
+		{"another workload's valid certificate", "identity_mismatch", anotherWorkload.ClientConfig(name("catalog"))},
+		{"a client without a certificate", "no_client_certificate", &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: m.pool, ServerName: name("catalog")}},
+	} {
+		t.Run(tc.name+" is refused", func(t *testing.T) {
+			for range 2 {
+				res, err := over(tc.client).Get(tapURL + "?max_rps=0")
+				if err == nil {
+					res.Body.Close()
+					t.Fatalf("answered %s", res.Status)
+				}
+			}
+			waitMetric(t, catalog.registry, "tap_refused_total", map[string]string{"reason": tc.reason}, 2)
+			if n := logs.count("tap refused", "reason="+tc.reason); n != 1 {
+				t.Errorf("%d log lines for two refusals, want 1", n)
+			}
+		})
+	}
+
+	t.Run("plain text on loopback taps as without identity", func(t *testing.T) {
+		res, err := h1Client().Get(catalog.url("--admin-listen") + "/tap?max_rps=0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		// Authorized: the bad max_rps is what it hears about.
+		if res.StatusCode != http.StatusBadRequest {
+			t.Errorf("plain-text loopback tap: %s, want 400 for max_rps", res.Status)
+		}
+	})
 }

@@ -2,6 +2,8 @@ package kube
 
 // Names in the cluster that every component agrees on.
 const (
+	// Namespace is the control plane's namespace unless web install is told another.
+	Namespace = "meshscope"
 	// ProxyContainer is the sidecar container the injector adds: a pod with it is meshed.
 	ProxyContainer = "meshscope-proxy"
 	// AdminPortName names the proxy container's admin port (/metrics, /tap), 4191.

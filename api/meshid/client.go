@@ -14,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	mrand "math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -170,6 +171,57 @@ func (c *Client) ClientConfig(name string) *tls.Config {
 	}
 	v, _ := c.configs.LoadOrStore(name, cfg)
 	return v.(*tls.Config)
+}
+
+// ServerConfigFor is the server side of mutual TLS for one client identity only (the dashboard's, on a
+// proxy's admin port): it presents this workload's certificate and accepts a client whose certificate
+// chains to the trust anchors and names client, and nobody else. refused, when set, is told each refused
+// client's address and why, before the handshake fails: a client without a certificate ("didn't provide
+// a certificate"), from another trust anchor (x509.UnknownAuthorityError), expired
+// (x509.CertificateInvalidError) or naming another identity (x509.HostnameError); RefusalReason names it.
+func (c *Client) ServerConfigFor(client string, refused func(peer net.Addr, err error)) *tls.Config {
+	base := &tls.Config{
+		MinVersion:     tls.VersionTLS13,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return c.current() },
+		// Requested, not required: the verification is ours, so that a client without a certificate is
+		// refused in VerifyConnection, where refused hears of it, like every other refusal.
+		ClientAuth: tls.RequestClientCert,
+	}
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		// One configuration per connection, to tell refused which peer it was.
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			cfg := base.Clone()
+			cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+				err := c.verifyClient(cs, client)
+				if err != nil && refused != nil {
+					refused(hello.Conn.RemoteAddr(), err)
+				}
+				return err
+			}
+			return cfg, nil
+		},
+	}
+}
+
+// verifyClient checks a client certificate as crypto/tls would, then that it names want and nothing else.
+func (c *Client) verifyClient(cs tls.ConnectionState, want string) error {
+	if len(cs.PeerCertificates) == 0 {
+		return errors.New("tls: client didn't provide a certificate")
+	}
+	leaf := cs.PeerCertificates[0]
+	inter := x509.NewCertPool()
+	for _, ic := range cs.PeerCertificates[1:] {
+		inter.AddCert(ic)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: c.cfg.Anchors, Intermediates: inter, CurrentTime: c.now(),
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return err
+	}
+	if name, err := PeerName(cs); err != nil || name != want {
+		return x509.HostnameError{Certificate: leaf, Host: want}
+	}
+	return nil
 }
 
 // verifyPeerName accepts a verified peer certificate only when it names exactly one identity.

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meshscope/meshscope/api/meshid"
 	"github.com/meshscope/meshscope/api/tap"
 )
 
@@ -35,15 +36,28 @@ const writeTimeout = 10 * time.Second
 // the filters in the query (tap.ParseFilter), until the client goes away or
 // the hub closes.
 //
-// With Token set, a client must send "Authorization: Bearer <Token>"; with
-// Token empty only loopback clients may tap. A client that fails either gets
-// 401 (403 for a non-loopback client when no token is configured) and
-// nothing else.
+// A request over mutual TLS (the admin port's TLS side, which accepts only
+// TLSClient's certificate) may tap when its peer is TLSClient. In plain text,
+// with Token set, a client must send "Authorization: Bearer <Token>"; with
+// Token empty only loopback clients may tap. A client that fails gets 401 (a
+// wrong or missing token) or 403 and nothing else, and Refused hears of it.
 type Handler struct {
 	Hub   *Hub
 	Token string
-	Log   *slog.Logger // nil: slog.Default()
+	// TLSClient is the identity that may tap over mutual TLS; empty: nobody.
+	TLSClient string
+	// Refused, when set, is told each refused request and why: a reason of
+	// RefusedToken, RefusedNotLoopback or RefusedIdentity.
+	Refused func(reason string, r *http.Request, why string)
+	Log     *slog.Logger // nil: slog.Default()
 }
+
+// Reasons a tap request is refused, as Handler.Refused hears them.
+const (
+	RefusedToken       = "token"             // plain text, a missing or wrong bearer token
+	RefusedNotLoopback = "not_loopback"      // plain text, no token configured, a peer not on loopback
+	RefusedIdentity    = "identity_mismatch" // mutual TLS, a peer proving another identity than TLSClient
+)
 
 func (h *Handler) log() *slog.Logger {
 	if h.Log == nil {
@@ -58,7 +72,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		plain(w, http.StatusMethodNotAllowed, "tap: only GET")
 		return
 	}
-	if status, msg := h.authorize(r); status != 0 {
+	if status, reason, msg := h.authorize(r); status != 0 {
+		if h.Refused != nil {
+			h.Refused(reason, r, msg)
+		}
 		if status == http.StatusUnauthorized {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="meshscope-tap"`)
 		}
@@ -115,19 +132,25 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// authorize returns 0 for a request allowed to tap, else the status and
-// message to answer with.
-func (h *Handler) authorize(r *http.Request) (int, string) {
+// authorize returns 0 for a request allowed to tap, else the status, the
+// reason (for Refused) and the message to answer with.
+func (h *Handler) authorize(r *http.Request) (int, string, string) {
+	if r.TLS != nil {
+		if name, err := meshid.PeerName(*r.TLS); err != nil || name != h.TLSClient {
+			return http.StatusForbidden, RefusedIdentity, fmt.Sprintf("tap: over mutual TLS only %s may tap (--tap-client-identity)", h.TLSClient)
+		}
+		return 0, "", ""
+	}
 	if h.Token == "" {
 		if !Loopback(r.RemoteAddr) {
-			return http.StatusForbidden, "tap: this proxy has no --tap-token, so only loopback clients may tap"
+			return http.StatusForbidden, RefusedNotLoopback, "tap: this proxy has no --tap-token, so only loopback clients may tap in plain text"
 		}
-		return 0, ""
+		return 0, "", ""
 	}
 	if !BearerIs(r, h.Token) {
-		return http.StatusUnauthorized, "tap: missing or wrong bearer token"
+		return http.StatusUnauthorized, RefusedToken, "tap: missing or wrong bearer token"
 	}
-	return 0, ""
+	return 0, "", ""
 }
 
 // BearerIs reports whether r carries "Authorization: Bearer <token>", comparing in constant time.

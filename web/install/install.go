@@ -37,7 +37,7 @@ const (
 
 // Names of the objects other commands look up (web check, web dashboard).
 const (
-	DefaultNamespace = "meshscope"
+	DefaultNamespace = kube.Namespace
 	WebhookConfig    = "meshscope-proxy-injector"
 	WebhookSecret    = "meshscope-injector-tls"
 	// ComponentLabel names a control-plane pod's component (kube.Dashboard, kube.Destination, ...).
