@@ -212,6 +212,9 @@ func connContext(ctx context.Context, c net.Conn) context.Context {
 		case *detect.Conn:
 			c = x.Conn
 			continue
+		case *h2Conn:
+			c = x.Conn
+			continue
 		case *countingConn:
 			return context.WithValue(ctx, peerTLSKey{}, x.tls)
 		}

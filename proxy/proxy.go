@@ -542,8 +542,8 @@ func (p *proxy) serveConn(ctx context.Context, l *listener, c net.Conn) {
 		p.refuse(l, conn, srcTarget, reason)
 	case detect.HTTP1:
 		p.serveHTTP1(l, conn, orig)
-	default:
-		l.conns.push(conn, orig)
+	default: // HTTP/2
+		l.conns.push(newH2Conn(conn), orig)
 	}
 }
 
