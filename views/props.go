@@ -36,7 +36,8 @@ type Data struct {
 	// Banners name a failing backend and its error, or its warnings.
 	Banners  []string
 	Warnings []string
-	// Notes qualify the figures, e.g. a window not full yet.
+	// Notes qualify the figures of every panel of rates over the window,
+	// e.g. a window not full yet; each such panel shows them.
 	Notes []string
 	// Alerts are about the mesh itself: a proxy's identity certificate near its end.
 	Alerts  []string

@@ -103,8 +103,11 @@ func TestEndToEndWithRealPrometheusAndProxies(t *testing.T) {
 				return fmt.Errorf("window %+v, want a note starting %q and under 60 s", d.Window, want)
 			}
 			_, _, body := getBody(t, dash+"/namespaces?window=1m")
-			if note := parseDoc(t, body).Find(`[data-testid=window-note]`).Text(); !strings.HasPrefix(note, "window not full: data since ") {
-				return fmt.Errorf("page note %q", note)
+			doc := parseDoc(t, body)
+			for _, panel := range []string{"workloads", "namespaces"} {
+				if note := doc.Find(`[data-testid=` + panel + `] [data-testid=window-note]`).Text(); !strings.HasPrefix(note, "window not full: data since ") {
+					return fmt.Errorf("panel %s note %q", panel, note)
+				}
 			}
 			return nil
 		})
