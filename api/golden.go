@@ -90,7 +90,7 @@ const (
 
 // Golden fetches the golden metrics of a whole table at once: one query per
 // metric however many rows, run concurrently. With meshed, the proxies'
-// scrape targets count how many are up per row.
+// scrape health ("up") counts how many answer per row.
 func (q *Querier) Golden(ctx context.Context, sc Scope, meshed bool) Table {
 	return q.golden(ctx, q.plan(sc), meshed, nil)
 }
@@ -140,8 +140,9 @@ func setPtr(f func(*Stats) **float64) func(*Stats, float64) {
 	}
 }
 
-// golden is Golden with extra parts; sc must come planned (q.plan).
-func (q *Querier) golden(ctx context.Context, sc Scope, meshed bool, extra []part) Table {
+// goldenParts are the golden metrics of sc's rows, as queries; with meshed,
+// also how many of each row's proxies answer their scrapes.
+func goldenParts(sc Scope, meshed bool) []part {
 	ptr := setPtr
 	parts := []part{
 		{MetricSuccess, SuccessRateQuery(sc), ptr(func(s *Stats) **float64 { return &s.SuccessRate })},
@@ -154,78 +155,89 @@ func (q *Querier) golden(ctx context.Context, sc Scope, meshed bool, extra []par
 		{MetricTCPOut, TCPWriteBytesQuery(sc), func(s *Stats, v float64) { s.TCPWriteBytesPerSec = v }},
 		{MetricTCPFail, TCPFailuresQuery(sc), func(s *Stats, v float64) { s.TCPFailuresPerSec = v }},
 	}
-	parts = append(parts, extra...)
-	var (
-		mu   sync.Mutex
-		wg   sync.WaitGroup
-		t    Table
-		rows = map[string]*Row{}
-		keys []string
-	)
-	// row finds or adds the row of m; buf is the caller's scratch space for
-	// the key, so that finding an existing row allocates nothing.
-	row := func(m model.Metric, buf *[]byte) *Row {
-		*buf = appendKey((*buf)[:0], sc.By, m)
-		if r := rows[string(*buf)]; r != nil {
-			return r
-		}
-		r := &Row{Labels: labelsOf(sc.By, m)}
-		key := string(*buf)
-		rows[key] = r
-		keys = append(keys, key)
+	if meshed {
+		parts = append(parts,
+			part{MetricMeshed, MeshedTotalQuery(sc), func(s *Stats, v float64) { s.MeshedTotal = int(v) }},
+			part{MetricMeshed, MeshedUpQuery(sc), func(s *Stats, v float64) { s.MeshedUp = int(v) }})
+	}
+	return parts
+}
+
+// golden is Golden with extra parts; sc must come planned (q.plan).
+func (q *Querier) golden(ctx context.Context, sc Scope, meshed bool, extra []part) Table {
+	rs := newRowSet(sc.By)
+	q.fill(ctx, rs, append(goldenParts(sc, meshed), extra...))
+	t := rs.table()
+	t.Source = sc.Source()
+	return t
+}
+
+// rowSet gathers a table's rows from the answers of its queries, one row per
+// distinct value of the grouping labels, with the warnings and failures.
+type rowSet struct {
+	by   []string
+	mu   sync.Mutex
+	rows map[string]*Row
+	keys []string
+	// fixed: answers about rows not in the set are ignored, as a second
+	// round of queries completes the rows the first one kept.
+	fixed bool
+	t     Table
+}
+
+func newRowSet(by []string) *rowSet {
+	return &rowSet{by: by, rows: map[string]*Row{}}
+}
+
+// row finds or adds the row of m (nil: not in a fixed set); buf is the
+// caller's scratch space for the key, so that finding an existing row
+// allocates nothing.
+func (rs *rowSet) row(m model.Metric, buf *[]byte) *Row {
+	*buf = appendKey((*buf)[:0], rs.by, m)
+	if r := rs.rows[string(*buf)]; r != nil || rs.fixed {
 		return r
 	}
+	r := &Row{Labels: labelsOf(rs.by, m)}
+	key := string(*buf)
+	rs.rows[key] = r
+	rs.keys = append(rs.keys, key)
+	return r
+}
+
+// fill runs parts concurrently, one instant query each, and sets their
+// values into the rows; a failed part is listed in the table's failures.
+func (q *Querier) fill(ctx context.Context, rs *rowSet, parts []part) {
+	var wg sync.WaitGroup
 	for _, p := range parts {
 		wg.Go(func() {
 			vec, ws, err := q.Vector(ctx, p.query)
-			mu.Lock()
-			defer mu.Unlock()
-			t.Warnings = append(t.Warnings, ws...)
+			rs.mu.Lock()
+			defer rs.mu.Unlock()
+			rs.t.Warnings = append(rs.t.Warnings, ws...)
 			if err != nil {
-				t.Failures = append(t.Failures, failure(p.metric, err))
+				rs.t.Failures = append(rs.t.Failures, failure(p.metric, err))
 				return
 			}
 			var buf []byte
 			for _, s := range vec {
-				p.set(&row(s.Metric, &buf).Stats, float64(s.Value))
-			}
-		})
-	}
-	if meshed {
-		wg.Go(func() {
-			targets, err := q.Targets(ctx, Job)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				t.Failures = append(t.Failures, failure(MetricMeshed, err))
-				return
-			}
-			var buf []byte
-		target:
-			for _, tg := range targets {
-				for _, m := range sc.Match {
-					if string(tg.Labels[model.LabelName(m.Label)]) != m.Value {
-						continue target
-					}
-				}
-				r := row(model.Metric(tg.Labels), &buf)
-				r.MeshedTotal++
-				if tg.Health == "up" {
-					r.MeshedUp++
+				if r := rs.row(s.Metric, &buf); r != nil {
+					p.set(&r.Stats, float64(s.Value))
 				}
 			}
 		})
 	}
 	wg.Wait()
-	t.Source = sc.Source()
-	t.Metrics = len(parts)
-	if meshed {
-		t.Metrics++
-	}
-	slices.Sort(keys)
-	t.Rows = make([]Row, 0, len(keys))
-	for _, k := range keys {
-		t.Rows = append(t.Rows, *rows[k])
+	rs.t.Metrics += len(parts)
+}
+
+// table is the rows in the order of their labels, with the parts' warnings
+// and failures.
+func (rs *rowSet) table() Table {
+	t := rs.t
+	slices.Sort(rs.keys)
+	t.Rows = make([]Row, 0, len(rs.keys))
+	for _, k := range rs.keys {
+		t.Rows = append(t.Rows, *rs.rows[k])
 	}
 	slices.SortFunc(t.Failures, func(a, b Failure) int { return strings.Compare(a.Metric, b.Metric) })
 	return t

@@ -52,9 +52,20 @@ func ValidName(kind, s string) error {
 	return nil
 }
 
-// Match is an equality matcher, label="value".
+// Match is an equality matcher, label="value"; with AnyOf set, a set
+// matcher, label=~"v1|v2|…", that selects any of those values exactly.
 type Match struct {
 	Label, Value string
+	// AnyOf, when not empty, replaces Value: the series whose label holds any
+	// of these values. Each is matched literally (regexp.QuoteMeta), whatever
+	// characters it holds.
+	AnyOf []string
+}
+
+// MatchAny is the set matcher selecting label's series whose value is any of
+// values, which must not be empty.
+func MatchAny(label string, values []string) Match {
+	return Match{Label: label, AnyOf: values}
 }
 
 // Scope is what a table or chart shows: the metrics of one direction,
@@ -90,10 +101,12 @@ func (sc Scope) window() string {
 // Values are quoted with Go escaping, which PromQL's string literals share,
 // so no value can end its quotes early.
 func (sc Scope) selector(metric string, extra ...Match) string {
-	return selector(metric, append(append([]Match{{"direction", sc.Direction}}, extra...), sc.Match...))
+	return selector(metric, append(append([]Match{{Label: "direction", Value: sc.Direction}}, extra...), sc.Match...))
 }
 
-// selector renders metric{label="value",...}, each value quoted.
+// selector renders metric{label="value",...}, each value quoted; set
+// matchers as label=~"a|b", each value's regexp metacharacters escaped
+// (PromQL's regexps are Go's, anchored at both ends).
 func selector(metric string, matches []Match) string {
 	var b strings.Builder
 	b.WriteString(metric)
@@ -103,8 +116,17 @@ func selector(metric string, matches []Match) string {
 			b.WriteByte(',')
 		}
 		b.WriteString(m.Label)
-		b.WriteByte('=')
-		b.WriteString(strconv.Quote(m.Value))
+		if len(m.AnyOf) == 0 {
+			b.WriteByte('=')
+			b.WriteString(strconv.Quote(m.Value))
+			continue
+		}
+		quoted := make([]string, len(m.AnyOf))
+		for j, v := range m.AnyOf {
+			quoted[j] = regexp.QuoteMeta(v)
+		}
+		b.WriteString("=~")
+		b.WriteString(strconv.Quote(strings.Join(quoted, "|")))
 	}
 	b.WriteByte('}')
 	return b.String()
@@ -132,19 +154,36 @@ func (sc Scope) gauge(metric string, extra ...Match) string {
 	return sc.selector(metric, extra...)
 }
 
-func sumBy(by []string, expr string) string {
+func sumBy(by []string, expr string) string { return aggregateBy("sum", by, expr) }
+
+func aggregateBy(op string, by []string, expr string) string {
 	if len(by) == 0 {
-		return "sum(" + expr + ")"
+		return op + "(" + expr + ")"
 	}
-	return "sum by (" + strings.Join(by, ", ") + ") (" + expr + ")"
+	return op + " by (" + strings.Join(by, ", ") + ") (" + expr + ")"
 }
+
+// up selects the scrape health series of the scope's proxies: one per
+// target, with the target's labels, 1 when its last scrape succeeded.
+func (sc Scope) up() string {
+	return selector("up", append([]Match{{Label: "job", Value: Job}}, sc.Match...))
+}
+
+// MeshedTotalQuery counts each row's proxies that Prometheus scrapes, and
+// MeshedUpQuery those whose last scrape succeeded. They read "up" rather than
+// the targets API so that the answer holds the rows asked for alone: at
+// 10,000 proxies the targets list is megabytes.
+func MeshedTotalQuery(sc Scope) string { return aggregateBy("count", sc.By, sc.up()) }
+
+// MeshedUpQuery: see MeshedTotalQuery.
+func MeshedUpQuery(sc Scope) string { return sumBy(sc.By, sc.up()) }
 
 // SuccessRateQuery is the share of responses classified success. Groups with
 // responses but no successes get 0 (the "or … * 0"), groups without responses
 // get NaN: no traffic, which is not 0% success.
 func SuccessRateQuery(sc Scope) string {
 	all := sumBy(sc.By, sc.rate(rules.Responses))
-	ok := sumBy(sc.By, sc.rate(rules.Responses, Match{"classification", "success"}))
+	ok := sumBy(sc.By, sc.rate(rules.Responses, Match{Label: "classification", Value: "success"}))
 	return "(" + ok + " or " + all + " * 0) / " + all
 }
 
@@ -170,7 +209,7 @@ func TCPQuery(sc Scope) string {
 // requests where there are requests, else of the open TCP connections (an
 // opaque TCP workload). No traffic at all gives no sample.
 func MTLSQuery(sc Scope) string {
-	secured := Match{"tls", "true"}
+	secured := Match{Label: "tls", Value: "true"}
 	share := func(all, tls string) string {
 		return "(" + tls + " or " + all + " * 0) / (" + all + " > 0)"
 	}
@@ -196,9 +235,9 @@ func CertExpiryQuery(sc Scope, within time.Duration) string {
 // connection counts twice.
 func (sc Scope) peer() Match {
 	if sc.Direction == "outbound" {
-		return Match{"peer", "dst"}
+		return Match{Label: "peer", Value: "dst"}
 	}
-	return Match{"peer", "src"}
+	return Match{Label: "peer", Value: "src"}
 }
 
 // TCPReadBytesQuery is bytes per second read from the peer: from clients
@@ -215,7 +254,7 @@ func TCPWriteBytesQuery(sc Scope) string {
 
 // TCPFailuresQuery is connections per second closed with a failure.
 func TCPFailuresQuery(sc Scope) string {
-	return sumBy(sc.By, sc.rate(rules.TCPClose, sc.peer(), Match{"classification", "failure"}))
+	return sumBy(sc.By, sc.rate(rules.TCPClose, sc.peer(), Match{Label: "classification", Value: "failure"}))
 }
 
 // SuccessUnderQuery is the success rate only where it is under slo: as a
@@ -223,6 +262,13 @@ func TCPFailuresQuery(sc Scope) string {
 // one query finds since when every row of a table has been unhealthy.
 func SuccessUnderQuery(sc Scope, slo float64) string {
 	return "(" + SuccessRateQuery(sc) + ") < " + strconv.FormatFloat(slo, 'f', -1, 64)
+}
+
+// DataFullQuery is the time of the proxies' earliest sample at the start of
+// window w (within a step of it, as DataSinceQuery): no sample when they had
+// no data then, i.e. when the window is not full.
+func DataFullQuery(w time.Duration) string {
+	return "min(timestamp(up{job=" + strconv.Quote(Job) + "} offset " + model.Duration(w-dataSinceStep(w)).String() + "))"
 }
 
 // DataSinceQuery is the time of the proxies' earliest scrape within window w

@@ -15,9 +15,9 @@ import (
 var (
 	nsScope     = Scope{Direction: "inbound", By: []string{"namespace"}, Window: time.Minute}
 	deployScope = Scope{Direction: "inbound", By: []string{"namespace", "deployment"},
-		Match: []Match{{"namespace", "shop"}}, Window: 5 * time.Minute}
+		Match: []Match{{Label: "namespace", Value: "shop"}}, Window: 5 * time.Minute}
 	edgeScope = Scope{Direction: "outbound", By: []string{"namespace", "deployment", "dst_namespace", "dst_deployment"},
-		Match: []Match{{"dst_namespace", "shop"}, {"dst_deployment", "voting"}}, Window: 10 * time.Second}
+		Match: []Match{{Label: "dst_namespace", Value: "shop"}, {Label: "dst_deployment", Value: "voting"}}, Window: 10 * time.Second}
 )
 
 func TestBuildersExactQueries(t *testing.T) {
@@ -40,7 +40,7 @@ func TestBuildersExactQueries(t *testing.T) {
 			`sum by (namespace, deployment, dst_namespace, dst_deployment) (tcp_open_connections{direction="outbound",peer="dst",dst_namespace="shop",dst_deployment="voting"})`},
 		{"callers are outbound series toward the deployment", RPSQuery(edgeScope),
 			`sum by (namespace, deployment, dst_namespace, dst_deployment) (rate(request_total{direction="outbound",dst_namespace="shop",dst_deployment="voting"}[10s]))`},
-		{"no grouping sums everything", RPSQuery(Scope{Direction: "inbound", Match: []Match{{"pod", "web-0"}}}),
+		{"no grouping sums everything", RPSQuery(Scope{Direction: "inbound", Match: []Match{{Label: "pod", Value: "web-0"}}}),
 			`sum(rate(request_total{direction="inbound",pod="web-0"}[1m]))`},
 		{"recorded success rate at 1m reads the last recorded 1m rates", SuccessRateQuery(recordedAt(nsScope, "namespace")),
 			`(sum by (namespace) (namespace:response_total:rate1m{direction="inbound",classification="success"}) or ` +
@@ -52,7 +52,7 @@ func TestBuildersExactQueries(t *testing.T) {
 			`histogram_quantile(0.99, sum by (le, namespace, deployment) (avg_over_time(deployment:response_latency_ms_bucket:rate1m{direction="inbound",namespace="shop"}[5m])))`},
 		{"recorded edge tcp connections", TCPQuery(recordedAt(Scope{Direction: "outbound", By: edgeScope.By, Match: edgeScope.Match}, "edge")),
 			`sum by (namespace, deployment, dst_namespace, dst_deployment) (edge:tcp_open_connections:sum{direction="outbound",peer="dst",dst_namespace="shop",dst_deployment="voting"})`},
-		{"hostile value stays inside its quotes", RPSQuery(Scope{Direction: "inbound", Match: []Match{{"namespace", `a"} or vector(1) #`}}}),
+		{"hostile value stays inside its quotes", RPSQuery(Scope{Direction: "inbound", Match: []Match{{Label: "namespace", Value: `a"} or vector(1) #`}}}),
 			`sum(rate(request_total{direction="inbound",namespace="a\"} or vector(1) #"}[1m]))`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -117,7 +117,8 @@ func pod(s string) error    { return ValidName("pod", s) }
 
 // FuzzMatcherValueStaysQuoted proves that whatever a label value holds, the
 // built query parses and selects exactly that value: it cannot close its
-// quotes and add PromQL of its own.
+// quotes and add PromQL of its own, nor, in a set matcher, widen the set
+// with regexp of its own.
 func FuzzMatcherValueStaysQuoted(f *testing.F) {
 	for _, s := range []string{"shop", `"`, `\`, `"} or vector(1) or {x="`, "\n", "`", "\x00", "日本", `\"`, "'"} {
 		f.Add(s)
@@ -127,7 +128,8 @@ func FuzzMatcherValueStaysQuoted(f *testing.F) {
 		if !utf8.ValidString(value) {
 			t.Skip("label values are UTF-8")
 		}
-		sc := Scope{Direction: "inbound", By: []string{"deployment"}, Match: []Match{{"namespace", value}}}
+		sc := Scope{Direction: "inbound", By: []string{"deployment"},
+			Match: []Match{{Label: "namespace", Value: value}, MatchAny("deployment", []string{value, "b"})}}
 		for _, q := range []string{SuccessRateQuery(sc), RPSQuery(sc), LatencyQuery(sc, 0.95), TCPQuery(sc)} {
 			expr, err := p.ParseExpr(q)
 			if err != nil {
@@ -140,17 +142,26 @@ func FuzzMatcherValueStaysQuoted(f *testing.F) {
 					return nil
 				}
 				selectors++
-				found := 0
+				found, sets := 0, 0
 				for _, m := range vs.LabelMatchers {
-					if m.Name == "namespace" {
+					switch m.Name {
+					case "namespace":
 						found++
 						if m.Value != value {
 							t.Errorf("matcher value %q, want %q in\n%s", m.Value, value, q)
 						}
+					case "deployment":
+						sets++
+						if !m.Matches(value) || !m.Matches("b") {
+							t.Errorf("set matcher %s does not select %q and \"b\"", m, value)
+						}
+						if value != "" && (m.Matches(value+"b") || m.Matches("b"+value)) {
+							t.Errorf("set matcher %s selects more than %q and \"b\"", m, value)
+						}
 					}
 				}
-				if found != 1 {
-					t.Errorf("selector %s has %d namespace matchers, want 1", vs, found)
+				if found != 1 || sets != 1 {
+					t.Errorf("selector %s has %d namespace and %d deployment matchers, want 1 each", vs, found, sets)
 				}
 				return nil
 			})

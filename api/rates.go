@@ -17,7 +17,7 @@ func (q *Querier) ProxyRates(ctx context.Context, sel Selector, direction string
 		dirs = []string{direction}
 	}
 	var match []Match
-	for _, m := range []Match{{LabelNamespace, sel.Namespace}, {LabelDeployment, sel.Deployment}, {LabelPod, sel.Pod}} {
+	for _, m := range []Match{{Label: LabelNamespace, Value: sel.Namespace}, {Label: LabelDeployment, Value: sel.Deployment}, {Label: LabelPod, Value: sel.Pod}} {
 		if m.Value != "" {
 			match = append(match, m)
 		}

@@ -177,10 +177,11 @@ func (w windowInfo) problems() []api.Failure {
 	return []api.Failure{*w.Failure}
 }
 
-// worst is the worst workloads of scope sc, worst first: every row's trend
-// against its own last hour and, for the unhealthy, since when.
-func (s *server) worst(ctx context.Context, sc api.Scope) api.Table {
-	return s.prom.Worst(ctx, sc, true, time.Hour, s.cfg.slo())
+// worst is the worst workloads of scope sc, worst first, at most limit of
+// them (0: all) of total: every row's trend against its own last hour and,
+// for the unhealthy, since when.
+func (s *server) worst(ctx context.Context, sc api.Scope, limit int) (t api.Table, total int) {
+	return s.prom.Worst(ctx, sc, true, time.Hour, s.cfg.slo(), limit)
 }
 
 type namespacesData struct {
@@ -214,13 +215,10 @@ func (s *server) namespacesPage(w http.ResponseWriter, r *http.Request) error {
 	d.Window, win, ws = s.honestWindow(ctx, v)
 	fetch(
 		func() {
-			d.Workloads = s.worst(ctx, api.Scope{Direction: "inbound", By: []string{api.LabelNamespace, api.LabelDeployment}, Window: win})
+			d.Workloads, d.WorkloadsTotal = s.worst(ctx, api.Scope{Direction: "inbound", By: []string{api.LabelNamespace, api.LabelDeployment}, Window: win}, worstShown)
 		},
 		func() { d.Namespaces = s.prom.Golden(ctx, byNamespace(win), true) },
 	)
-	s.sortRows(d.Workloads.Rows, "worst", workloadName)
-	d.WorkloadsTotal = len(d.Workloads.Rows)
-	d.Workloads.Rows = d.Workloads.Rows[:min(worstShown, len(d.Workloads.Rows))]
 	s.sortRows(d.Namespaces.Rows, v.sort, labelName(api.LabelNamespace))
 	if s.isAPI(r) {
 		return s.writeJSON(w, r, d)
@@ -279,7 +277,7 @@ func (s *server) namespacePage(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	d.Window, win, ws = s.honestWindow(ctx, v)
 	fetch(
-		func() { d.Deployments = s.worst(ctx, deploymentsOf(ns, win)) },
+		func() { d.Deployments, _ = s.worst(ctx, deploymentsOf(ns, win), 0) },
 		func() {
 			d.Pods = s.prom.Golden(ctx, podsOf(win, api.Match{Label: api.LabelNamespace, Value: ns}), true)
 		},

@@ -24,14 +24,18 @@ import (
 
 // memProm answers the dashboard's queries from memory for a namespace "shop"
 // of n deployments with one pod each: deployment dep-i has success rate
-// (i%100)/100, except dep-0, which has no traffic. It counts the calls.
+// (i%100)/100, except dep-0, which has no traffic; every pod's proxy is up.
+// It counts the calls.
 type memProm struct {
 	n       int
 	calls   atomic.Int64
 	answers sync.Map // query -> model.Vector, built once
 }
 
-var byClause = regexp.MustCompile(`by \(([^)]*)\)`)
+var (
+	byClause          = regexp.MustCompile(`by \(([^)]*)\)`)
+	deploymentMatcher = regexp.MustCompile(`[{,]deployment="([^"]*)"`)
+)
 
 func (m *memProm) Query(_ context.Context, q string, _ time.Time, _ ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
 	m.calls.Add(1)
@@ -55,7 +59,14 @@ func (m *memProm) answer(q string) model.Vector {
 		by = strings.Split(g[1], ", ")
 	}
 	vec := make(model.Vector, 0, m.n)
-	for i := 1; i < m.n; i++ {
+	first := 1 // dep-0 has no traffic, but its proxy is scraped
+	if strings.Contains(q, "up{") {
+		first = 0
+	}
+	for i := first; i < m.n; i++ {
+		if g := deploymentMatcher.FindStringSubmatch(q); g != nil && g[1] != fmt.Sprintf("dep-%d", i) {
+			continue
+		}
 		metric := model.Metric{}
 		for _, l := range by {
 			switch l {
@@ -69,6 +80,8 @@ func (m *memProm) answer(q string) model.Vector {
 		}
 		var v float64
 		switch {
+		case strings.Contains(q, "up{"):
+			v = 1 // one proxy per deployment, up
 		case strings.HasPrefix(q, "histogram_quantile"):
 			v = float64(i)
 		case strings.Contains(q, "response_total"):

@@ -47,7 +47,7 @@ func trimDesc(sort string) string { return strings.TrimPrefix(sort, "-") }
 
 // sortRows orders rows by sort (default: worst success rate first), ties
 // and rows without a value broken by name. "worst" is the on-call order of
-// worstFirst.
+// api.WorstFirst.
 func sortRows(rows []api.Row, sort string, slo float64, name func(api.Row) string) {
 	if sort == "" {
 		sort = "success"
@@ -55,7 +55,7 @@ func sortRows(rows []api.Row, sort string, slo float64, name func(api.Row) strin
 	reverse := strings.HasPrefix(sort, "-")
 	if trimDesc(sort) == "worst" {
 		slices.SortStableFunc(rows, func(a, b api.Row) int {
-			c := worstFirst(a, b, slo)
+			c := api.WorstFirst(a, b, slo)
 			if reverse {
 				c = -c
 			}
@@ -107,50 +107,6 @@ func sortRows(rows []api.Row, sort string, slo float64, name func(api.Row) strin
 		sorted[i] = rows[it.index]
 	}
 	copy(rows, sorted)
-}
-
-// worstFirst is the order an engineer paged at night wants: rows with traffic
-// under the SLO, lowest success first; then the other rows with traffic,
-// slowest against their own last hour (p99 now over p99 then) first; then
-// rows with TCP traffic only; then idle rows.
-func worstFirst(a, b api.Row, slo float64) int {
-	rank := func(r api.Row) int {
-		switch {
-		case r.SuccessRate != nil && *r.SuccessRate < slo:
-			return 0
-		case r.SuccessRate != nil:
-			return 1
-		case tcpOnly(r):
-			return 2
-		}
-		return 3
-	}
-	ra, rb := rank(a), rank(b)
-	if ra != rb {
-		return cmp.Compare(ra, rb)
-	}
-	switch ra {
-	case 0:
-		return cmp.Compare(*a.SuccessRate, *b.SuccessRate)
-	case 1:
-		return -cmp.Compare(latencyRatio(a), latencyRatio(b))
-	}
-	return 0
-}
-
-// latencyRatio is p99 now over p99 over the last hour; 0 when either is
-// missing, so that rows without a comparison come after the slowed ones.
-func latencyRatio(r api.Row) float64 {
-	if r.Trend == nil || r.LatencyP99 == nil || r.LatencyP99LastHour == nil || *r.LatencyP99LastHour <= 0 {
-		return 0
-	}
-	return *r.LatencyP99 / *r.LatencyP99LastHour
-}
-
-// tcpOnly is a row without HTTP responses but with TCP traffic: opaque
-// TCP, which must not read as "no traffic".
-func tcpOnly(r api.Row) bool {
-	return r.SuccessRate == nil && (r.TCPConnections > 0 || r.TCPReadBytesPerSec > 0 || r.TCPWriteBytesPerSec > 0 || r.TCPFailuresPerSec > 0)
 }
 
 // sortRows sorts with the server's SLO.
@@ -319,7 +275,7 @@ func (s *server) row(r api.Row, failed map[string]bool, meshed bool) views.Row {
 	switch {
 	case failed[api.MetricSuccess]:
 		vr.Success = views.Cell{Text: unknown, Class: "none"}
-	case tcpOnly(r):
+	case r.TCPOnly():
 		vr.Success = views.Cell{Text: tcpText(r), Class: "tcp"}
 	}
 	if meshed {
@@ -360,7 +316,7 @@ func deltaCell(r api.Row) views.Cell {
 		parts = append(parts, fmt.Sprintf("%+.2f pt", d))
 		bad = d <= -1
 	}
-	if ratio := latencyRatio(r); ratio > 0 {
+	if ratio := r.LatencyRatio(); ratio > 0 {
 		parts = append(parts, fmt.Sprintf("p99 %+.0f%%", 100*(ratio-1)))
 		bad = bad || ratio >= 1.5
 	}

@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"os/exec"
+	"reflect"
 	"testing"
 	"time"
 
@@ -96,6 +97,35 @@ func TestRecordedAndRawAgree(t *testing.T) {
 			})
 		}
 	}
+	t.Run("the first screen's second round completes its rows as one round would", func(t *testing.T) {
+		all := api.Scope{Direction: "inbound", By: []string{"namespace", "deployment"}, Window: 5 * time.Minute}
+		deployments := mesh.Namespaces * mesh.DeploymentsPerNamespace
+		for _, q := range []*api.Querier{raw, recorded} {
+			whole, n := q.Worst(ctx, all, true, 15*time.Minute, 0.99, 0)
+			top, total := q.Worst(ctx, all, true, 15*time.Minute, 0.99, 2)
+			if len(whole.Failures)+len(top.Failures) > 0 {
+				t.Fatalf("failures: %v %v", whole.Failures, top.Failures)
+			}
+			if n != deployments || total != deployments || len(whole.Rows) != deployments || len(top.Rows) != 2 {
+				t.Fatalf("%d and %d rows of %d and %d, want %d of %d and 2", len(whole.Rows), len(top.Rows), n, total, deployments, deployments)
+			}
+			worst := top.Rows[0]
+			if worst.Labels["deployment"] != dep || worst.UnhealthySince == nil ||
+				worst.UnhealthySince.Before(end.Add(-20*time.Minute)) || worst.UnhealthySince.After(end.Add(-10*time.Minute)) {
+				t.Errorf("%s: worst %v unhealthy since %v, want %s since the data began (%v)", top.Source, worst.Labels, worst.UnhealthySince, dep, end.Add(-20*time.Minute))
+			}
+			for i, r := range top.Rows {
+				if r.LatencyP50 == nil || r.LatencyP95 == nil || !reflect.DeepEqual(r, whole.Rows[i]) {
+					t.Errorf("%s: row %d of the two worst %+v, of all rows %+v", top.Source, i, r, whole.Rows[i])
+				}
+			}
+			for _, r := range whole.Rows {
+				if r.MeshedTotal != mesh.PodsPerDeployment || r.MeshedUp != r.MeshedTotal {
+					t.Errorf("%s: %v meshed %d/%d, want %d/%d", whole.Source, r.Labels, r.MeshedUp, r.MeshedTotal, mesh.PodsPerDeployment, mesh.PodsPerDeployment)
+				}
+			}
+		}
+	})
 	t.Run("pods and windows under a minute read raw series even with the rules", func(t *testing.T) {
 		pods := api.Scope{Direction: "inbound", By: []string{"namespace", "deployment", "pod"}, Match: []api.Match{{Label: "namespace", Value: ns}}}
 		short := api.Scope{Direction: "inbound", By: []string{"namespace"}, Window: 10 * time.Second}
