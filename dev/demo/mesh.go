@@ -3,6 +3,7 @@ package demo
 import (
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"strconv"
 	"strings"
@@ -87,36 +88,46 @@ func SequentialPorts(base int) PortFunc {
 	}
 }
 
-// FreePorts hands out ports the kernel reports free right now on host, never
-// the same one twice: the kernel may offer a port again once the probe that
-// found it is closed, and two listeners of one layout on one port would fail
-// at start (in tests, at random). Safe for concurrent use.
+// Free ports are drawn from below the kernels' ephemeral ranges (Linux
+// 32768-60999, macOS and Windows 49152-65535): those are the ports a kernel
+// picks itself, for every outgoing connection and every listener on port 0 of
+// any process, so a port free here stays free until the demo binds it, even
+// while other test processes open connections by the thousand. Each layout
+// starts at a random place in the range, so that concurrent test processes
+// rarely probe the same ports.
+const (
+	freePortLow  = 20000
+	freePortHigh = 32768 // exclusive
+)
+
+// FreePorts hands out ports free right now on host, never the same one twice
+// (two listeners of one layout on one port would fail at start, in tests at
+// random), from below the ephemeral range. Safe for concurrent use.
 func FreePorts(host string) PortFunc {
 	var mu sync.Mutex
 	given := map[int]bool{}
+	next := freePortLow + rand.IntN(freePortHigh-freePortLow)
 	return func() (int, error) {
 		mu.Lock()
 		defer mu.Unlock()
-		// Each probe stays open until a new port is found, so the kernel
-		// cannot offer the same one to the next probe in this loop.
-		var probes []net.Listener
-		defer func() {
-			for _, l := range probes {
-				l.Close()
+		for range freePortHigh - freePortLow {
+			p := next
+			next++
+			if next == freePortHigh {
+				next = freePortLow
 			}
-		}()
-		for range 1000 {
-			l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+			if given[p] {
+				continue
+			}
+			l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(p)))
 			if err != nil {
-				return 0, fmt.Errorf("find a free port: %w", err)
+				continue // taken, or not ours to bind
 			}
-			probes = append(probes, l)
-			if p := l.Addr().(*net.TCPAddr).Port; !given[p] {
-				given[p] = true
-				return p, nil
-			}
+			l.Close()
+			given[p] = true
+			return p, nil
 		}
-		return 0, fmt.Errorf("find a free port on %s: the kernel offered only ports already handed out", host)
+		return 0, fmt.Errorf("find a free port on %s: none left in %d-%d", host, freePortLow, freePortHigh-1)
 	}
 }
 

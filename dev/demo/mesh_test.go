@@ -1,16 +1,32 @@
 package demo
 
 import (
+	"fmt"
 	"net"
+	"os"
 	"sync"
 	"testing"
 )
 
-// The kernel offers a closed probe's port again sooner or later; over
-// thousands of draws (a demo test run asks for a few dozen, many times over)
-// a repeat is near certain, so this fails for an allocator that forgets what
-// it handed out.
+// ephemeralRange is the kernel's range of ports it picks itself.
+func ephemeralRange(t *testing.T) (lo, hi int) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		t.Skipf("no ephemeral port range to read: %v", err)
+	}
+	if _, err := fmt.Sscan(string(b), &lo, &hi); err != nil {
+		t.Fatalf("ip_local_port_range %q: %v", b, err)
+	}
+	return lo, hi
+}
+
+// A closed probe's port is free again at once; over thousands of draws (a
+// demo test run asks for a few dozen, many times over) a repeat is near
+// certain, so this fails for an allocator that forgets what it handed out.
+// Every port is outside the kernel's ephemeral range, where no other
+// process's connection can take it before the demo binds it.
 func TestFreePortsNeverHandsOutAPortTwice(t *testing.T) {
+	lo, hi := ephemeralRange(t)
 	free := FreePorts("127.0.0.1")
 	seen := map[int]bool{}
 	var mu sync.Mutex
@@ -26,6 +42,9 @@ func TestFreePortsNeverHandsOutAPortTwice(t *testing.T) {
 				mu.Lock()
 				if seen[p] {
 					t.Errorf("port %d handed out twice", p)
+				}
+				if p >= lo && p <= hi {
+					t.Errorf("port %d is in the ephemeral range %d-%d", p, lo, hi)
 				}
 				seen[p] = true
 				mu.Unlock()
