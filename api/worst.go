@@ -85,6 +85,9 @@ func (q *Querier) Worst(ctx context.Context, sc Scope, meshed bool, baseline tim
 		t.Rows = t.Rows[:limit]
 	}
 
+	if len(t.Rows) == 0 {
+		return t, total // nothing to complete: a backend that failed the first round is not asked again
+	}
 	// The second round completes the kept rows in place.
 	second := newRowSet(sc.By)
 	second.fixed = true
