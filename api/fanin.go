@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,6 +18,7 @@ import (
 
 	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
 
+	"github.com/meshscope/meshscope/api/meshid"
 	"github.com/meshscope/meshscope/api/tap"
 )
 
@@ -60,6 +62,9 @@ type Proxy struct {
 	Pod        string `json:"pod,omitempty"`
 	// Admin is the host:port of the proxy's admin listener, taken from the scrape URL.
 	Admin string `json:"admin"`
+	// Identity is the identity the proxy must prove over mutual TLS: its pod's ServiceAccount's, as
+	// discovery knows it (KubeProxies; a target's serviceaccount label); empty when unknown.
+	Identity string `json:"identity,omitempty"`
 }
 
 // Name is how the proxy is shown: its pod, or its admin address when the target has no pod label.
@@ -90,6 +95,9 @@ func ListProxies(ctx context.Context, tl TargetLister, sel Selector) ([]Proxy, e
 			Deployment: string(t.Labels["deployment"]),
 			Pod:        string(t.Labels["pod"]),
 			Admin:      u.Host,
+		}
+		if sa := string(t.Labels["serviceaccount"]); sa != "" && p.Namespace != "" {
+			p.Identity = meshid.Name(p.Namespace, sa)
 		}
 		if !sel.matches(p) || seen[p.Admin] {
 			continue
@@ -162,6 +170,28 @@ func ProxyKey(namespace, pod string) string { return namespace + "/" + pod }
 // be sent to.
 var ErrTokenWithheld = errors.New("tap token withheld")
 
+// MeshTLS is the client side of mutual TLS to a peer that must prove identity name: meshid.Client has it.
+type MeshTLS interface {
+	ClientConfig(name string) *tls.Config
+}
+
+// Reasons of FanIn.Refused besides meshid.RefusalReason's.
+const (
+	// RefusedIdentityUnknown: with Identity set, a proxy whose identity discovery does not know.
+	RefusedIdentityUnknown = "identity_unknown"
+	// RefusedTokenWithheld: the proxy's address is outside TokenNetworks (ErrTokenWithheld).
+	RefusedTokenWithheld = "token_withheld"
+)
+
+// refusedError is a tap not made, or refused, for security's sake: counted and logged as a refusal.
+type refusedError struct {
+	reason string
+	err    error
+}
+
+func (e *refusedError) Error() string { return e.err.Error() }
+func (e *refusedError) Unwrap() error { return e.err }
+
 // DefaultTokenNetworks is where a tap token goes unless told otherwise: this machine only (the demo,
 // kubectl port-forward).
 var DefaultTokenNetworks = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
@@ -200,6 +230,13 @@ type FanIn struct {
 	// of it than an idle one), and the fan-in reports what share of the traffic is shown (Sampling).
 	// Without it, or when it fails, every proxy gets an equal share.
 	Rates ProxyRates
+	// Identity, when set, is the dashboard's workload identity: every proxy is tapped over mutual TLS,
+	// the dashboard's certificate presented and the proxy's checked against the identity discovery gives
+	// it (Proxy.Identity), and Token is never sent; a proxy whose identity is unknown is not tapped.
+	Identity MeshTLS
+	// Refused, when set, is told each tap the dashboard did not make, or the proxy refused, for
+	// security's sake: by reason, meshid.RefusalReason's or RefusedIdentityUnknown or RefusedTokenWithheld.
+	Refused func(reason string)
 	// Token is sent as a bearer token to the proxies whose admin address is in TokenNetworks; it never
 	// leaves the dashboard.
 	Token string
@@ -242,7 +279,9 @@ func orDefault(d, def time.Duration) time.Duration {
 
 func (f *FanIn) client() *http.Client {
 	f.clientOnce.Do(func() {
-		if f.Client == nil {
+		if f.Client == nil && f.Identity != nil {
+			f.Client = NewMeshTapClient(f.Identity, 5*time.Second, 10*time.Second)
+		} else if f.Client == nil {
 			f.Client = NewTapClient(5*time.Second, 10*time.Second)
 		}
 	})
@@ -390,8 +429,10 @@ func (f *FanIn) shares(ctx context.Context, sel Selector, filter tap.Filter, pro
 }
 
 // tapProxy streams one proxy's events until ctx ends, reporting each failure and
-// trying again after f.retry().
+// trying again after f.retry(). A refusal is counted each time and logged when
+// its reason changes, so that a proxy refused in a loop is one log line.
 func (f *FanIn) tapProxy(ctx context.Context, p Proxy, filter tap.Filter, emit func(TapItem)) {
+	logged := ""
 	for {
 		err := f.stream(ctx, p, filter, emit)
 		if ctx.Err() != nil {
@@ -400,7 +441,18 @@ func (f *FanIn) tapProxy(ctx context.Context, p Proxy, filter tap.Filter, emit f
 		if err == nil {
 			err = errors.New("stream ended")
 		}
-		f.logger().Info("tap fan-in: proxy stream failed", "proxy", p.Name(), "admin", p.Admin, "err", err)
+		if r, ok := errors.AsType[*refusedError](err); ok {
+			if f.Refused != nil {
+				f.Refused(r.reason)
+			}
+			if r.reason != logged {
+				f.logger().Warn("tap refused: proxy not tapped", "proxy", p.Name(), "admin", p.Admin, "reason", r.reason, "err", err)
+				logged = r.reason
+			}
+		} else {
+			logged = ""
+			f.logger().Info("tap fan-in: proxy stream failed", "proxy", p.Name(), "admin", p.Admin, "err", err)
+		}
 		emit(TapItem{Proxy: p, State: ProxyFailed, Err: err.Error()})
 		t := time.NewTimer(f.retry())
 		select {
@@ -414,10 +466,18 @@ func (f *FanIn) tapProxy(ctx context.Context, p Proxy, filter tap.Filter, emit f
 
 // stream makes one tap request to p and delivers its events until the stream or ctx ends.
 func (f *FanIn) stream(ctx context.Context, p Proxy, filter tap.Filter, emit func(TapItem)) error {
-	if f.Token != "" && !TokenAllowed(p.Admin, f.TokenNetworks) {
-		return fmt.Errorf("%w: %s is not in the networks the tap token may be sent to (--tap-token-networks)", ErrTokenWithheld, p.Admin)
+	var s *TapStream
+	var err error
+	switch {
+	case f.Identity != nil && p.Identity == "":
+		return &refusedError{RefusedIdentityUnknown, fmt.Errorf("tap %s: not tapped: the proxy's identity is unknown (its pod's ServiceAccount; a Prometheus target needs a serviceaccount label), so it cannot be checked", p.Admin)}
+	case f.Identity != nil:
+		s, err = OpenMeshTap(ctx, f.client(), p.Admin, p.Identity, filter, f.MaxLine)
+	case f.Token != "" && !TokenAllowed(p.Admin, f.TokenNetworks):
+		return &refusedError{RefusedTokenWithheld, fmt.Errorf("%w: %s is not in the networks the tap token may be sent to (--tap-token-networks)", ErrTokenWithheld, p.Admin)}
+	default:
+		s, err = OpenTap(ctx, f.client(), p.Admin, f.Token, filter, f.MaxLine)
 	}
-	s, err := OpenTap(ctx, f.client(), p.Admin, f.Token, filter, f.MaxLine)
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshscope/meshscope/api/kube"
+	"github.com/meshscope/meshscope/api/meshid"
 )
 
 // KubeProxies finds the proxies to tap through the Kubernetes API server instead of the metrics
@@ -26,7 +27,7 @@ type KubeProxies struct {
 
 // FindProxies lists the meshed pods sel picks (in sel.Namespace only, when set), labelled as the
 // Prometheus scrape configuration labels their targets: namespace, deployment (from the injector's
-// workload label), pod.
+// workload label), pod; each with the identity its proxy proves, its ServiceAccount's.
 func (k KubeProxies) FindProxies(ctx context.Context, sel Selector) ([]Proxy, error) {
 	timeout := k.Timeout
 	if timeout == 0 {
@@ -46,7 +47,11 @@ func (k KubeProxies) FindProxies(ctx context.Context, sel Selector) ([]Proxy, er
 		if admin == "" {
 			continue
 		}
-		p := Proxy{Namespace: pod.Namespace, Pod: pod.Name, Admin: admin}
+		sa := pod.Spec.ServiceAccountName
+		if sa == "" {
+			sa = "default" // what the API server admits a pod without one with
+		}
+		p := Proxy{Namespace: pod.Namespace, Pod: pod.Name, Admin: admin, Identity: meshid.Name(pod.Namespace, sa)}
 		for _, l := range kube.WorkloadLabels {
 			if v := pod.Labels[l]; v != "" && p.Deployment == "" {
 				p.Deployment = v

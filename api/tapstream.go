@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meshscope/meshscope/api/meshid"
 	"github.com/meshscope/meshscope/api/tap"
 )
 
@@ -34,6 +36,55 @@ func NewTapClient(connect, header time.Duration) *http.Client {
 	}
 }
 
+// peerIdentityKey carries, in a tap request's context, the identity its proxy must prove.
+type peerIdentityKey struct{}
+
+// NewMeshTapClient returns an HTTP client for tap streams over mutual TLS (OpenMeshTap): each connection
+// presents id's certificate and checks that the proxy proves the identity its request names, within
+// connect (TCP and handshake); headers must come within header. Connections are never reused: one
+// verified for one identity must not carry a request meant for another (a pod's address is reused).
+func NewMeshTapClient(id MeshTLS, connect, header time.Duration) *http.Client {
+	dialer := &net.Dialer{Timeout: connect, KeepAlive: 15 * time.Second}
+	return &http.Client{
+		Transport: &http.Transport{
+			DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				name, _ := ctx.Value(peerIdentityKey{}).(string)
+				if name == "" {
+					return nil, errors.New("no identity to check the proxy against")
+				}
+				ctx, cancel := context.WithTimeout(ctx, connect)
+				defer cancel()
+				return (&tls.Dialer{NetDialer: dialer, Config: id.ClientConfig(name)}).DialContext(ctx, network, addr)
+			},
+			DisableKeepAlives:     true,
+			ResponseHeaderTimeout: header,
+			DisableCompression:    true,
+		},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+// OpenMeshTap is OpenTap over mutual TLS with a client of NewMeshTapClient: the proxy at admin must prove
+// identity before the request is sent, and accept the client's. A handshake either side refused is a
+// refusal (counted and logged once by the fan-in), its error saying which identity was expected.
+func OpenMeshTap(ctx context.Context, client *http.Client, admin, identity string, filter tap.Filter, maxLine int) (*TapStream, error) {
+	s, err := openTap(context.WithValue(ctx, peerIdentityKey{}, identity), client, "https", admin, "", filter, maxLine)
+	if err == nil || ctx.Err() != nil {
+		return s, err
+	}
+	reason := meshid.RefusalReason(err)
+	switch reason {
+	case meshid.RefusedHandshake:
+		// Not refused for who either side is: the proxy is down, or did not answer with a tap stream.
+		return nil, err
+	case meshid.RefusedIdentityMismatch:
+		err = fmt.Errorf("%w: the proxy does not prove %s, the identity of its pod's ServiceAccount: not tapped", err, identity)
+	case meshid.RefusedByPeer:
+		err = fmt.Errorf("%w: the proxy refused the dashboard's identity (is its --tap-client-identity the dashboard's?)", err)
+	}
+	return nil, &refusedError{reason, err}
+}
+
 // TapStream is one proxy's open tap stream.
 type TapStream struct {
 	admin string
@@ -46,7 +97,11 @@ type TapStream struct {
 // maxLine caps one NDJSON line (0: tap.DefaultMaxLine). A 401 is
 // ErrTapTokenRejected; another refusal carries the proxy's message.
 func OpenTap(ctx context.Context, client *http.Client, admin, token string, filter tap.Filter, maxLine int) (*TapStream, error) {
-	u := url.URL{Scheme: "http", Host: admin, Path: "/tap", RawQuery: filter.Values().Encode()}
+	return openTap(ctx, client, "http", admin, token, filter, maxLine)
+}
+
+func openTap(ctx context.Context, client *http.Client, scheme, admin, token string, filter tap.Filter, maxLine int) (*TapStream, error) {
+	u := url.URL{Scheme: scheme, Host: admin, Path: "/tap", RawQuery: filter.Values().Encode()}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return nil, fmt.Errorf("tap %s: %w", admin, err)

@@ -140,8 +140,9 @@ type workload struct {
 }
 
 // startWorkload runs app on a test server and a proxy in front of it, with
-// dests as its destinations file (may be empty), and waits until it is ready.
-func startWorkload(t *testing.T, bin, ns, deploy, pod string, app http.Handler, dests string) *workload {
+// dests as its destinations file (may be empty) and the proxy flags extra,
+// and waits until it is ready.
+func startWorkload(t *testing.T, bin, ns, deploy, pod string, app http.Handler, dests string, extra ...string) *workload {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -162,7 +163,7 @@ func startWorkload(t *testing.T, bin, ns, deploy, pod string, app http.Handler, 
 		}
 		args = append(args, "--destinations", f)
 	}
-	w.proxy = startProcess(t, "proxy "+pod, bin, args...)
+	w.proxy = startProcess(t, "proxy "+pod, bin, append(args, extra...)...)
 	eventually(t, 30*time.Second, "proxy "+pod+" ready", func() error {
 		resp, err := http.Get("http://" + w.Admin + "/ready")
 		if err != nil {

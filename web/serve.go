@@ -20,6 +20,7 @@ import (
 
 	"github.com/meshscope/meshscope/api"
 	"github.com/meshscope/meshscope/api/kube"
+	"github.com/meshscope/meshscope/api/meshid"
 )
 
 // config is the dashboard's configuration, parsed from flags and their
@@ -61,6 +62,20 @@ type config struct {
 	// Kubeconfig is the API server's kubeconfig file for TapTargets
 	// kubernetes; empty means the pod's in-cluster configuration.
 	Kubeconfig string
+
+	// IdentityAddr is the mesh's certificate issuer (proxy identity); set,
+	// the dashboard gets its workload identity and taps every proxy over
+	// mutual TLS, checking the proxy's identity, instead of sending TapToken.
+	IdentityAddr string
+	// IdentityTrustAnchors is the PEM file of the mesh's roots; required
+	// with IdentityAddr.
+	IdentityTrustAnchors string
+	// IdentityTokenFile holds the dashboard's ServiceAccount token for the
+	// issuer.
+	IdentityTokenFile string
+	// IdentityServerName is the issuer's identity; empty means
+	// meshid.IssuerName.
+	IdentityServerName string
 }
 
 // defaultHost allows loopback names only: a page served to a browser must not
@@ -158,6 +173,15 @@ func backendFlags(fs *flag.FlagSet, c *config) {
 func tapFlags(fs *flag.FlagSet, c *config) {
 	fs.StringVar(&c.TapTargets, "tap-targets", "auto", "how tap finds the proxies: `kubernetes` (pods with a meshscope-proxy container, from the API server; needs list on pods), prometheus (the backend's scrape targets, which Mimir, Cortex or Thanos Receive do not serve) or auto (kubernetes with --kubeconfig or inside a pod, else prometheus)")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig `file` of the API server tap asks (default: the pod's in-cluster configuration)")
+}
+
+// identityFlags registers the dashboard's workload identity, which taps the
+// proxies over mutual TLS.
+func identityFlags(fs *flag.FlagSet, c *config) {
+	fs.StringVar(&c.IdentityAddr, "identity-addr", "", "`address` (host:port) of the mesh's certificate issuer (proxy identity); set, the dashboard gets its ServiceAccount's identity and taps every proxy over mutual TLS, checking that the proxy proves its pod's ServiceAccount, and never sends --tap-token (web install sets it)")
+	fs.StringVar(&c.IdentityTrustAnchors, "identity-trust-anchors", "", "PEM `file` of the mesh's trust anchors, which verify the issuer and the proxies; required with --identity-addr")
+	fs.StringVar(&c.IdentityTokenFile, "identity-token-file", "/var/run/secrets/tokens/meshscope-identity-token", "`file` holding the dashboard's ServiceAccount token (audience identity.meshscope.io) the issuer reviews; read again at each renewal")
+	fs.StringVar(&c.IdentityServerName, "identity-server-name", "", "the issuer's `identity`, checked when connecting to it (default "+meshid.IssuerName+")")
 }
 
 func checkTapTargets(s string) error {
@@ -325,6 +349,7 @@ MESHSCOPE_WEB_<FLAG> (e.g. MESHSCOPE_WEB_PROMETHEUS_URL); flags win.
 	fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 10*time.Second, "how long open requests may finish on shutdown")
 	backendFlags(fs, &cfg)
 	tapFlags(fs, &cfg)
+	identityFlags(fs, &cfg)
 	if err := parseFlags(fs, args, os.Getenv); err != nil {
 		return err
 	}
@@ -358,6 +383,14 @@ func (c *config) validate() error {
 	}
 	if err := checkTapTargets(c.TapTargets); err != nil {
 		return err
+	}
+	if c.IdentityAddr != "" {
+		if _, _, err := net.SplitHostPort(c.IdentityAddr); err != nil {
+			return fmt.Errorf("--identity-addr %q: want host:port", c.IdentityAddr)
+		}
+		if c.IdentityTrustAnchors == "" {
+			return errors.New("--identity-trust-anchors is required with --identity-addr: the PEM file of the mesh's roots")
+		}
 	}
 	if _, ok := windowNames[c.window()]; !ok {
 		return fmt.Errorf("--window %v: want one of 10s, 1m, 5m, 15m, 1h", c.Window)

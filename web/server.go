@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/meshscope/meshscope/api"
+	"github.com/meshscope/meshscope/api/meshid"
 	"github.com/meshscope/meshscope/static"
 	"github.com/meshscope/meshscope/views"
 )
@@ -46,6 +47,12 @@ type server struct {
 	proxies api.ProxyFinder
 	// dataSince spares pages of an established mesh the window query.
 	dataSince sinceCache
+	// identity is the dashboard's workload identity, which taps the proxies
+	// over mutual TLS; nil with identity off.
+	identity *meshid.Client
+	// tapRefused counts the proxies the live views did not tap, or that
+	// refused them, for security's sake, by reason.
+	tapRefused *prometheus.CounterVec
 }
 
 // serverMetrics are the dashboard's own metrics, on its own registry.
@@ -96,7 +103,31 @@ func newServer(stop context.Context, cfg config, log *slog.Logger) (*server, err
 	if err != nil {
 		return nil, err
 	}
-	return &server{cfg: cfg, log: log, stop: stop, reg: reg, metrics: m, prom: prom, proxies: proxies}, nil
+	s := &server{cfg: cfg, log: log, stop: stop, reg: reg, metrics: m, prom: prom, proxies: proxies,
+		tapRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshscope_web_tap_refused_total",
+			Help: "Proxies the live views did not tap, or that refused them, for security's sake, by reason: identity_mismatch (the proxy proved another identity than its pod's ServiceAccount's), refused_by_peer (it refused the dashboard's), unknown_authority, expired, no_local_identity (the dashboard has no certificate yet), identity_unknown, token_withheld (outside --tap-token-networks).",
+		}, []string{"reason"})}
+	reg.MustRegister(s.tapRefused)
+	if cfg.IdentityAddr != "" {
+		if s.identity, err = newIdentity(cfg, log); err != nil {
+			return nil, err
+		}
+		reg.MustRegister(s.identity.Collector())
+		go s.identity.Run(stop)
+	}
+	return s, nil
+}
+
+// newIdentity makes the dashboard's workload identity: a key in memory, and
+// the certificate the issuer signs for its ServiceAccount once Run fetches it.
+func newIdentity(cfg config, log *slog.Logger) (*meshid.Client, error) {
+	pool, _, err := meshid.LoadTrustAnchors(cfg.IdentityTrustAnchors)
+	if err != nil {
+		return nil, fmt.Errorf("--identity-trust-anchors: %w", err)
+	}
+	return meshid.NewClient(meshid.ClientConfig{Addr: cfg.IdentityAddr, ServerName: cfg.IdentityServerName,
+		Anchors: pool, TokenFile: cfg.IdentityTokenFile, Log: log})
 }
 
 // routes builds the dashboard's handler. The Host allowlist and the security

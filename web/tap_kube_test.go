@@ -18,14 +18,16 @@ import (
 )
 
 // meshedPod records in the API server a running pod whose meshscope-proxy container's admin port is
-// the real proxy at admin (the pod IP is the proxy's loopback address, so the tap really connects).
-func meshedPod(t *testing.T, srv *kubetest.Server, ns, name, deployment, admin string, phase corev1.PodPhase, meshed bool) {
+// the real proxy at admin (the pod IP is the proxy's loopback address, so the tap really connects),
+// running as ServiceAccount sa (empty: the namespace's default).
+func meshedPod(t *testing.T, srv *kubetest.Server, ns, name, deployment, sa, admin string, phase corev1.PodPhase, meshed bool) {
 	t.Helper()
 	host, portText, _ := net.SplitHostPort(admin)
 	port, _ := strconv.Atoi(portText)
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"meshscope.io/proxy-deployment": deployment}},
-		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "app", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}}}}},
+		Spec: corev1.PodSpec{ServiceAccountName: sa,
+			Containers: []corev1.Container{{Name: "app", Image: "app", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}}}}},
 	}
 	if meshed {
 		pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: kube.ProxyContainer, Image: "proxy",
@@ -56,11 +58,11 @@ func TestTapFindsProxiesThroughTheAPIServer(t *testing.T) {
 	webA := startWorkload(t, bin, ns, "web", "web-a", ok, "")
 	webB := startWorkload(t, bin, ns, "web", "web-b", ok, "")
 	other := startWorkload(t, bin, ns, "other", "other-a", ok, "")
-	meshedPod(t, srv, ns, "web-a", "web", webA.Admin, corev1.PodRunning, true)
-	meshedPod(t, srv, ns, "web-b", "web", webB.Admin, corev1.PodRunning, true)
-	meshedPod(t, srv, ns, "other-a", "other", other.Admin, corev1.PodRunning, true)
-	meshedPod(t, srv, ns, "web-pending", "web", "127.0.0.1:1", corev1.PodPending, true)
-	meshedPod(t, srv, ns, "web-unmeshed", "web", "127.0.0.1:2", corev1.PodRunning, false)
+	meshedPod(t, srv, ns, "web-a", "web", "", webA.Admin, corev1.PodRunning, true)
+	meshedPod(t, srv, ns, "web-b", "web", "", webB.Admin, corev1.PodRunning, true)
+	meshedPod(t, srv, ns, "other-a", "other", "", other.Admin, corev1.PodRunning, true)
+	meshedPod(t, srv, ns, "web-pending", "web", "", "127.0.0.1:1", corev1.PodPending, true)
+	meshedPod(t, srv, ns, "web-unmeshed", "web", "", "127.0.0.1:2", corev1.PodRunning, false)
 
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()

@@ -11,8 +11,13 @@ import (
 // /api/v1/top/ws) on the dashboard's router, inside the Host check and the
 // security headers; the dashboard calls it from server.routes.
 func (s *server) liveRoutes(r chi.Router) {
+	fanin := &api.FanIn{Targets: s.prom, Finder: s.proxies, Rates: s.prom.ProxyRates, Token: s.cfg.TapToken, TokenNetworks: s.cfg.TapTokenNetworks, Logger: s.log,
+		Refused: func(reason string) { s.tapRefused.WithLabelValues(reason).Inc() }}
+	if s.identity != nil {
+		fanin.Identity = s.identity
+	}
 	ls := &liveSockets{
-		fanin: &api.FanIn{Targets: s.prom, Finder: s.proxies, Rates: s.prom.ProxyRates, Token: s.cfg.TapToken, TokenNetworks: s.cfg.TapTokenNetworks, Logger: s.log},
+		fanin: fanin,
 		log:   s.log,
 		stop:  s.stop,
 		open:  &s.hijacked,
