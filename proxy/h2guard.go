@@ -19,17 +19,17 @@ import (
 // net/http's server bounds the handlers running per connection (MaxConcurrentStreams): a handler still
 // running holds its slot after its stream is reset, new streams past the bound wait for a slot, and when
 // more than four times the bound wait it sends GOAWAY with ENHANCE_YOUR_CALM and closes the connection.
-// That bound is never reached by a proxy whose handlers end as soon as their stream is reset, so it does
-// not bound the rate. The proxy therefore counts, per connection, the streams the client gave up on before
+// A proxy whose handlers end as soon as their stream is reset seldom reaches that bound, so it does not
+// bound the rate. The proxy therefore counts, per connection, the streams the client gave up on before
 // their handler finished, against a budget that refills steadily (deadlines and hedged calls cancel too).
-// A connection over its budget sends nothing more upstream: each of its handlers is held until the
-// connection ends, so the client's next streams fill the slots and the queue, and net/http's bound answers
-// GOAWAY ENHANCE_YOUR_CALM, as Go's and nghttp2's servers do: after at most five times h2MaxStreams more
-// streams, none of them upstream. Streams in flight then have the second net/http waits after a GOAWAY
-// with an error, and end with the connection (their upstream requests cancelled), which releases what it
-// held. A client that stops at its budget keeps at most h2MaxStreams handlers held, and nothing upstream,
-// until its connection ends (idle timeout, shutdown). A stream reset before its handler began is never
-// sent upstream at all.
+// A connection over its budget sends nothing more upstream: its new streams are answered 503 headers, with
+// no end, and each of its handlers is held until the connection ends, so that the client's next streams
+// fill the slots and the queue, and net/http's bound answers GOAWAY ENHANCE_YOUR_CALM (as Go's and
+// nghttp2's servers do) after at most five times h2MaxStreams more streams, none of them upstream. Streams
+// in flight then have the second net/http waits after a GOAWAY with an error, and end with the connection
+// (their upstream requests cancelled), which releases what it held. A client that stops at its budget
+// keeps at most h2MaxStreams handlers held, and nothing upstream, until its connection ends (idle
+// timeout, shutdown). A stream reset before its handler began is never sent upstream at all.
 const (
 	// h2MaxStreams is the concurrent streams each client connection may open (RFC 9113 asks for at
 	// least 100 to be allowed), and the handlers it may hold.
@@ -136,7 +136,11 @@ func (g *h2Guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if b.over.Load() {
-		// Nothing more of an abusive connection goes upstream, and no answer frees its slot.
+		// Nothing more of an abusive connection goes upstream. The client is told why at once, and the
+		// handler stays, holding the stream's slot.
+		w.Header().Set(ProxyErrorHeader, limitH2RapidReset)
+		w.WriteHeader(http.StatusServiceUnavailable)
+		http.NewResponseController(w).Flush()
 		b.hold()
 		return
 	}
