@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/meshscope/meshscope/api/kube"
+	"github.com/meshscope/meshscope/api/meshid"
 	"github.com/meshscope/meshscope/proxy/inject"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -58,6 +60,7 @@ func injectCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.StringVar(&cfg.DestinationAddr, "destination-addr", inject.DefaultDestinationAddr, "the discovery service's `host:port` the proxies use")
 	fs.StringVar(&cfg.IdentityAddr, "identity-addr", "", "the identity service's `host:port` (web install runs meshscope-identity.meshscope.svc.cluster.local:8080); empty: the proxies run without identity")
 	fs.StringVar(&anchors, "identity-trust-anchors", "", "PEM `file` of the mesh's trust anchors, required with --identity-addr (kubectl -n meshscope get cm meshscope-identity-trust-anchors -o jsonpath='{.data.ca\\.crt}')")
+	fs.StringVar(&cfg.TapClientIdentity, "tap-client-identity", "", "with --identity-addr, the `identity` the proxies let tap over mutual TLS: the dashboard's (web install passes meshscope-dashboard in its namespace); empty: the proxy's default, "+meshid.Name(kube.Namespace, kube.Dashboard))
 	fs.BoolVar(&uninject, "uninject", false, "take the proxy out instead")
 	fs.BoolVar(&webhook, "webhook", false, "serve the admission webhook instead of reading manifests")
 	fs.StringVar(&listen, "listen", "0.0.0.0:8443", "webhook: `address` to serve on")

@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/meshscope/meshscope/api/kube"
+	"github.com/meshscope/meshscope/api/meshid"
 )
 
 // Names fixed by the mesh's contract: the injector's containers and port, the annotations that
@@ -88,6 +89,10 @@ type Config struct {
 	IdentityAddr string
 	// TrustAnchors is the mesh's trust anchor bundle (PEM), required with IdentityAddr.
 	TrustAnchors []byte
+	// TapClientIdentity, with IdentityAddr, is the identity the proxies let tap over mutual TLS (the
+	// dashboard's: web install passes its ServiceAccount in the control plane's namespace); empty keeps
+	// the proxy's default, the dashboard's in the namespace meshscope.
+	TapClientIdentity string
 }
 
 func (c Config) image() string {
@@ -115,6 +120,11 @@ func (c Config) Validate() error {
 		}
 		if err := checkAnchors(c.TrustAnchors); err != nil {
 			return fmt.Errorf("identity-trust-anchors: %w", err)
+		}
+	}
+	if c.TapClientIdentity != "" {
+		if _, _, err := meshid.ParseName(c.TapClientIdentity); err != nil {
+			return fmt.Errorf("tap-client-identity: %w", err)
 		}
 	}
 	return nil
@@ -414,6 +424,9 @@ func (c Config) proxyContainer(o options, w Workload) corev1.Container {
 			corev1.EnvVar{Name: "MESHSCOPE_PROXY_IDENTITY_TRUST_ANCHORS", Value: identityDir + "/ca.crt"},
 			corev1.EnvVar{Name: "MESHSCOPE_PROXY_IDENTITY_TOKEN_FILE", Value: identityDir + "/token"},
 		)
+		if c.TapClientIdentity != "" {
+			env = append(env, corev1.EnvVar{Name: "MESHSCOPE_PROXY_TAP_CLIENT_IDENTITY", Value: c.TapClientIdentity})
+		}
 		mounts = []corev1.VolumeMount{{Name: IdentityVolume, MountPath: identityDir, ReadOnly: true}}
 	}
 	if o.opaquePorts != "" {

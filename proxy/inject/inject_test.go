@@ -75,7 +75,8 @@ var goldenCases = []struct {
 	{
 		name: "classic sidecar with identity for a job and a bare pod", in: "job-classic.yaml", golden: "job-classic.golden",
 		cfg: Config{Sidecar: Classic, Image: "registry.example/meshscope/proxy:v9",
-			IdentityAddr: "meshscope-identity.meshscope.svc.cluster.local:8080", TrustAnchors: trustAnchors},
+			IdentityAddr: "meshscope-identity.meshscope.svc.cluster.local:8080", TrustAnchors: trustAnchors,
+			TapClientIdentity: "meshscope-dashboard.mesh-ops.serviceaccount.identity.meshscope.cluster.local"},
 		reports: []string{"job/seed", "pod/debug"},
 	},
 }
@@ -276,6 +277,7 @@ func TestConfigValidate(t *testing.T) {
 		{Config{IdentityAddr: "identity:8080"}, "identity-addr needs the mesh's trust anchors (identity-trust-anchors)"},
 		{Config{IdentityAddr: "identity:8080", TrustAnchors: []byte("not pem")}, "identity-trust-anchors: no PEM certificate"},
 		{Config{IdentityAddr: "identity:8080", TrustAnchors: trustAnchors}, ""},
+		{Config{IdentityAddr: "identity:8080", TrustAnchors: trustAnchors, TapClientIdentity: "dashboard"}, `tap-client-identity: identity "dashboard" is not in the trust domain identity.meshscope.cluster.local`},
 	} {
 		err := tc.cfg.Validate()
 		if got := fmt.Sprint(err); (tc.want == "" && err != nil) || (tc.want != "" && got != tc.want) {

@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/meshscope/meshscope/api/kube"
+	"github.com/meshscope/meshscope/api/meshid"
 	"github.com/meshscope/meshscope/api/rules"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
@@ -331,14 +332,45 @@ func (o Options) dashboard() *appsv1.Deployment {
 		// localhost stays allowed: the kubelet's probes send it, and so does web dashboard.
 		args = append(args, "--enforced-host="+o.EnforcedHost+`|localhost(:\d+)?`)
 	}
-	return o.deployment(kube.Dashboard, o.DashboardReplicas, corev1.Container{
+	c := corev1.Container{
 		Image:          o.image("web"),
 		Args:           args,
 		Ports:          []corev1.ContainerPort{{Name: "http", ContainerPort: DashboardPort, Protocol: corev1.ProtocolTCP}},
 		ReadinessProbe: httpProbe(o.BasePath+"/readyz", DashboardPort, corev1.URISchemeHTTP),
 		LivenessProbe:  httpProbe(o.BasePath+"/healthz", DashboardPort, corev1.URISchemeHTTP),
 		Resources:      resources("50m", "64Mi", "256Mi"),
-	})
+	}
+	if o.NoIdentity {
+		return o.deployment(kube.Dashboard, o.DashboardReplicas, c)
+	}
+	// The dashboard taps the proxies over mutual TLS with its own ServiceAccount's identity, which
+	// the proxies accept (the injector's --tap-client-identity), so no tap token exists in the cluster:
+	// the issuer's address, the trust anchors and a token for the issuer's audience, as a proxy has.
+	c.Args = append(c.Args,
+		"--identity-addr="+o.serviceAddr(kube.Identity, IdentityPort),
+		"--identity-trust-anchors="+trustAnchorsDir+"/"+trustAnchorsFile,
+		"--identity-token-file="+identityTokenDir+"/token")
+	c.VolumeMounts = []corev1.VolumeMount{
+		{Name: "trust-anchors", MountPath: trustAnchorsDir, ReadOnly: true},
+		{Name: "identity-token", MountPath: identityTokenDir, ReadOnly: true},
+	}
+	return o.deployment(kube.Dashboard, o.DashboardReplicas, c, o.trustAnchorsVolume(),
+		corev1.Volume{Name: "identity-token", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+			Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+				Audience: meshid.Audience, ExpirationSeconds: new(int64(86400)), Path: "token"}}},
+		}}})
+}
+
+// Where the control plane's pods mount the mesh's trust anchors, and the dashboard its token for the
+// issuer.
+const (
+	trustAnchorsDir  = "/var/run/meshscope/trust-anchors"
+	identityTokenDir = "/var/run/meshscope/identity"
+)
+
+// trustAnchorsVolume is the trust anchors' ConfigMap (trustAnchors), as a volume.
+func (o Options) trustAnchorsVolume() corev1.Volume {
+	return corev1.Volume{Name: "trust-anchors", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: TrustAnchorsConfig}}}}
 }
 
 func (o Options) destination() *appsv1.Deployment {
@@ -371,9 +403,11 @@ func (o Options) injector() *appsv1.Deployment {
 	if !o.NoIdentity {
 		c.Args = append(c.Args,
 			"--identity-addr="+o.serviceAddr(kube.Identity, IdentityPort),
-			"--identity-trust-anchors=/var/run/meshscope/trust-anchors/"+trustAnchorsFile)
-		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: "trust-anchors", MountPath: "/var/run/meshscope/trust-anchors", ReadOnly: true})
-		volumes = append(volumes, corev1.Volume{Name: "trust-anchors", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: TrustAnchorsConfig}}}})
+			"--identity-trust-anchors="+trustAnchorsDir+"/"+trustAnchorsFile,
+			// The proxies let the dashboard of this control plane tap, whatever its namespace.
+			"--tap-client-identity="+meshid.Name(o.namespace(), kube.Dashboard))
+		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: "trust-anchors", MountPath: trustAnchorsDir, ReadOnly: true})
+		volumes = append(volumes, o.trustAnchorsVolume())
 	}
 	return o.deployment(kube.Injector, o.InjectorReplicas, c, volumes...)
 }

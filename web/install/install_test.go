@@ -12,12 +12,14 @@ import (
 	"time"
 
 	"github.com/meshscope/meshscope/api/kube"
+	"github.com/meshscope/meshscope/api/meshid"
 	"github.com/meshscope/meshscope/dev/kubetest"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/config"
 	_ "github.com/prometheus/prometheus/discovery/kubernetes" // registers kubernetes_sd_configs
 	"github.com/prometheus/prometheus/model/rulefmt"
 	"github.com/prometheus/prometheus/promql/parser"
+	appsv1 "k8s.io/api/apps/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -280,5 +282,94 @@ func TestInstalledPrometheusConfigLoads(t *testing.T) {
 	}
 	if len(groups.Groups) == 0 {
 		t.Error("no recording rule groups")
+	}
+}
+
+// deployments decodes the Deployments of manifests, by name.
+func deployments(t *testing.T, manifests []byte) map[string]*appsv1.Deployment {
+	t.Helper()
+	out := map[string]*appsv1.Deployment{}
+	for _, doc := range regexp.MustCompile(`(?m)^---$`).Split(string(manifests), -1) {
+		var d appsv1.Deployment
+		if err := yaml.Unmarshal([]byte(doc), &d); err != nil {
+			t.Fatal(err)
+		}
+		if d.Kind == "Deployment" {
+			out[d.Name] = &d
+		}
+	}
+	return out
+}
+
+// flagValues returns the --name=value arguments of c.
+func flagValues(c corev1.Container) map[string]string {
+	out := map[string]string{}
+	for _, a := range c.Args {
+		if name, v, ok := strings.Cut(strings.TrimPrefix(a, "--"), "="); ok {
+			out[name] = v
+		}
+	}
+	return out
+}
+
+// With identity, install wires the dashboard to tap over mutual TLS: it gets its ServiceAccount's
+// identity from the issuer (the issuer's address, the trust anchors and a token for the issuer's
+// audience, each flag pointing into a volume that holds it), and the injector tells every proxy to let
+// exactly that identity tap, in whatever namespace the control plane is. No tap token is set anywhere.
+// Without identity, none of it.
+func TestInstallWiresTheDashboardForTapOverMutualTLS(t *testing.T) {
+	for _, tc := range optionCases {
+		t.Run(tc.name, func(t *testing.T) {
+			out := render(t, tc.o)
+			if bytes.Contains(out, []byte("tap-token")) {
+				t.Error("a tap token is configured")
+			}
+			deploys := deployments(t, out)
+			dash, inj := deploys[kube.Dashboard], deploys[kube.Injector]
+			if dash == nil || inj == nil {
+				t.Fatalf("no dashboard or injector Deployment: %v", kinds(t, out))
+			}
+			pod := dash.Spec.Template.Spec
+			args := flagValues(pod.Containers[0])
+			if tc.o.NoIdentity {
+				if args["identity-addr"] != "" || flagValues(inj.Spec.Template.Spec.Containers[0])["tap-client-identity"] != "" {
+					t.Errorf("identity wiring without identity: dashboard %v, injector %v", pod.Containers[0].Args, inj.Spec.Template.Spec.Containers[0].Args)
+				}
+				return
+			}
+			ns := tc.o.namespace()
+			if want := "meshscope-identity." + ns + ".svc.cluster.local:8080"; args["identity-addr"] != want {
+				t.Errorf("dashboard --identity-addr=%q, want %q", args["identity-addr"], want)
+			}
+			// Each file flag names a file in a volume mounted there, holding what it must.
+			mounted := func(path string) *corev1.Volume {
+				for _, m := range pod.Containers[0].VolumeMounts {
+					if strings.HasPrefix(path, m.MountPath+"/") {
+						for i := range pod.Volumes {
+							if pod.Volumes[i].Name == m.Name {
+								return &pod.Volumes[i]
+							}
+						}
+					}
+				}
+				return nil
+			}
+			if v := mounted(args["identity-trust-anchors"]); v == nil || v.ConfigMap == nil || v.ConfigMap.Name != TrustAnchorsConfig ||
+				!strings.HasSuffix(args["identity-trust-anchors"], "/"+trustAnchorsFile) {
+				t.Errorf("--identity-trust-anchors=%q is not the trust anchors ConfigMap's %s: %+v", args["identity-trust-anchors"], trustAnchorsFile, v)
+			}
+			v := mounted(args["identity-token-file"])
+			if v == nil || v.Projected == nil || len(v.Projected.Sources) != 1 || v.Projected.Sources[0].ServiceAccountToken == nil {
+				t.Fatalf("--identity-token-file=%q is not a projected ServiceAccount token: %+v", args["identity-token-file"], v)
+			}
+			if tok := v.Projected.Sources[0].ServiceAccountToken; tok.Audience != meshid.Audience || !strings.HasSuffix(args["identity-token-file"], "/"+tok.Path) {
+				t.Errorf("token for audience %q at %q, want %q at %s", tok.Audience, tok.Path, meshid.Audience, args["identity-token-file"])
+			}
+			// The identity the dashboard's token proves is the one the proxies let tap.
+			proves := meshid.Name(dash.Namespace, pod.ServiceAccountName)
+			if got := flagValues(inj.Spec.Template.Spec.Containers[0])["tap-client-identity"]; got != proves {
+				t.Errorf("injector --tap-client-identity=%q, but the dashboard proves %q", got, proves)
+			}
+		})
 	}
 }
