@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -124,35 +123,31 @@ const adminSniffTimeout = 5 * time.Second
 // already lets it through. Accept hands out TLS connections as *tls.Conn, whose handshake http.Server
 // runs (under its own timeouts) and whose peer it puts in Request.TLS.
 type adminListener struct {
-	net.Listener
-	tls   *tls.Config
-	conns chan net.Conn
-	done  chan struct{}
-	once  sync.Once
-	err   error // why accepting ended; read after done is closed
+	net.Listener               // the admin port
+	conns        *connListener // the connections told apart, for Accept
 }
 
 func newAdminListener(ln net.Listener, cfg *tls.Config) *adminListener {
-	l := &adminListener{Listener: ln, tls: cfg, conns: make(chan net.Conn), done: make(chan struct{})}
-	go l.acceptLoop()
+	l := &adminListener{Listener: ln, conns: newConnListener(ln.Addr())}
+	go l.acceptLoop(cfg)
 	return l
 }
 
 // acceptLoop accepts until the listener is closed, telling each connection apart in its own goroutine so
 // that a silent client holds up nobody.
-func (l *adminListener) acceptLoop() {
+func (l *adminListener) acceptLoop(cfg *tls.Config) {
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {
-			l.stop(err)
+			l.conns.Close()
 			return
 		}
-		go l.sniff(c)
+		go l.sniff(c, cfg)
 	}
 }
 
 // sniff reads c's first byte and hands c to Accept, as TLS when it starts a handshake.
-func (l *adminListener) sniff(c net.Conn) {
+func (l *adminListener) sniff(c net.Conn, cfg *tls.Config) {
 	var first [1]byte
 	c.SetReadDeadline(time.Now().Add(adminSniffTimeout))
 	if _, err := io.ReadFull(c, first[:]); err != nil {
@@ -162,36 +157,18 @@ func (l *adminListener) sniff(c net.Conn) {
 	c.SetReadDeadline(time.Time{})
 	conn := detect.Replay(c, first[:])
 	if first[0] == tlsHandshakeRecord {
-		conn = tls.Server(conn, l.tls)
+		conn = tls.Server(conn, cfg)
 	}
-	select {
-	case l.conns <- conn:
-	case <-l.done:
-		c.Close()
-	}
+	l.conns.push(conn, "")
 }
 
 // tlsHandshakeRecord is the content type of a TLS handshake record (RFC 8446 section 5.1).
 const tlsHandshakeRecord = 22
 
-func (l *adminListener) stop(err error) {
-	l.once.Do(func() {
-		l.err = err
-		close(l.done)
-	})
-}
-
-func (l *adminListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.conns:
-		return c, nil
-	case <-l.done:
-		return nil, l.err
-	}
-}
+func (l *adminListener) Accept() (net.Conn, error) { return l.conns.Accept() }
 
 func (l *adminListener) Close() error {
 	err := l.Listener.Close()
-	l.stop(net.ErrClosed)
+	l.conns.Close()
 	return err
 }
