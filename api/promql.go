@@ -84,6 +84,9 @@ type Scope struct {
 	// (api/rules) instead of the raw ones; Window must then be a whole
 	// multiple of rules.Interval. The Querier sets it (see DetectRecorded).
 	Recorded rules.Level
+	// RecordedP99, when set, is the recorded p99 series LatencyQuery reads
+	// for the 0.99 quantile (set by the Querier with Recorded).
+	RecordedP99 string
 }
 
 func (sc Scope) windowDuration() time.Duration {
@@ -194,6 +197,9 @@ func RPSQuery(sc Scope) string {
 
 // LatencyQuery is the q-quantile (0.5 for p50) of response latency in ms.
 func LatencyQuery(sc Scope, q float64) string {
+	if q == 0.99 && sc.RecordedP99 != "" {
+		return sc.selector(sc.RecordedP99)
+	}
 	return "histogram_quantile(" + strconv.FormatFloat(q, 'f', -1, 64) + ", " +
 		sumBy(append([]string{"le"}, sc.By...), sc.rate(rules.Latency)) + ")"
 }

@@ -82,3 +82,54 @@ func TestQuerierGuardsEveryCall(t *testing.T) {
 		})
 	}
 }
+
+// A recorded p99 is one series per deployment: a table of deployments reads
+// it over the windows it is recorded at, anything else (another window, a
+// sum over deployments, a rules file without it) computes the quantile from
+// the buckets.
+func TestRecordedP99OnlyServesItsOwnGroupingAndWindows(t *testing.T) {
+	deployments := Scope{Direction: "inbound", By: []string{"namespace", "deployment"}, Match: []Match{{Label: "namespace", Value: "shop"}}}
+	summed := Scope{Direction: "inbound", Match: []Match{{Label: "namespace", Value: "shop"}, {Label: "deployment", Value: "web"}}}
+	windows := []time.Duration{time.Minute, 5 * time.Minute, time.Hour}
+	for _, tc := range []struct {
+		name   string
+		series []string // what the backend holds
+		sc     Scope
+		window time.Duration
+		want   string // the start of the p99 query
+	}{
+		{"deployments over 1m", []string{"deployment:request_total:rate1m", "deployment:response_latency_ms:p99_rate1m"}, deployments, time.Minute,
+			`deployment:response_latency_ms:p99_rate1m{direction="inbound",namespace="shop"}`},
+		{"deployments over 1h", []string{"deployment:request_total:rate1m", "deployment:response_latency_ms:p99_rate1h"}, deployments, time.Hour,
+			`deployment:response_latency_ms:p99_rate1h{direction="inbound",namespace="shop"}`},
+		{"deployments over 5m", []string{"deployment:request_total:rate1m", "deployment:response_latency_ms:p99_rate1m"}, deployments, 5 * time.Minute,
+			`histogram_quantile(0.99, sum by (le, namespace, deployment) (avg_over_time(deployment:response_latency_ms_bucket:rate1m`},
+		{"a rules file without p99", []string{"deployment:request_total:rate1m"}, deployments, time.Minute,
+			`histogram_quantile(0.99, sum by (le, namespace, deployment) (deployment:response_latency_ms_bucket:rate1m`},
+		{"one deployment summed", []string{"deployment:request_total:rate1m", "deployment:response_latency_ms:p99_rate1m"}, summed, time.Minute,
+			`histogram_quantile(0.99, sum by (le) (deployment:response_latency_ms_bucket:rate1m`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var result []string
+			for _, name := range tc.series {
+				result = append(result, `{"metric":{"__name__":"`+name+`"},"value":[1,"1"]}`)
+			}
+			body := `{"status":"success","data":{"resultType":"vector","result":[` + strings.Join(result, ",") + `]}}`
+			q, err := Dial(backendAnswering(t, 200, body, 0), Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := q.DetectRecorded(context.Background(), windows); err != nil {
+				t.Fatal(err)
+			}
+			sc := tc.sc
+			sc.Window = tc.window
+			if got := LatencyQuery(q.plan(sc), 0.99); !strings.HasPrefix(got, tc.want) {
+				t.Errorf("p99 query\n%s\nwant it to start\n%s", got, tc.want)
+			}
+			if got := LatencyQuery(q.plan(sc), 0.95); !strings.HasPrefix(got, "histogram_quantile(0.95, ") {
+				t.Errorf("p95 query %s, want it from the buckets", got)
+			}
+		})
+	}
+}

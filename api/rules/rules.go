@@ -7,6 +7,7 @@ package rules
 import (
 	_ "embed"
 	"slices"
+	"strconv"
 	"time"
 )
 
@@ -45,13 +46,16 @@ type Level struct {
 	Name      string
 	Direction string
 	Labels    []string
+	// P99Windows are the windows over which the level also records its p99
+	// latency (see P99).
+	P99Windows []time.Duration
 }
 
 // Levels are the levels the rules record, narrowest first.
 func Levels() []Level {
 	return []Level{
 		{Name: "namespace", Direction: "inbound", Labels: []string{"namespace"}},
-		{Name: "deployment", Direction: "inbound", Labels: []string{"namespace", "deployment"}},
+		{Name: "deployment", Direction: "inbound", Labels: []string{"namespace", "deployment"}, P99Windows: []time.Duration{time.Minute, time.Hour}},
 		{Name: "edge", Direction: "outbound", Labels: []string{"namespace", "deployment", "dst_namespace", "dst_deployment"}},
 	}
 }
@@ -66,13 +70,40 @@ func (l Level) Series(metric string) string {
 	return l.Name + ":" + metric + ":rate1m"
 }
 
-// Names are every series the level records.
+// Names are every series the level records: its metrics' (Series) and its
+// p99s' (P99).
 func (l Level) Names() []string {
 	var names []string
 	for _, m := range []string{Requests, Responses, Latency, TCPOpen, TCPRead, TCPWrite, TCPClose} {
 		names = append(names, l.Series(m))
 	}
+	for _, w := range l.P99Windows {
+		name, _ := l.P99(w)
+		names = append(names, name)
+	}
 	return names
+}
+
+// P99 is the recorded name of the level's p99 latency in ms over window w,
+// level:response_latency_ms:p99_rate1h, and whether the level records it:
+// histogram_quantile(0.99, ...) of its recorded buckets, one series per group
+// of the level's labels.
+func (l Level) P99(w time.Duration) (string, bool) {
+	if !slices.Contains(l.P99Windows, w) {
+		return "", false
+	}
+	return l.Name + ":response_latency_ms:p99_rate" + windowName(w), true
+}
+
+// windowName is a window as Prometheus writes durations: 1m, 1h.
+func windowName(w time.Duration) string {
+	switch {
+	case w%time.Hour == 0:
+		return strconv.Itoa(int(w/time.Hour)) + "h"
+	case w%time.Minute == 0:
+		return strconv.Itoa(int(w/time.Minute)) + "m"
+	}
+	return strconv.Itoa(int(w/time.Second)) + "s"
 }
 
 // Covers tells whether the level keeps every label in labels for series of

@@ -3,6 +3,7 @@ package rules
 import (
 	"log/slog"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -38,9 +39,24 @@ func TestFileRecordsEveryLevelsSeries(t *testing.T) {
 	var want []string
 	for _, l := range Levels() {
 		want = append(want, l.Names()...)
+		for _, w := range l.P99Windows {
+			name, _ := l.P99(w)
+			buckets := l.Series(Latency)
+			e, err := p.ParseExpr(exprs[name])
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			call, ok := e.(*parser.Call)
+			if !ok || call.Func.Name != "histogram_quantile" || call.Args[0].String() != "0.99" || !strings.Contains(exprs[name], buckets) {
+				t.Errorf("%s: %s is not histogram_quantile(0.99, ...) of %s", name, exprs[name], buckets)
+			}
+			if r, ok := call.Args[1].(*parser.Call); w > Interval && (!ok || r.Func.Name != "avg_over_time" || !strings.Contains(r.String(), "["+windowName(w)+"]")) {
+				t.Errorf("%s: %s does not average the buckets over %s", name, exprs[name], windowName(w))
+			}
+		}
 		for _, name := range l.Names() {
 			expr, ok := exprs[name]
-			if !ok {
+			if !ok || strings.Contains(name, ":p99_") {
 				continue
 			}
 			e, err := p.ParseExpr(expr)
