@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshscope/meshscope/api/kube"
+	"github.com/meshscope/meshscope/api/meshid"
 	"github.com/meshscope/meshscope/dev/kubetest"
 	"github.com/meshscope/meshscope/web/check"
 	"github.com/meshscope/meshscope/web/install"
@@ -94,8 +96,8 @@ func TestCheckAgainstTheAPIServer(t *testing.T) {
 					t.Errorf("%s: %s with exit 0", r.Name, r.Status)
 				}
 			}
-			if len(rs) != 6 {
-				t.Errorf("%d checks, want 6", len(rs))
+			if len(rs) != 7 {
+				t.Errorf("%d checks, want 7", len(rs))
 			}
 			break
 		}
@@ -146,6 +148,23 @@ func TestCheckAgainstTheAPIServer(t *testing.T) {
 		setReady(t, ctx, client, p, false, &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff"})
 		expectFail(t, "proxies-ready", "shop/web-0: proxy not ready (waiting: CrashLoopBackOff)")
 		setReady(t, ctx, client, p, true, nil)
+	})
+	t.Run("a meshed pod whose proxy lets another control plane's dashboard tap", func(t *testing.T) {
+		// web-0 again, as the injector of a default install (namespace meshscope) would have made it.
+		recreate := func(env ...corev1.EnvVar) {
+			t.Helper()
+			client.CoreV1().Pods("shop").Delete(ctx, "web-0", metav1.DeleteOptions{GracePeriodSeconds: new(int64(0))})
+			setReady(t, ctx, client, runPod(t, ctx, client, "shop", "web-0", nil, true, env...), true, nil)
+		}
+		recreate(corev1.EnvVar{Name: kube.IdentityAddrEnv, Value: "meshscope-identity.meshscope.svc.cluster.local:8080"})
+		expectFail(t, "proxies-let-dashboard-tap", "shop/web-0: its proxy lets meshscope-dashboard.meshscope.serviceaccount.identity.meshscope.cluster.local tap, "+
+			"not this dashboard (meshscope-dashboard.mesh-check.serviceaccount.identity.meshscope.cluster.local): the live views cannot tap it")
+		recreate(corev1.EnvVar{Name: kube.IdentityAddrEnv, Value: "meshscope-identity.mesh-check.svc.cluster.local:8080"},
+			corev1.EnvVar{Name: kube.TapClientIdentityEnv, Value: meshid.Name(ns, kube.Dashboard)})
+		if _, byName, _ := results(); byName["proxies-let-dashboard-tap"].Status != check.OK {
+			t.Errorf("a proxy that lets this dashboard tap: %+v", byName["proxies-let-dashboard-tap"])
+		}
+		recreate()
 	})
 	t.Run("a meshed pod Prometheus does not scrape", func(t *testing.T) {
 		p := runPod(t, ctx, client, "shop", "web-1", nil, true)
@@ -200,8 +219,8 @@ func TestCheckWithoutAnInstall(t *testing.T) {
 	}
 }
 
-// runPod creates a pod as its controller would; meshed gives it the injector's native sidecar.
-func runPod(t *testing.T, ctx context.Context, client kubernetes.Interface, ns, name string, labels map[string]string, meshed bool) *corev1.Pod {
+// runPod creates a pod as its controller would; meshed gives it the injector's native sidecar, with env.
+func runPod(t *testing.T, ctx context.Context, client kubernetes.Interface, ns, name string, labels map[string]string, meshed bool, env ...corev1.EnvVar) *corev1.Pod {
 	t.Helper()
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels},
@@ -209,7 +228,7 @@ func runPod(t *testing.T, ctx context.Context, client kubernetes.Interface, ns, 
 	}
 	if meshed {
 		always := corev1.ContainerRestartPolicyAlways
-		p.Spec.InitContainers = []corev1.Container{{Name: "meshscope-proxy", Image: "meshscope/proxy:v0.1.0", RestartPolicy: &always}}
+		p.Spec.InitContainers = []corev1.Container{{Name: "meshscope-proxy", Image: "meshscope/proxy:v0.1.0", RestartPolicy: &always, Env: env}}
 	}
 	p, err := client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
 	if err != nil {

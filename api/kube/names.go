@@ -8,6 +8,11 @@ const (
 	ProxyContainer = "meshscope-proxy"
 	// AdminPortName names the proxy container's admin port (/metrics, /tap), 4191.
 	AdminPortName = "meshscope-admin"
+	// IdentityAddrEnv, set on the proxy container, turns its identity on (--identity-addr).
+	IdentityAddrEnv = "MESHSCOPE_PROXY_IDENTITY_ADDR"
+	// TapClientIdentityEnv, set on the proxy container, names the identity it lets tap
+	// (--tap-client-identity); unset, the dashboard's in Namespace.
+	TapClientIdentityEnv = "MESHSCOPE_PROXY_TAP_CLIENT_IDENTITY"
 )
 
 // WorkloadLabels are the pod labels the injector adds to name a pod's workload, by the kind of the

@@ -420,12 +420,12 @@ func (c Config) proxyContainer(o options, w Workload) corev1.Container {
 	var mounts []corev1.VolumeMount
 	if c.IdentityAddr != "" {
 		env = append(env,
-			corev1.EnvVar{Name: "MESHSCOPE_PROXY_IDENTITY_ADDR", Value: c.IdentityAddr},
+			corev1.EnvVar{Name: kube.IdentityAddrEnv, Value: c.IdentityAddr},
 			corev1.EnvVar{Name: "MESHSCOPE_PROXY_IDENTITY_TRUST_ANCHORS", Value: identityDir + "/ca.crt"},
 			corev1.EnvVar{Name: "MESHSCOPE_PROXY_IDENTITY_TOKEN_FILE", Value: identityDir + "/token"},
 		)
 		if c.TapClientIdentity != "" {
-			env = append(env, corev1.EnvVar{Name: "MESHSCOPE_PROXY_TAP_CLIENT_IDENTITY", Value: c.TapClientIdentity})
+			env = append(env, corev1.EnvVar{Name: kube.TapClientIdentityEnv, Value: c.TapClientIdentity})
 		}
 		mounts = []corev1.VolumeMount{{Name: IdentityVolume, MountPath: identityDir, ReadOnly: true}}
 	}

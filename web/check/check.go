@@ -18,6 +18,7 @@ import (
 
 	"github.com/meshscope/meshscope/api"
 	"github.com/meshscope/meshscope/api/kube"
+	"github.com/meshscope/meshscope/api/meshid"
 )
 
 // Names shared with the injector and `web install`, which this package cannot import (the web
@@ -88,6 +89,7 @@ func (c *Checker) Run(ctx context.Context) []Result {
 		{"webhook", c.webhook},
 		{"pods-injected", c.injected},
 		{"proxies-ready", c.proxiesReady},
+		{"proxies-let-dashboard-tap", c.tapClient},
 		{"prometheus-scrapes-proxies", c.scraping},
 	}
 	var out []Result
@@ -286,6 +288,42 @@ func (c *Checker) proxiesReady(ctx context.Context) Result {
 		}
 	}
 	return ok("%d meshed pods, every proxy ready", len(pods))
+}
+
+// tapClient: every meshed pod whose proxy has identity lets this control plane's dashboard tap it
+// (--tap-client-identity). A pod injected by another install's injector, or before the control plane
+// moved to another namespace, refuses the live view's tap in the TLS handshake, and only the proxy's
+// tap_refused_total says so.
+func (c *Checker) tapClient(ctx context.Context) Result {
+	pods, err := c.meshedPods(ctx)
+	if err != nil {
+		return fail("", "%v", err)
+	}
+	dashboard := meshid.Name(c.Namespace, kube.Dashboard)
+	withIdentity := 0
+	for _, p := range pods {
+		env := map[string]string{}
+		for _, ctr := range append(slices.Clone(p.Spec.InitContainers), p.Spec.Containers...) {
+			if ctr.Name == kube.ProxyContainer {
+				for _, e := range ctr.Env {
+					env[e.Name] = e.Value
+				}
+			}
+		}
+		if env[kube.IdentityAddrEnv] == "" {
+			continue // identity off: tap is the token's, or loopback's
+		}
+		withIdentity++
+		lets := env[kube.TapClientIdentityEnv]
+		if lets == "" {
+			lets = meshid.Name(kube.Namespace, kube.Dashboard)
+		}
+		if lets != dashboard {
+			return fail(fmt.Sprintf("restart its workload (kubectl -n %s rollout restart deploy/NAME) so that this control plane's injector injects it again", p.Namespace),
+				"%s/%s: its proxy lets %s tap, not this dashboard (%s): the live views cannot tap it", p.Namespace, p.Name, lets, dashboard)
+		}
+	}
+	return ok("%d proxies with identity, every one lets %s tap", withIdentity, dashboard)
 }
 
 func containerState(s corev1.ContainerState) string {
