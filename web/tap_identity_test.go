@@ -130,13 +130,7 @@ func TestLiveTapOverMutualTLS(t *testing.T) {
 		if err != nil {
 			t.Fatalf("live socket: %v; statuses so far: %q", err, seen)
 		}
-		var frame struct {
-			Events []struct {
-				Proxy string    `json:"proxy"`
-				Event tap.Event `json:"event"`
-			} `json:"events"`
-			Status []proxyStatus `json:"status"`
-		}
+		var frame liveFrame
 		if err := json.Unmarshal(data, &frame); err != nil {
 			t.Fatal(err)
 		}
