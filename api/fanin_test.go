@@ -18,6 +18,7 @@ import (
 	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
 	"github.com/prometheus/common/model"
 
+	"github.com/meshscope/meshscope/api/meshid"
 	"github.com/meshscope/meshscope/api/tap"
 )
 
@@ -461,5 +462,42 @@ func TestFanInSendsTheTokenOnlyToAllowedNetworks(t *testing.T) {
 		if got := TokenAllowed(tt.admin, tt.networks); got != tt.want {
 			t.Errorf("TokenAllowed(%s, %v) = %v, want %v", tt.admin, tt.networks, got, tt.want)
 		}
+	}
+}
+
+// With the dashboard's identity, a Prometheus target is tapped over mutual TLS as the identity its
+// serviceaccount label names; one without the label is not tapped at all, since nothing says which
+// identity its proxy must prove: the fan-in says why and counts it, and asks the proxy nothing.
+func TestFanInWithIdentityTapsOnlyProxiesWhoseIdentityItKnows(t *testing.T) {
+	s := newTapServer(t, "")
+	labelled := target("shop", "web", "web-1", "10.0.0.1:4191")
+	labelled.Labels["serviceaccount"] = "web"
+	tl := &targets{}
+	tl.set(target("shop", "web", "web-0", s.admin()), labelled)
+	ps, err := ListProxies(context.Background(), tl, Selector{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ps) != 2 || ps[0].Identity != "" || ps[1].Identity != meshid.Name("shop", "web") {
+		t.Fatalf("identities of %+v, want none for web-0 and web's for web-1", ps)
+	}
+
+	id, err := meshid.NewClient(meshid.ClientConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	refused := map[string]int{}
+	tl.set(target("shop", "web", "web-0", s.admin()))
+	f := &FanIn{Targets: tl, Identity: id, Token: "never-sent", Retry: 10 * time.Millisecond,
+		Refused: func(reason string) { mu.Lock(); refused[reason]++; mu.Unlock() }}
+	got := runFanIn(t, f, Selector{Namespace: "shop"}, tap.Filter{MaxRPS: 100})
+	failed := got.waitFor(t, "web-0 not tapped", isState("web-0", ProxyFailed))
+	if !strings.Contains(failed.Err, "identity is unknown") {
+		t.Errorf("failure %q does not say the proxy's identity is unknown", failed.Err)
+	}
+	got.waitFor(t, "web-0 refused again", func(TapItem) bool { mu.Lock(); defer mu.Unlock(); return refused[RefusedIdentityUnknown] >= 2 })
+	if q := s.lastAsked(); q != nil {
+		t.Errorf("the proxy whose identity is unknown was asked %v", q)
 	}
 }
