@@ -127,14 +127,19 @@ func (q *Querier) CertExpiring(ctx context.Context, sc Scope, within time.Durati
 type part struct {
 	metric string
 	query  string
-	set    func(*Stats, float64)
+	set    func(*Stats, *model.Sample)
 }
 
-// setPtr sets the pointer field f returns to a value, unless NaN or infinite
-// (no traffic).
-func setPtr(f func(*Stats) **float64) func(*Stats, float64) {
-	return func(s *Stats, v float64) {
-		if !math.IsNaN(v) && !math.IsInf(v, 0) {
+// value sets a row's field from a sample's value.
+func value(f func(*Stats, float64)) func(*Stats, *model.Sample) {
+	return func(s *Stats, m *model.Sample) { f(s, float64(m.Value)) }
+}
+
+// setPtr sets the pointer field f returns to a sample's value, unless NaN or
+// infinite (no traffic).
+func setPtr(f func(*Stats) **float64) func(*Stats, *model.Sample) {
+	return func(s *Stats, m *model.Sample) {
+		if v := float64(m.Value); !math.IsNaN(v) && !math.IsInf(v, 0) {
 			*f(s) = &v
 		}
 	}
@@ -146,19 +151,23 @@ func goldenParts(sc Scope, meshed bool) []part {
 	ptr := setPtr
 	parts := []part{
 		{MetricSuccess, SuccessRateQuery(sc), ptr(func(s *Stats) **float64 { return &s.SuccessRate })},
-		{MetricRPS, RPSQuery(sc), func(s *Stats, v float64) { s.RPS = v }},
+		{MetricRPS, RPSQuery(sc), value(func(s *Stats, v float64) { s.RPS = v })},
 		{MetricP50, LatencyQuery(sc, 0.5), ptr(func(s *Stats) **float64 { return &s.LatencyP50 })},
 		{MetricP95, LatencyQuery(sc, 0.95), ptr(func(s *Stats) **float64 { return &s.LatencyP95 })},
 		{MetricP99, LatencyQuery(sc, 0.99), ptr(func(s *Stats) **float64 { return &s.LatencyP99 })},
-		{MetricTCP, TCPQuery(sc), func(s *Stats, v float64) { s.TCPConnections = v }},
-		{MetricTCPRead, TCPReadBytesQuery(sc), func(s *Stats, v float64) { s.TCPReadBytesPerSec = v }},
-		{MetricTCPOut, TCPWriteBytesQuery(sc), func(s *Stats, v float64) { s.TCPWriteBytesPerSec = v }},
-		{MetricTCPFail, TCPFailuresQuery(sc), func(s *Stats, v float64) { s.TCPFailuresPerSec = v }},
+		{MetricTCP, TCPQuery(sc), value(func(s *Stats, v float64) { s.TCPConnections = v })},
+		{MetricTCPRead, TCPReadBytesQuery(sc), value(func(s *Stats, v float64) { s.TCPReadBytesPerSec = v })},
+		{MetricTCPOut, TCPWriteBytesQuery(sc), value(func(s *Stats, v float64) { s.TCPWriteBytesPerSec = v })},
+		{MetricTCPFail, TCPFailuresQuery(sc), value(func(s *Stats, v float64) { s.TCPFailuresPerSec = v })},
 	}
 	if meshed {
-		parts = append(parts,
-			part{MetricMeshed, MeshedTotalQuery(sc), func(s *Stats, v float64) { s.MeshedTotal = int(v) }},
-			part{MetricMeshed, MeshedUpQuery(sc), func(s *Stats, v float64) { s.MeshedUp = int(v) }})
+		parts = append(parts, part{MetricMeshed, MeshedQuery(sc), func(s *Stats, m *model.Sample) {
+			n := int(m.Value)
+			s.MeshedTotal += n
+			if m.Metric["up"] == "1" {
+				s.MeshedUp += n
+			}
+		}})
 	}
 	return parts
 }
@@ -221,7 +230,7 @@ func (q *Querier) fill(ctx context.Context, rs *rowSet, parts []part) {
 			var buf []byte
 			for _, s := range vec {
 				if r := rs.row(s.Metric, &buf); r != nil {
-					p.set(&r.Stats, float64(s.Value))
+					p.set(&r.Stats, s)
 				}
 			}
 		})

@@ -172,14 +172,14 @@ func (sc Scope) up() string {
 	return selector("up", append([]Match{{Label: "job", Value: Job}}, sc.Match...))
 }
 
-// MeshedTotalQuery counts each row's proxies that Prometheus scrapes, and
-// MeshedUpQuery those whose last scrape succeeded. They read "up" rather than
-// the targets API so that the answer holds the rows asked for alone: at
-// 10,000 proxies the targets list is megabytes.
-func MeshedTotalQuery(sc Scope) string { return aggregateBy("count", sc.By, sc.up()) }
-
-// MeshedUpQuery: see MeshedTotalQuery.
-func MeshedUpQuery(sc Scope) string { return sumBy(sc.By, sc.up()) }
+// MeshedQuery counts each row's proxies that Prometheus scrapes, by the
+// health of their last scrape: one sample per row and value of "up", labelled
+// up="1" (answered) or up="0". It reads "up" rather than the targets API so
+// that the answer holds the rows asked for alone (at 10,000 proxies the
+// targets list is megabytes), and once, with count_values, for both counts.
+func MeshedQuery(sc Scope) string {
+	return aggregateBy("count_values", sc.By, `"up", `+sc.up())
+}
 
 // SuccessRateQuery is the share of responses classified success. Groups with
 // responses but no successes get 0 (the "or … * 0"), groups without responses

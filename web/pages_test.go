@@ -68,6 +68,9 @@ func (m *memProm) answer(q string) model.Vector {
 			continue
 		}
 		metric := model.Metric{}
+		if first == 0 {
+			metric["up"] = "1" // count_values' label: every proxy answers
+		}
 		for _, l := range by {
 			switch l {
 			case "namespace", "dst_namespace":
