@@ -236,7 +236,9 @@ func (q *Querier) fill(ctx context.Context, rs *rowSet, parts []part) {
 		})
 	}
 	wg.Wait()
+	rs.mu.Lock() // a second round may fill the same set from two goroutines
 	rs.t.Metrics += len(parts)
+	rs.mu.Unlock()
 }
 
 // table is the rows in the order of their labels, with the parts' warnings
