@@ -9,6 +9,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,8 +21,10 @@ import (
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/api"
 	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
+	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/meshscope/meshscope/api/democonfig"
 	"github.com/meshscope/meshscope/dev/demo"
 	"github.com/meshscope/meshscope/dev/grafana"
 )
@@ -497,6 +500,7 @@ func TestDemoShowsItsStoryThroughTheDashboard(t *testing.T) {
 			eventually(t, "every edge is mutual TLS, its caller named", func() error { return checkSecured(r.PrometheusURL, r.Mesh) })
 			eventually(t, "both catalog pods take traffic", func() error { return checkBalancing(r.DashboardURL) })
 			eventually(t, "tap shows calls", func() error { return checkTap(r.DashboardURL) })
+			checkTapByIdentity(t, r)
 			eventually(t, "the first screen shows checkout first, with since when", func() error { return checkFirstScreen(r.DashboardURL) })
 			eventually(t, "after the rules' first evaluation the pages read recorded series, with the same story", func() error {
 				if err := checkRecorded(r.DashboardURL); err != nil {
@@ -608,4 +612,91 @@ func checkCLIRefused(t *testing.T, r running) {
 			t.Errorf("web %s with a wrong token: %v, stderr %q; want exit 1 naming the refusal", cmd, err, errOut)
 		}
 	}
+}
+
+// checkTapByIdentity: the demo's dashboard taps the proxies as its workload identity, over mutual TLS, as
+// in a cluster. The proxies hold a tap token (the terminal twins', in the demo's file), so a plain-text
+// tap without it is refused; the dashboard was started without it (its environment and command line do
+// not hold it) and with its identity, holds a certificate, and live tap showed calls (checkTap), while no
+// proxy refused a tap and the dashboard refused no proxy. Run it before anything taps with a wrong token.
+func checkTapByIdentity(t *testing.T, r running) {
+	t.Helper()
+	d, ok, err := democonfig.Read(r.DemoFile)
+	if err != nil || !ok || d.TapToken == "" {
+		t.Fatalf("demo file %s: %+v, %v; want the terminal twins' tap token", r.DemoFile, d, err)
+	}
+	env, args := dashboardProcess(t, r)
+	for _, s := range append(env, args...) {
+		if strings.Contains(s, d.TapToken) {
+			t.Errorf("the dashboard was given the tap token (%q): it must tap by identity alone", strings.SplitN(s, "=", 2)[0])
+		}
+	}
+	if !slices.Contains(args, "--identity-addr") {
+		t.Errorf("dashboard started with %q: want --identity-addr", args)
+	}
+	dash := strings.TrimSuffix(r.DashboardURL, "/")
+	if exp := sumMetric(t, dash+"/metrics", "identity_cert_expiration_timestamp_seconds"); exp < float64(time.Now().Unix()) {
+		t.Errorf("dashboard's identity certificate expires at %v: want one that holds", exp)
+	}
+	if n := sumMetric(t, dash+"/metrics", "meshscope_web_tap_refused_total"); n != 0 {
+		t.Errorf("meshscope_web_tap_refused_total = %v on the dashboard, want 0", n)
+	}
+	for _, p := range r.Mesh.Pods {
+		if n := sumMetric(t, "http://"+p.Admin+"/metrics", "tap_refused_total"); n != 0 {
+			t.Errorf("proxy %s: tap_refused_total = %v, want 0", p.Name, n)
+		}
+	}
+}
+
+// dashboardProcess finds the demo's dashboard among this machine's processes (the web binary the demo built,
+// listening on DashboardURL's address) and returns its environment and arguments.
+func dashboardProcess(t *testing.T, r running) (env, args []string) {
+	t.Helper()
+	u, err := url.Parse(r.DashboardURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	procs, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatalf("list processes: %v", err)
+	}
+	split := func(b []byte) []string { return strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00") }
+	for _, p := range procs {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
+		if err != nil {
+			continue // not a process, or gone
+		}
+		args := split(cmdline)
+		if args[0] != r.WebBin || !slices.Contains(args, "--listen="+u.Host) {
+			continue
+		}
+		environ, err := os.ReadFile(filepath.Join("/proc", p.Name(), "environ"))
+		if err != nil {
+			t.Fatalf("dashboard's environment: %v", err)
+		}
+		return split(environ), args[1:]
+	}
+	t.Fatalf("no process of %s with --listen=%s", r.WebBin, u.Host)
+	return nil, nil
+}
+
+// sumMetric scrapes url and sums the samples of family name (0 when it has none).
+func sumMetric(t *testing.T, url, name string) float64 {
+	t.Helper()
+	client := &http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("parse %s: %v", url, err)
+	}
+	var sum float64
+	for _, m := range families[name].GetMetric() {
+		sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+	}
+	return sum
 }

@@ -184,8 +184,11 @@ func run(ctx context.Context, cfg config, con *console, started func(running)) (
 	if cfg.GrafanaURL != "" {
 		webArgs = append(webArgs, "--grafana-url="+cfg.GrafanaURL)
 	}
-	done, err = startProcess(ctx, con, "dashboard", bins.web, webArgs,
-		append(env[:len(env):len(env)], "MESHSCOPE_WEB_TAP_TOKEN="+token))
+	// It taps the proxies as its own workload identity over mutual TLS, as in a cluster, and so is not
+	// given the tap token, which only the terminal twins use (through the demo file, in plain text over
+	// loopback).
+	webArgs = append(webArgs, m.DashboardIdentityArgs(paths.identity)...)
+	done, err = startProcess(ctx, con, "dashboard", bins.web, webArgs, env)
 	if err != nil {
 		return err
 	}

@@ -215,7 +215,9 @@ func (m Mesh) Destinations() ([]byte, error) {
 }
 
 // Targets renders the Prometheus file_sd file: one group per proxy admin
-// address with its namespace, deployment and pod as target labels.
+// address with its namespace, deployment and pod as target labels, and the
+// serviceaccount its pod runs as, whose identity a dashboard with identity
+// checks that the proxy proves before it taps it.
 func (m Mesh) Targets() ([]byte, error) {
 	type group struct {
 		Targets []string          `json:"targets"`
@@ -225,7 +227,8 @@ func (m Mesh) Targets() ([]byte, error) {
 	for _, p := range m.Pods {
 		groups = append(groups, group{
 			Targets: []string{p.Admin},
-			Labels:  map[string]string{"namespace": p.Service.Namespace, "deployment": p.Service.Deployment, "pod": p.Name},
+			Labels: map[string]string{"namespace": p.Service.Namespace, "deployment": p.Service.Deployment, "pod": p.Name,
+				"serviceaccount": p.Service.Deployment},
 		})
 	}
 	b, err := json.MarshalIndent(groups, "", "  ")
