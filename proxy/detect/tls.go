@@ -17,8 +17,8 @@ var errHelloRead = errors.New("client hello read")
 // ServerName reads c's TLS ClientHello, with crypto/tls's own parser, and returns the server name it
 // asks for (SNI; empty when it names none) and every byte read, which the caller replays (Replay) to
 // whoever answers the handshake: the proxy's TLS server, or the app when the name is not the proxy's.
-// Nothing is written to c. ok is false when the bytes are not a ClientHello that crypto/tls accepts, the
-// client went quiet for timeout, or it sent more than MaxClientHello.
+// Nothing is written to c. ok is false when the bytes are not a ClientHello that crypto/tls accepts in a
+// record Classify calls TLS, the client went quiet for timeout, or it sent more than MaxClientHello.
 func ServerName(c net.Conn, timeout time.Duration) (name string, read []byte, ok bool) {
 	rc := &recordingConn{Conn: c}
 	if err := c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
@@ -32,7 +32,9 @@ func ServerName(c net.Conn, timeout time.Duration) (name string, read []byte, ok
 		},
 	})
 	srv.Handshake()
-	return name, rc.read, ok
+	// crypto/tls takes any record version below 0x1000 in a client's first record; what the proxy calls
+	// TLS is what Classify does (3.0 to 3.4), so that the two never disagree on the same bytes.
+	return name, rc.read, ok && Classify(rc.read) == TLS
 }
 
 // recordingConn keeps what is read through it, and writes nothing: the alert crypto/tls sends when it is
