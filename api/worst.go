@@ -227,14 +227,10 @@ func (q *Querier) DataSince(ctx context.Context, w time.Duration) (since time.Ti
 			return at, true, ws, nil
 		}
 	}
-	vec, more, err := q.Vector(ctx, DataSinceQuery(w))
+	since, ok, more, err := q.firstSample(ctx, w)
 	ws = append(ws, more...)
-	if err != nil || len(vec) == 0 {
+	if err != nil {
 		return time.Time{}, false, ws, err
-	}
-	since, ok := unixTime(vec[0].Value)
-	if !ok {
-		return time.Time{}, false, ws, nil
 	}
 	// The query's first step lies up to one step after the window's start,
 	// and its sample is the last one before that step: data that reaches
@@ -242,7 +238,42 @@ func (q *Querier) DataSince(ctx context.Context, w time.Duration) (since time.Ti
 	// hour-old mesh read "not full" about every other query, and its figures
 	// came over a window like 59m11s, which neither matches the recording
 	// rules' whole minutes nor what the page asked for.
-	return since, !since.After(q.now().Add(-w + dataSinceStep(w))), ws, nil
+	step := dataSinceStep(w)
+	if ok && !since.After(q.now().Add(-w+step)) {
+		return since, true, ws, nil
+	}
+	// For the same reason data that began between two steps reads as
+	// beginning at the later one, and data younger than the last step not at
+	// all: over a 1h window (steps a minute apart) a mesh 46 s old read as 8 s
+	// old, its rates divided by 8 s, or as no data yet. A mesh younger than
+	// the window is asked again over the time it has run, at a step of about
+	// a second.
+	span := step + time.Second
+	if ok {
+		span += q.now().Sub(since).Truncate(time.Second)
+	}
+	if step > time.Second && span < w {
+		fine, fineOK, more, err := q.firstSample(ctx, span)
+		ws = append(ws, more...)
+		if err == nil && fineOK && (!ok || fine.Before(since)) {
+			since, ok = fine, true
+		}
+	}
+	if !ok {
+		return time.Time{}, false, ws, nil
+	}
+	return since, false, ws, nil
+}
+
+// firstSample is the time of the proxies' earliest sample within window w,
+// to dataSinceStep(w); ok is false when there is none.
+func (q *Querier) firstSample(ctx context.Context, w time.Duration) (since time.Time, ok bool, ws []string, err error) {
+	vec, ws, err := q.Vector(ctx, DataSinceQuery(w))
+	if err != nil || len(vec) == 0 {
+		return time.Time{}, false, ws, err
+	}
+	since, ok = unixTime(vec[0].Value)
+	return since, ok, ws, nil
 }
 
 // unixTime reads a sample value holding Unix seconds.

@@ -102,6 +102,15 @@ func TestEndToEndWithRealPrometheusAndProxies(t *testing.T) {
 			if !strings.HasPrefix(d.Window.Note, want) || d.Window.Seconds >= 60 {
 				return fmt.Errorf("window %+v, want a note starting %q and under 60 s", d.Window, want)
 			}
+			// The 1h window looks at the data a minute apart at first: it must
+			// still find when the data began, not the next whole minute.
+			var hour namespacesData
+			if err := getJSON(t, dash+"/api/v1/namespaces?window=1h", &hour); err != nil {
+				return err
+			}
+			if hour.Window.Full || hour.Window.DataSince == nil || hour.Window.DataSince.Sub(*d.Window.DataSince).Abs() > 5*time.Second {
+				t.Errorf("1h window %+v, want not full with data since %v, as the 1m window says", hour.Window, d.Window.DataSince)
+			}
 			_, _, body := getBody(t, dash+"/namespaces?window=1m")
 			doc := parseDoc(t, body)
 			for _, panel := range []string{"workloads", "namespaces"} {
