@@ -17,12 +17,15 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/meshscope/meshscope/dev/demo"
 )
 
 // requireTool returns path when the tool is installed; without it the test
@@ -38,16 +41,22 @@ func requireTool(t *testing.T, path string) string {
 	return path
 }
 
-// freeAddr returns a loopback address nothing listens on right now.
+// freeAddr returns a loopback address nothing listens on right now, never
+// one it returned before.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freePorts()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
 }
+
+// freePorts never hands out a port twice in this test process: a closed
+// probe's port came back for the next address of the same proxy ("same
+// address as --inbound-listen"). Its ports lie below the kernel's ephemeral
+// range, where no other process's connection takes them before they are bound.
+var freePorts = demo.FreePorts("127.0.0.1")
 
 // eventually retries check until it returns nil or the deadline passes.
 func eventually(t *testing.T, deadline time.Duration, what string, check func() error) {
